@@ -1,0 +1,1 @@
+"""Raw photos -> aligned crops -> balanced shards -> tf.data batches."""

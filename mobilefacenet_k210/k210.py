@@ -1,0 +1,163 @@
+"""Everything this package knows about the Kendryte K210's limits, and a checker for Keras models.
+
+The KPU runs 1x1 and 3x3 convolutions (normal or depthwise) with stride 1 or 2 on feature maps of
+4..256 rows and 4..512 columns with at most 1024 channels, holding a layer's input and output in
+its 2 MB of KPU memory. nncase 1.x compiles everything else to float code on the K210's CPU, which
+is legal but slow and costs RAM. Some constructs cannot be deployed at all: PReLU makes nncase
+keep float copies that need more than the 6 MB of general RAM, and TensorFlow's 'same' padding with
+stride 2 pads asymmetrically, which the KPU cannot express.
+
+``check_model`` walks a Keras model and returns findings naming the layer and the rule; errors make
+export refuse the model before nncase ever sees it.
+"""
+import dataclasses
+from typing import List, Optional
+
+KPU_KERNELS = (1, 3)
+KPU_STRIDES = (1, 2)
+KPU_MAX_CHANNELS = 1024
+KPU_MIN_SIZE = 4
+KPU_MAX_HEIGHT = 256
+KPU_MAX_WIDTH = 512
+KPU_MEMORY_BYTES = 2 * 1024 * 1024
+MAIN_MEMORY_BYTES = 6 * 1024 * 1024
+CANMV_KMODEL_RAM_LIMIT = 5 * 1024 * 1024
+"""CanMV feat/kpu copies the whole kmodel into RAM and refuses one larger than this."""
+KMODEL_VERSION = 5
+"""nncase 1.x writes kmodel v5; MaixPy-v1 loads only v3/v4, CanMV feat/kpu and the SDK load v5."""
+FLASH_MODEL_ADDRESS = 0x300000
+FLASH_END = 0xD00000
+"""On 16 MB boards, flash from 0x300000 up to 0xCFFFFF is free for a model next to CanMV."""
+
+ACTIVATIONS = ("relu", "relu6", "linear")
+PASS_THROUGH = ("InputLayer", "BatchNormalization", "ZeroPadding2D", "Add", "Flatten", "Reshape",
+                "ReLU", "Activation", "Cropping2D", "UpSampling2D")
+
+
+class K210Error(ValueError):
+    """A model that cannot be deployed on the K210; the message lists every offending layer."""
+
+
+@dataclasses.dataclass
+class Finding:
+    """One rule a layer breaks: ``error`` blocks export, ``warning`` means it runs on the CPU."""
+
+    layer: str
+    rule: str
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return f"{self.severity}: layer '{self.layer}' breaks '{self.rule}': {self.message}"
+
+
+def _activation_name(layer) -> Optional[str]:
+    act = getattr(layer, "activation", None)
+    if act is None:
+        return None
+    return getattr(act, "__name__", str(act))
+
+
+def _check_conv(layer, findings: List[Finding]) -> None:
+    cls = type(layer).__name__
+    depthwise = cls == "DepthwiseConv2D"
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    _, in_h, in_w, in_c = layer.input_shape
+    _, out_h, out_w, out_c = layer.output_shape
+    is_global = out_h == 1 and out_w == 1 and layer.padding == "valid" and (kh, kw) == (in_h, in_w)
+    if kh != kw or sh != sw:
+        findings.append(Finding(layer.name, "square kernel and stride",
+                                f"kernel {kh}x{kw}, stride {sh}x{sw}: the KPU needs square ones"))
+    if sh not in KPU_STRIDES:
+        findings.append(Finding(layer.name, "stride 1 or 2", f"stride {sh}: the KPU supports {KPU_STRIDES}"))
+    if sh == 2 and layer.padding == "same":
+        findings.append(Finding(layer.name, "stride 2 needs explicit padding",
+                                "'same' padding with stride 2 pads asymmetrically; use ZeroPadding2D((1,1)) "
+                                "followed by padding='valid'"))
+    if getattr(layer, "dilation_rate", (1, 1)) != (1, 1):
+        findings.append(Finding(layer.name, "no dilation", f"dilation {layer.dilation_rate} is not KPU-legal"))
+    if kh not in KPU_KERNELS:
+        if depthwise and is_global:
+            findings.append(Finding(layer.name, "kernel 1x1 or 3x3",
+                                    f"global {kh}x{kw} depthwise conv (GDConv) runs on the K210 CPU in float",
+                                    "warning"))
+        else:
+            findings.append(Finding(layer.name, "kernel 1x1 or 3x3",
+                                    f"{kh}x{kw} kernel: the KPU runs only {KPU_KERNELS}; only a global "
+                                    "depthwise conv (output 1x1) may use another size"))
+    for what, c in (("input", in_c), ("output", out_c)):
+        if c > KPU_MAX_CHANNELS:
+            findings.append(Finding(layer.name, f"at most {KPU_MAX_CHANNELS} channels",
+                                    f"{what} has {c} channels"))
+    if kh in KPU_KERNELS:
+        if not (KPU_MIN_SIZE <= in_h <= KPU_MAX_HEIGHT and KPU_MIN_SIZE <= in_w <= KPU_MAX_WIDTH):
+            findings.append(Finding(layer.name, "feature map 4..256 high, 4..512 wide",
+                                    f"input {in_h}x{in_w} is outside the KPU's range: this layer runs on the CPU",
+                                    "warning"))
+        kpu_bytes = in_h * in_w * in_c + out_h * out_w * out_c
+        if kpu_bytes > KPU_MEMORY_BYTES:
+            findings.append(Finding(layer.name, "KPU memory per layer",
+                                    f"input+output need {kpu_bytes} bytes, more than the KPU's {KPU_MEMORY_BYTES}"))
+    act = _activation_name(layer)
+    if act not in ACTIVATIONS:
+        findings.append(Finding(layer.name, "activation relu/relu6/linear", f"fused activation {act!r}"))
+
+
+def check_model(model) -> List[Finding]:
+    """Walk a Keras model and list every K210 rule its layers break (errors and CPU-fallback warnings)."""
+    findings: List[Finding] = []
+    _, h, w, c = model.input_shape
+    if c != 3:
+        findings.append(Finding(model.layers[0].name, "RGB input", f"input has {c} channels, expected 3"))
+    largest = 0
+    for layer in model.layers:
+        cls = type(layer).__name__
+        for shape in (layer.output_shape if isinstance(layer.output_shape, list) else [layer.output_shape]):
+            if shape and all(d is not None for d in shape[1:]):
+                size = 1
+                for d in shape[1:]:
+                    size *= int(d)
+                largest = max(largest, size)
+        if cls in ("Conv2D", "DepthwiseConv2D"):
+            _check_conv(layer, findings)
+        elif cls in ("PReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Softmax"):
+            findings.append(Finding(layer.name, "activation relu/relu6/linear",
+                                    f"{cls}: nncase 1.x keeps it in float on the CPU; PReLU alone needs ~9.6 MB "
+                                    "of main memory for MobileFaceNet, more than the K210's 6 MB. Use ReLU"))
+        elif cls == "Activation":
+            act = _activation_name(layer)
+            if act not in ACTIVATIONS:
+                findings.append(Finding(layer.name, "activation relu/relu6/linear", f"activation {act!r}"))
+        elif cls == "ReLU":
+            if layer.negative_slope not in (0, 0.0) or layer.threshold not in (0, 0.0):
+                findings.append(Finding(layer.name, "activation relu/relu6/linear",
+                                        "ReLU with a negative slope or threshold"))
+            if layer.max_value not in (None, 6, 6.0):
+                findings.append(Finding(layer.name, "activation relu/relu6/linear",
+                                        f"ReLU clipped at {layer.max_value}: only 6 or none"))
+        elif cls == "Dense":
+            findings.append(Finding(layer.name, "convolutions only",
+                                    "Dense runs on the K210 CPU in float; use a 1x1 Conv2D", "warning"))
+        elif cls not in PASS_THROUGH:
+            findings.append(Finding(layer.name, "supported layer",
+                                    f"{cls} is not a layer this package knows nncase 1.x compiles for the K210"))
+    if largest * 4 * 2 > MAIN_MEMORY_BYTES:
+        findings.append(Finding(model.name, "main memory",
+                                f"largest activation {largest} values needs {largest * 8} bytes as float in+out, "
+                                f"more than {MAIN_MEMORY_BYTES}"))
+    return findings
+
+
+def errors(findings: List[Finding]) -> List[Finding]:
+    """The findings that block deployment."""
+    return [f for f in findings if f.severity == "error"]
+
+
+def assert_k210_legal(model) -> List[Finding]:
+    """Raise K210Error naming every offending layer; return the warnings otherwise."""
+    findings = check_model(model)
+    bad = errors(findings)
+    if bad:
+        raise K210Error(f"model '{model.name}' cannot run on the K210:\n" + "\n".join(f"  {f}" for f in bad))
+    return [f for f in findings if f.severity != "error"]

@@ -1,0 +1,1 @@
+"""The embedding network (MobileFaceNet) and its saved form; classification heads live in heads.py."""

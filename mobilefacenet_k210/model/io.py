@@ -1,0 +1,62 @@
+"""Where and how the embedding model is saved, so that train, evaluate and export agree.
+
+A run keeps its embedding model at ``RUN_DIR/embedding/model.keras`` (heads never included). Every
+command that takes ``--model`` accepts that file, the ``embedding/`` folder, the run folder, or any
+other ``.keras``/``.h5`` file or SavedModel folder.
+"""
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+EMBEDDING_DIR = "embedding"
+EMBEDDING_FILE = "model.keras"
+
+
+class ModelFileError(FileNotFoundError):
+    """A --model path that does not hold a loadable Keras embedding model."""
+
+
+def resolve_model_path(path: Union[str, Path]) -> Path:
+    """Find the model file behind a run folder, an ``embedding/`` folder or a file path."""
+    path = Path(path)
+    candidates = [path, path / EMBEDDING_FILE, path / EMBEDDING_DIR / EMBEDDING_FILE]
+    for c in candidates:
+        if c.is_file() and c.suffix in (".keras", ".h5"):
+            return c
+    if (path / "saved_model.pb").is_file():
+        return path
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file or folder")
+    raise ModelFileError(f"{path}: no Keras model here (looked for {', '.join(str(c) for c in candidates[1:])}, "
+                         "a .keras/.h5 file or a SavedModel folder)")
+
+
+def save_embedding_model(model, path: Union[str, Path]) -> Path:
+    """Save atomically: write beside the target, then rename, so a killed run never leaves half a model.
+
+    ``path`` is a run folder (saved to ``path/embedding/model.keras``) or a ``.keras``/``.h5`` file.
+    """
+    path = Path(path)
+    target = path if path.suffix in (".keras", ".h5") else path / EMBEDDING_DIR / EMBEDDING_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        model.save(tmp, include_optimizer=False)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def load_embedding_model(path: Union[str, Path]):
+    """Load the embedding model for inference (never compiled: it has no loss of its own)."""
+    import tensorflow as tf
+
+    resolved = resolve_model_path(path)
+    try:
+        return tf.keras.models.load_model(resolved, compile=False)
+    except Exception as exc:
+        raise ModelFileError(f"{resolved}: cannot load as a Keras model: {exc}") from None

@@ -1,0 +1,110 @@
+"""MobileFaceNet (Chen et al. 2018, table 1), built only from layers the K210 KPU and nncase 1.x accept.
+
+In the style of ``keras/applications/mobilenet_v2.py``: one function per block, explicit layer names
+(``block_3_expand``, ``block_3_depthwise``...), no global state. Differences from the paper, all for
+the K210 (see ``k210.py``): ReLU instead of PReLU (PReLU needs more RAM than the chip has) and
+stride-2 convolutions as ``ZeroPadding2D((1, 1))`` + ``'valid'`` (TensorFlow's asymmetric 'same'
+padding is not KPU-legal). The model maps normalized float32 NHWC crops (``preprocessing.normalize``)
+to an un-normalized embedding; heads are never part of it.
+"""
+from typing import Optional
+
+import tensorflow as tf
+from tensorflow.keras import layers
+
+from mobilefacenet_k210.config import ModelConfig
+
+# (expansion t, output channels c, repeats n, first stride s): the paper's bottleneck table.
+BOTTLENECKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
+EMBEDDING_HEADS = ("gdc_linear",)
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channel counts to a multiple of ``divisor`` without losing more than 10%."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+def _activation(config: ModelConfig, name: str) -> layers.Layer:
+    if config.activation == "relu":
+        return layers.ReLU(name=name)
+    if config.activation == "relu6":
+        return layers.ReLU(6.0, name=name)
+    raise ValueError(f"activation {config.activation!r}: use 'relu' or 'relu6' (PReLU does not fit the K210)")
+
+
+def _bn(config: ModelConfig, name: str) -> layers.Layer:
+    return layers.BatchNormalization(momentum=config.bn_momentum, epsilon=config.bn_epsilon, name=name)
+
+
+def conv_block(x: tf.Tensor, filters: int, kernel: int, stride: int, config: ModelConfig, name: str,
+               linear: bool = False) -> tf.Tensor:
+    """Conv + BN (+ ReLU); stride 2 is an explicit 1-pixel zero pad followed by a 'valid' conv."""
+    if stride == 2:
+        x = layers.ZeroPadding2D(padding=kernel // 2, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name)(x)
+    x = _bn(config, f"{name}_bn")(x)
+    return x if linear else _activation(config, f"{name}_relu")(x)
+
+
+def depthwise_block(x: tf.Tensor, kernel: int, stride: int, config: ModelConfig, name: str,
+                    linear: bool = False, padding: Optional[str] = None) -> tf.Tensor:
+    """Depthwise conv + BN (+ ReLU), with the same K210-legal stride-2 padding as ``conv_block``."""
+    if padding is None:
+        if stride == 2:
+            x = layers.ZeroPadding2D(padding=kernel // 2, name=f"{name}_pad")(x)
+            padding = "valid"
+        else:
+            padding = "same"
+    x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False, name=name)(x)
+    x = _bn(config, f"{name}_bn")(x)
+    return x if linear else _activation(config, f"{name}_relu")(x)
+
+
+def bottleneck_block(x: tf.Tensor, expansion: int, filters: int, stride: int, config: ModelConfig,
+                     block_id: int) -> tf.Tensor:
+    """MobileNetV2 inverted residual: 1x1 expand, 3x3 depthwise, linear 1x1 project, add if shapes match."""
+    in_channels = x.shape[-1]
+    prefix = f"block_{block_id}"
+    y = conv_block(x, in_channels * expansion, 1, 1, config, f"{prefix}_expand")
+    y = depthwise_block(y, 3, stride, config, f"{prefix}_depthwise")
+    y = conv_block(y, filters, 1, 1, config, f"{prefix}_project", linear=True)
+    if stride == 1 and in_channels == filters:
+        y = layers.Add(name=f"{prefix}_add")([x, y])
+    return y
+
+
+def embedding_head(x: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+    """Linear GDConv (global depthwise 7x7 on the last feature map) -> linear 1x1 to the embedding -> BN."""
+    if config.embedding_head not in EMBEDDING_HEADS:
+        raise ValueError(f"embedding_head {config.embedding_head!r}: choose one of {EMBEDDING_HEADS}")
+    spatial = int(x.shape[1])
+    x = depthwise_block(x, spatial, 1, config, "gdconv", linear=True, padding="valid")
+    x = layers.Conv2D(config.embedding_size, 1, use_bias=False, name="embedding_conv")(x)
+    x = _bn(config, "embedding_bn")(x)
+    return layers.Flatten(name="embedding")(x)
+
+
+def MobileFaceNet(config: Optional[ModelConfig] = None, name: str = "mobilefacenet") -> tf.keras.Model:
+    """Build the embedding model: (N, S, S, 3) normalized float32 -> (N, embedding_size)."""
+    config = config or ModelConfig()
+    if config.input_size % 16 != 0 or config.input_size < 64:
+        raise ValueError(f"input_size {config.input_size}: must be a multiple of 16, at least 64")
+    alpha = config.width_multiplier
+    inputs = layers.Input((config.input_size, config.input_size, 3), name="image")
+    x = conv_block(inputs, _make_divisible(64 * alpha), 3, 2, config, "conv1")
+    x = depthwise_block(x, 3, 1, config, "conv2_depthwise")
+    block_id = 0
+    for expansion, channels, repeats, stride in BOTTLENECKS:
+        for i in range(repeats):
+            x = bottleneck_block(x, expansion, _make_divisible(channels * alpha), stride if i == 0 else 1,
+                                 config, block_id)
+            block_id += 1
+    x = conv_block(x, _make_divisible(512 * alpha), 1, 1, config, "conv_last")
+    outputs = embedding_head(x, config)
+    return tf.keras.Model(inputs, outputs, name=name)
