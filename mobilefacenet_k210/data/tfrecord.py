@@ -1,0 +1,178 @@
+"""The shard format: TFRecord feature names, example encoding/parsing, atomic shard files, metadata.
+
+This module is the one contract between the builder (writes), the training pipeline (reads),
+``inspect``/``merge`` and the Beam runner. Change a name here and nowhere else; bump
+``SCHEMA_VERSION`` when the meaning of a field changes.
+"""
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Union
+
+SCHEMA_VERSION = 1
+METADATA_FILE = "metadata.json"
+LABELS_FILE = "labels.txt"
+REJECTED_FILE = "rejected.csv"
+SPLITS = ("train", "val")
+
+IMAGE = "image/encoded"  # JPEG bytes of the aligned 112x112 RGB crop
+LABEL = "image/label"  # int64, 0..num_classes-1
+IDENTITY = "image/identity"  # UTF-8 folder name of the identity
+SOURCE = "image/source"  # UTF-8 path of the raw photo, relative to the input root
+AUGMENTATION = "image/augmentation"  # tag of the copy: original, opening, gaussian, saltpepper, ...
+
+
+class ShardError(ValueError):
+    """A shard folder, shard file or metadata file that cannot be used; the message names the file."""
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """``train-00003-of-00016.tfrecord``."""
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def encode_example(jpeg: bytes, label: int, identity: str, source: str, augmentation: str) -> bytes:
+    """One serialized ``tf.train.Example`` holding an aligned crop and where it came from."""
+    import tensorflow as tf
+
+    def b(v: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    feature = {
+        IMAGE: b(jpeg),
+        LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        IDENTITY: b(identity.encode("utf-8")),
+        SOURCE: b(source.encode("utf-8")),
+        AUGMENTATION: b(augmentation.encode("utf-8")),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def feature_spec() -> Dict[str, Any]:
+    """The ``tf.io.parse_single_example`` spec of a record."""
+    import tensorflow as tf
+
+    return {
+        IMAGE: tf.io.FixedLenFeature([], tf.string),
+        LABEL: tf.io.FixedLenFeature([], tf.int64),
+        IDENTITY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        AUGMENTATION: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
+
+
+def parse_example(serialized: Any) -> Dict[str, Any]:
+    """Parse one serialized record (a tf string tensor) into a dict of tensors keyed by feature name."""
+    import tensorflow as tf
+
+    return tf.io.parse_single_example(serialized, feature_spec())
+
+
+def decode_record(serialized: bytes) -> Dict[str, Any]:
+    """Eager, numpy-side decode of one record (for inspect, merge and tests)."""
+    import tensorflow as tf
+
+    ex = tf.train.Example.FromString(serialized)
+    f = ex.features.feature
+    return {
+        IMAGE: f[IMAGE].bytes_list.value[0],
+        LABEL: int(f[LABEL].int64_list.value[0]),
+        IDENTITY: f[IDENTITY].bytes_list.value[0].decode("utf-8"),
+        SOURCE: f[SOURCE].bytes_list.value[0].decode("utf-8"),
+        AUGMENTATION: f[AUGMENTATION].bytes_list.value[0].decode("utf-8"),
+    }
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    """Hex sha256 of a file (recorded per shard in metadata and checked on read)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_shard(path: Union[str, Path], records: Iterable[bytes]) -> Dict[str, Any]:
+    """Write serialized records to ``path`` atomically (temp name, fsync, rename).
+
+    A reader never sees a partial shard: until the rename, the shard does not exist under its name.
+    Returns the shard's metadata entry (file, records, sha256).
+    """
+    import tensorflow as tf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    count = 0
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for rec in records:
+                writer.write(rec)
+                count += 1
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"file": path.name, "records": count, "sha256": digest}
+
+
+def write_json_atomic(path: Union[str, Path], data: Any) -> None:
+    """Write JSON under a temporary name and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_metadata(shards_dir: Union[str, Path]) -> Dict[str, Any]:
+    """Read and validate ``metadata.json``: schema version, classes, and that every listed shard exists.
+
+    The metadata written by the builder holds at least: ``schema_version``, ``num_classes``,
+    ``class_counts`` (label -> records in train), ``splits`` (split -> record count), ``shards``
+    (list of ``{"file", "split", "records", "sha256"}``), ``policy``, ``build_config``,
+    ``package_version``.
+    """
+    shards_dir = Path(shards_dir)
+    path = shards_dir / METADATA_FILE
+    if not path.is_file():
+        raise ShardError(f"{path}: no metadata.json in {shards_dir} (build shards with `mfk210 build-tfrecords`)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ShardError(f"{path}: expected a JSON object")
+    for key in ("schema_version", "num_classes", "shards"):
+        if key not in meta:
+            raise ShardError(f"{path}: missing key '{key}'")
+    if meta["schema_version"] != SCHEMA_VERSION:
+        raise ShardError(f"{path}: schema_version {meta['schema_version']}, this package reads {SCHEMA_VERSION}")
+    if not isinstance(meta["num_classes"], int) or meta["num_classes"] < 1:
+        raise ShardError(f"{path}: num_classes must be a positive integer, got {meta['num_classes']!r}")
+    for shard in meta["shards"]:
+        f = shards_dir / shard.get("file", "")
+        if not f.is_file():
+            raise ShardError(f"{f}: listed in {path} but missing")
+    return meta
+
+
+def shard_files(shards_dir: Union[str, Path], split: str, meta: Dict[str, Any] = None) -> List[Path]:
+    """The shard paths of one split, as listed in the metadata (never found by globbing)."""
+    meta = meta or load_metadata(shards_dir)
+    files = [Path(shards_dir) / s["file"] for s in meta["shards"] if s.get("split") == split]
+    return files
