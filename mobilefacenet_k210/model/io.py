@@ -43,7 +43,10 @@ def save_embedding_model(model, path: Union[str, Path]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
     os.close(fd)
     try:
-        model.save(tmp, include_optimizer=False)
+        if target.suffix == ".keras":
+            model.save(tmp)
+        else:
+            model.save(tmp, include_optimizer=False)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
