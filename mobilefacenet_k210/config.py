@@ -139,3 +139,104 @@ def load(cls: Type[T], path: Optional[Union[str, Path]] = None, overrides: Optio
     data = read_file(path) if path else {}
     data = apply_overrides(data, overrides)
     return from_dict(cls, data, str(path) if path else cls.__name__)
+
+
+HEADS = ("softmax", "arcface", "cosface", "combined", "triplet")
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """The tf.data input of training (see ``data/pipeline.py``).
+
+    Shards are listed from ``metadata.json``, their order reshuffled every epoch, read
+    ``cycle_length`` at a time by ``interleave`` and mixed again through a ``shuffle_buffer``.
+    Augmentation at read time: horizontal flip, and optionally a random shift (``crop_pad``
+    pixels of padding, then a random crop back to size), brightness and contrast jitter.
+    """
+
+    shuffle_buffer: int = 16384
+    cycle_length: int = 16  # shards read at once by interleave
+    block_length: int = 1  # consecutive records taken from one shard before moving on
+    flip: bool = True
+    crop_pad: int = 0
+    brightness: float = 0.0  # max delta, in normalized units (1.0 = 128 grey levels)
+    contrast: float = 0.0  # factor drawn from [1 - contrast, 1 + contrast]
+    validation: bool = True  # evaluate the head on the "val" split every epoch when it has records
+    val_batch_size: int = 256
+
+
+@dataclasses.dataclass
+class PhaseConfig:
+    """One ``model.fit`` of a run: a head (loss), an optimizer and a learning-rate schedule.
+
+    ``lr_steps`` are epochs (fractions allowed) at which the learning rate is multiplied by
+    ``lr_decay``; ``warmup_epochs`` ramps it linearly from 0. ``scale``/``margin`` configure
+    ArcFace (s=64, m=0.5) and CosFace (m=0.35); ``m1, m2, m3`` the combined margin
+    cos(m1*theta + m2) - m3. A triplet phase draws P x K batches (``identities_per_batch`` x
+    ``images_per_identity``; its batch size is their product) and uses ``triplet_margin``.
+    ``init``: ``previous`` starts the backbone from the phase before, ``scratch`` from random.
+    """
+
+    head: str = "softmax"
+    epochs: int = 1
+    batch_size: int = 512
+    optimizer: str = "sgd"  # sgd (with momentum) or adam
+    momentum: float = 0.9
+    lr: float = 0.1
+    lr_steps: List[float] = dataclasses.field(default_factory=list)
+    lr_decay: float = 0.1
+    warmup_epochs: float = 0.0
+    weight_decay: float = 5e-4
+    scale: float = 64.0
+    margin: float = 0.5
+    m1: float = 1.0
+    m2: float = 0.3
+    m3: float = 0.2
+    triplet_margin: float = 0.2
+    identities_per_batch: int = 32
+    images_per_identity: int = 4
+    init: str = "previous"
+
+
+def _default_phases() -> List[PhaseConfig]:
+    return [PhaseConfig(head="softmax", epochs=10), PhaseConfig(head="arcface", epochs=20, lr_steps=[10, 15])]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training run: the model, the input pipeline and the list of phases run one after the other.
+
+    ``verification`` maps a name to a ``.bin`` pairs file; the mean accuracy over them picks the
+    best checkpoint every epoch (without any, the head's accuracy on the "val" split does, best
+    within the last phase). ``backup_every_steps`` is how often the exact-resume state is saved.
+    ``strategy``: default, mirrored (all local GPUs/devices) or multiworker (``TF_CONFIG``).
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+    phases: List[PhaseConfig] = dataclasses.field(default_factory=_default_phases)
+    seed: int = 0
+    verification: Dict[str, str] = dataclasses.field(default_factory=dict)
+    verification_batch_size: int = 64
+    verification_flip: bool = True
+    strategy: str = "default"
+    mixed_precision: bool = False
+    backup_every_steps: int = 100
+    steps_per_epoch: int = 0  # 0: train records // batch size
+
+
+def load_train_config(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> TrainConfig:
+    """Defaults of :class:`TrainConfig`, then the file, then ``--set`` overrides.
+
+    Unlike :func:`load`, the defaults are spelled out before overriding, so ``--set
+    phases.1.epochs=3`` reaches a phase that only exists as a default; a ``phases`` list given in
+    the file replaces the default list as a whole.
+    """
+    data = to_dict(TrainConfig())
+    for key, value in (read_file(path) if path else {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict) and key != "verification":
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    data = apply_overrides(data, overrides)
+    return from_dict(TrainConfig, data, str(path) if path else "TrainConfig")
