@@ -1,0 +1,1 @@
+"""Evaluation: InsightFace's 10-fold verification for Keras, TFLite and kmodel embedding models."""

@@ -1,0 +1,171 @@
+"""One ``embed(images)`` for every form of the model: Keras, TFLite and the kmodel (nncase simulator).
+
+Every backend takes uint8 RGB crops (N, 112, 112, 3) and applies the one normalization of
+``preprocessing.normalize`` (the kmodel has it compiled in as nncase's ``input_range``, derived from
+the same function), so that differences between backends are differences between the models.
+With ``flip=True`` the embedding of each crop is summed with that of its horizontal mirror, as
+InsightFace's ``verification.py`` does before normalizing.
+"""
+import os
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import numpy as np
+
+from mobilefacenet_k210.preprocessing import INPUT_SIZE, normalize
+
+
+class BackendError(ValueError):
+    """A model file no backend can run, or inputs it cannot take."""
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+        raise BackendError(f"expected uint8 RGB crops (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), "
+                           f"got {images.dtype} {images.shape}")
+    return images
+
+
+class Backend:
+    """Batches uint8 crops through ``_run`` (one batch -> embeddings) with a progress bar."""
+
+    name = "model"
+    kind = "?"
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed(self, images: np.ndarray, batch_size: int = 64, flip: bool = False,
+              progress: bool = True) -> np.ndarray:
+        """Embeddings (N, D) float32 of uint8 RGB crops; ``flip`` adds the mirrored crop's embedding."""
+        from tqdm import tqdm
+
+        images = _check_images(images)
+        if batch_size < 1:
+            raise BackendError(f"batch_size={batch_size}: must be at least 1")
+        out = []
+        with tqdm(total=len(images) * (2 if flip else 1), desc=f"embed {self.name}", unit="img",
+                  disable=not progress, leave=False) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = images[start:start + batch_size]
+                emb = np.asarray(self._run(batch), dtype=np.float32).reshape(len(batch), -1)
+                bar.update(len(batch))
+                if flip:
+                    emb = emb + np.asarray(self._run(np.ascontiguousarray(batch[:, :, ::-1])),
+                                           dtype=np.float32).reshape(len(batch), -1)
+                    bar.update(len(batch))
+                out.append(emb)
+        if not out:
+            raise BackendError("no images to embed")
+        return np.concatenate(out, axis=0)
+
+
+class KerasBackend(Backend):
+    """A Keras embedding model in memory (e.g. during training) or loaded by ``model.io``.
+
+    Calls ``model.predict`` so that it also works when the model lives under a tf.distribute strategy.
+    """
+
+    kind = "keras"
+
+    def __init__(self, model: Any, name: str = None):
+        self.model = model
+        self.name = name or model.name
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.model.predict(normalize(batch), batch_size=len(batch), verbose=0)
+
+
+class TFLiteBackend(Backend):
+    """A ``.tflite`` file in ``tf.lite.Interpreter``; float or int8/uint8 input and output.
+
+    Quantized tensors are (de)quantized with their own scale and zero point. A model with a dynamic
+    batch dimension runs whole batches; one converted with a fixed batch of 1 runs image by image.
+    """
+
+    kind = "tflite"
+
+    def __init__(self, path: Union[str, Path]):
+        import tensorflow as tf
+
+        self.path = Path(path)
+        self.name = self.path.name
+        try:
+            self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=os.cpu_count())
+            self.interpreter.allocate_tensors()
+        except Exception as exc:
+            raise BackendError(f"{self.path}: cannot load as TFLite: {exc}") from None
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BackendError(f"{self.path}: expected one input and one output, got {len(inputs)} and "
+                               f"{len(outputs)}")
+        self.input, self.output = inputs[0], outputs[0]
+        if tuple(self.input["shape"][1:]) != (INPUT_SIZE, INPUT_SIZE, 3):
+            raise BackendError(f"{self.path}: input shape {tuple(self.input['shape'])}, expected "
+                               f"(N, {INPUT_SIZE}, {INPUT_SIZE}, 3)")
+        self.dynamic_batch = int(self.input["shape_signature"][0]) == -1
+        self._batch = int(self.input["shape"][0])
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype == np.float32:
+            return x
+        scale, zero = self.input["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x / scale + zero), info.min, info.max).astype(dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        if self.output["dtype"] == np.float32:
+            return y
+        scale, zero = self.output["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        if self._batch != len(x):
+            self.interpreter.resize_tensor_input(self.input["index"], [len(x), INPUT_SIZE, INPUT_SIZE, 3])
+            self.interpreter.allocate_tensors()
+            self._batch = len(x)
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self.output["index"]))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        x = self._quantize(normalize(batch))
+        if self.dynamic_batch:
+            return self._invoke(x)
+        return np.concatenate([self._invoke(x[i:i + 1]).reshape(1, -1) for i in range(len(x))], axis=0)
+
+
+class KmodelBackend(Backend):
+    """A ``.kmodel`` run in the nncase simulator through ``export.kmodel.simulate`` (uint8 input)."""
+
+    kind = "kmodel"
+
+    def __init__(self, path: Union[str, Path], simulate: Callable = None):
+        self.path = Path(path)
+        self.name = self.path.name
+        if not self.path.is_file():
+            raise BackendError(f"{self.path}: no such kmodel")
+        if simulate is None:
+            from mobilefacenet_k210.export.kmodel import simulate
+        self._simulate = simulate
+        self._kmodel = self.path.read_bytes()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._simulate(self._kmodel, batch)
+
+
+def load_backend(path: Union[str, Path]) -> Backend:
+    """The backend for a model path: ``.tflite``, ``.kmodel``, or a Keras model (run dir, .keras, .h5)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        if not path.is_file():
+            raise BackendError(f"{path}: no such TFLite file")
+        return TFLiteBackend(path)
+    if suffix == ".kmodel":
+        return KmodelBackend(path)
+    from mobilefacenet_k210.model.io import load_embedding_model
+
+    return KerasBackend(load_embedding_model(path), name=str(path))
