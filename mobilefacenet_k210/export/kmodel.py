@@ -1,0 +1,257 @@
+"""Float TFLite -> K210 kmodel with nncase 1.x, run in a child process; kmodel header, info and simulator.
+
+The compiled input is raw camera pixels: uint8, NCHW [1, 3, 112, 112], with nncase's preprocess
+mapping 0..255 onto ``preprocessing.input_range()`` (mean 0, std 1), so the KPU sees exactly what
+the network was trained on. Calibration samples are given in that same dtype, layout and range
+(uint8 NCHW pixels): anything else silently ruins the quantization. The compiler version is recorded
+beside the kmodel (``model.kmodel.json``) because a kmodel runs only on the runtime of its version.
+"""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+from mobilefacenet_k210 import k210, preprocessing
+from mobilefacenet_k210.export.tflite import assert_float_tflite
+
+KMODEL_MAGIC = b"LDMK"  # the C constant 'KMDL' written little-endian
+CALIBRATE_METHODS = ("no_clip", "l2", "kld")
+INFO_SUFFIX = ".json"
+
+
+class KmodelError(RuntimeError):
+    """nncase failed (or crashed) compiling, or a kmodel cannot be read or run."""
+
+
+def nncase_version() -> Dict[str, str]:
+    """The installed nncase: pip release (e.g. 1.1.0.20211203) and the runtime it embeds (e.g. 1.1.0-642cded)."""
+    from importlib import metadata
+
+    import _nncase
+
+    return {"nncase_version": metadata.version("nncase"),
+            "nncase_runtime": str(getattr(_nncase, "__version__", "unknown"))}
+
+
+def input_spec(input_size: int = preprocessing.INPUT_SIZE) -> Dict[str, Any]:
+    """The compiled input: raw uint8 RGB pixels, NCHW, preprocessed by nncase into the model's range."""
+    return {"dtype": "uint8", "layout": "NCHW", "shape": [1, 3, input_size, input_size],
+            "range": list(preprocessing.input_range()), "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+            "swapRB": False, "preprocess": True}
+
+
+def compile_options(input_size: int, dump_dir: Optional[Union[str, Path]], quantize: bool = True,
+                    w_quant_type: str = "uint8", use_mse_quant_w: bool = False) -> Dict[str, Any]:
+    """nncase CompileOptions for the K210 (options the installed version lacks are skipped and recorded)."""
+    spec = input_spec(input_size)
+    return {
+        "target": "k210",
+        "preprocess": True,
+        "swapRB": False,
+        "input_type": spec["dtype"],
+        "input_shape": spec["shape"],
+        "input_layout": spec["layout"],
+        "input_range": spec["range"],
+        "mean": spec["mean"],
+        "std": spec["std"],
+        "output_layout": "NHWC",
+        "model_layout": "NHWC",  # nncase >= 1.8 only: the TFLite graph's own layout
+        "quant_type": "uint8",
+        "w_quant_type": w_quant_type if quantize else None,
+        "use_mse_quant_w": use_mse_quant_w if quantize else None,
+        "split_w_to_act": False,  # nncase >= 1.8 only
+        "dump_ir": dump_dir is not None,
+        "dump_asm": dump_dir is not None,
+        "dump_dir": str(dump_dir) if dump_dir is not None else None,
+    }
+
+
+def calibration_tensor(images: np.ndarray, input_size: int = preprocessing.INPUT_SIZE) -> np.ndarray:
+    """uint8 RGB NHWC faces -> the compiled input's exact form: uint8 NCHW, contiguous."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (input_size, input_size, 3):
+        raise ValueError(f"calibration images must be uint8 (N, {input_size}, {input_size}, 3) RGB, "
+                         f"got {images.dtype} {images.shape}")
+    if len(images) == 0:
+        raise ValueError("no calibration images")
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+def _memory_summary(text: str) -> Dict[str, int]:
+    """Parse nncase's 'MEMORY USAGES' block (``.input 36.75 KB (37632 B)``...) into bytes per pool."""
+    memory = {}
+    in_block = False
+    for line in text.splitlines():
+        if line.strip() == "MEMORY USAGES":
+            in_block = True
+            continue
+        if in_block:
+            parts = line.split()
+            if len(parts) >= 2 and parts[-1] == "B)" and parts[-2].startswith("("):
+                memory[parts[0].lstrip(".").lower()] = int(parts[-2].lstrip("("))
+            elif memory:
+                break
+    return memory
+
+
+def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
+                   calibration: Optional[np.ndarray] = None, calibrate_method: str = "no_clip",
+                   w_quant_type: str = "uint8", use_mse_quant_w: bool = False,
+                   dump_dir: Optional[Union[str, Path]] = None, timeout_s: Optional[float] = None,
+                   input_size: int = preprocessing.INPUT_SIZE) -> Dict[str, Any]:
+    """Compile a float TFLite into a K210 kmodel in a child process; write ``<kmodel>.json``; return that info.
+
+    ``calibration`` (uint8 RGB NHWC faces) turns on post-training quantization; ``None`` compiles a
+    float kmodel (everything on the CPU: for parity checks only, it does not fit the board).
+    ``dump_dir`` keeps nncase's IR dump there (needed to see which operators run on the KPU).
+    """
+    tflite_path, kmodel_path = Path(tflite_path), Path(kmodel_path)
+    assert_float_tflite(tflite_path, input_size)
+    if calibrate_method not in CALIBRATE_METHODS:
+        raise ValueError(f"calibrate_method {calibrate_method!r}: choose one of {CALIBRATE_METHODS}")
+    kmodel_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nncase-job-") as tmp:
+        job = {"tflite": str(tflite_path.resolve()), "kmodel": str(kmodel_path.resolve()),
+               "result": str(Path(tmp) / "result.json"), "calibrate_method": calibrate_method,
+               "compile_options": compile_options(input_size, dump_dir, calibration is not None,
+                                                  w_quant_type, use_mse_quant_w)}
+        if calibration is not None:
+            job["calibration"] = str(Path(tmp) / "calibration.npy")
+            np.save(job["calibration"], calibration_tensor(calibration, input_size))
+        (Path(tmp) / "job.json").write_text(json.dumps(job))
+        cmd = [sys.executable, "-m", "mobilefacenet_k210.export.compile_worker", str(Path(tmp) / "job.json")]
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        except subprocess.TimeoutExpired:
+            raise KmodelError(f"{tflite_path}: nncase did not finish compiling within {timeout_s:.0f} s") from None
+        seconds = time.perf_counter() - start
+        log = proc.stdout.decode("utf-8", "replace")
+        if proc.returncode != 0:
+            if proc.returncode < 0:
+                try:
+                    why = f"crashed with {signal.Signals(-proc.returncode).name}"
+                except ValueError:
+                    why = f"was killed by signal {-proc.returncode}"
+            else:
+                why = f"failed (exit status {proc.returncode})"
+            raise KmodelError(f"{tflite_path}: nncase {why} while compiling to the K210; its last output:\n"
+                              + log[-3000:])
+        result = json.loads(Path(job["result"]).read_text())
+    info = {
+        **nncase_version(),
+        "kmodel_version": read_kmodel_version(kmodel_path),
+        "kmodel_bytes": kmodel_path.stat().st_size,
+        "target": "k210",
+        "input": input_spec(input_size),
+        "quantized": calibration is not None,
+        "calibrate_method": calibrate_method if calibration is not None else None,
+        "calibration_samples": int(len(calibration)) if calibration is not None else 0,
+        "w_quant_type": w_quant_type if calibration is not None else None,
+        "use_mse_quant_w": use_mse_quant_w if calibration is not None else None,
+        "options_applied": result["compile_options"]["applied"],
+        "options_skipped": result["compile_options"]["skipped"],
+        "memory": _memory_summary(log),
+        "compile_seconds": round(result["compile_seconds"], 2),
+        "total_seconds": round(seconds, 2),
+        "source": tflite_path.name,
+    }
+    write_info(kmodel_path, info)
+    return info
+
+
+def info_path(kmodel_path: Union[str, Path]) -> Path:
+    """``model.kmodel`` -> ``model.kmodel.json``."""
+    kmodel_path = Path(kmodel_path)
+    return kmodel_path.with_name(kmodel_path.name + INFO_SUFFIX)
+
+
+def write_info(kmodel_path: Union[str, Path], info: Dict[str, Any]) -> Path:
+    """Write the record beside the kmodel, atomically."""
+    path = info_path(kmodel_path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def kmodel_info(kmodel_path: Union[str, Path]) -> Dict[str, Any]:
+    """The record written beside a kmodel at compile time (compiler version, input spec, memory, ...)."""
+    path = info_path(kmodel_path)
+    if not path.is_file():
+        raise KmodelError(f"{path}: no compile record beside {Path(kmodel_path).name} (it was not made by "
+                          "`mfk210 export`, so its nncase version is unknown)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KmodelError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _kmodel_bytes(kmodel: Union[str, Path, bytes]) -> bytes:
+    if isinstance(kmodel, (bytes, bytearray, memoryview)):
+        return bytes(kmodel)
+    path = Path(kmodel)
+    if not path.is_file():
+        raise KmodelError(f"{path}: no such kmodel file")
+    return path.read_bytes()
+
+
+def read_kmodel_version(kmodel: Union[str, Path, bytes]) -> int:
+    """The format version in a kmodel's header (bytes "LDMK", then a little-endian uint32 version)."""
+    data = _kmodel_bytes(kmodel)[:8]
+    where = kmodel if not isinstance(kmodel, (bytes, bytearray, memoryview)) else "kmodel bytes"
+    if len(data) < 8:
+        raise KmodelError(f"{where}: too short to be a kmodel")
+    if data[:4] != KMODEL_MAGIC:
+        (legacy,) = struct.unpack("<I", data[:4])
+        if legacy in (3, 4):  # kmodel v3/v4 (nncase 0.x) start with the version itself
+            return legacy
+        raise KmodelError(f"{where}: not a kmodel (header starts {data[:4]!r}, expected {KMODEL_MAGIC!r})")
+    return int(struct.unpack("<I", data[4:8])[0])
+
+
+def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray) -> np.ndarray:
+    """Run uint8 RGB NHWC faces (N, S, S, 3) through a kmodel in ``nncase.Simulator`` -> float32 (N, D).
+
+    The kmodel must have this package's input (uint8 NCHW raw pixels, nncase preprocess on): the
+    images are only transposed, never normalized here.
+    """
+    import nncase
+
+    data = _kmodel_bytes(kmodel)
+    version = read_kmodel_version(data)
+    if version != k210.KMODEL_VERSION:
+        raise KmodelError(f"kmodel v{version}: the nncase 1.x simulator runs only v{k210.KMODEL_VERSION}")
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"simulate expects uint8 RGB NHWC images (N, H, W, 3), got {images.dtype} {images.shape}")
+    simulator = nncase.Simulator()
+    try:
+        simulator.load_model(data)
+    except Exception as exc:
+        raise KmodelError(f"nncase {nncase_version()['nncase_runtime']} cannot load this kmodel (made by another "
+                          f"nncase version?): {exc}") from None
+    expected = 3 * images.shape[1] * images.shape[2]
+    size = simulator.get_input_desc(0).size
+    if size != expected:
+        raise ValueError(f"images {images.shape[1]}x{images.shape[2]} do not fit the kmodel's input "
+                         f"({size} bytes, expected uint8 NCHW of {expected})")
+    outputs = []
+    for image in images:
+        tensor = nncase.RuntimeTensor.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
+        simulator.set_input_tensor(0, tensor)
+        try:
+            simulator.run()
+        except Exception as exc:
+            raise KmodelError(f"nncase simulator failed to run the kmodel: {exc}") from None
+        outputs.append(np.asarray(simulator.get_output_tensor(0).to_numpy(), np.float32).reshape(-1))
+    return np.stack(outputs)

@@ -1,0 +1,129 @@
+"""Keras embedding model -> TFLite: the float32 model nncase compiles, and a full-integer one for other targets.
+
+nncase 1.x must be fed a float TFLite and left to quantize itself: on int8 or float16 TFLite it
+segfaults. :func:`assert_float_tflite` refuses such a file with a clear error before nncase sees it.
+"""
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+
+from mobilefacenet_k210 import preprocessing
+
+
+class TFLiteError(ValueError):
+    """A TFLite file that cannot be used for the requested step (missing, quantized, wrong shape)."""
+
+
+def _batch1_function(model):
+    import tensorflow as tf
+
+    _, h, w, c = model.input_shape
+    spec = tf.TensorSpec([1, h, w, c], tf.float32, name="image")
+    fn = tf.function(lambda x: model(x, training=False))
+    return fn.get_concrete_function(spec)
+
+
+def convert_float(model, path: Union[str, Path]) -> Path:
+    """Write ``model`` as a float32 TFLite with a fixed batch of 1 (NHWC), atomically; return the path."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_batch1_function(model)], model)
+    return _write_atomic(path, converter.convert())
+
+
+def convert_int8(model, calibration: np.ndarray, path: Union[str, Path]) -> Path:
+    """Write a full-integer (int8 weights, activations, input and output) TFLite of ``model``.
+
+    ``calibration`` holds uint8 RGB NHWC faces; they are normalized exactly as in training and fed
+    one at a time as the representative dataset.
+    """
+    import tensorflow as tf
+
+    calibration = _check_images(calibration)
+
+    def representative() -> Iterable[list]:
+        for image in calibration:
+            yield [preprocessing.normalize(image[None])]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_batch1_function(model)], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return _write_atomic(path, converter.convert())
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
+    return images
+
+
+def _write_atomic(path: Union[str, Path], data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def _interpreter(path: Union[str, Path]):
+    import tensorflow as tf
+
+    path = Path(path)
+    if not path.is_file():
+        raise TFLiteError(f"{path}: no such TFLite file")
+    try:
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    except Exception as exc:
+        raise TFLiteError(f"{path}: not a readable TFLite model: {exc}") from None
+    return interpreter
+
+
+def assert_float_tflite(path: Union[str, Path], input_size: int = preprocessing.INPUT_SIZE) -> None:
+    """Refuse anything but a float32, batch-1, ``input_size`` square RGB NHWC TFLite (nncase's only safe input)."""
+    interpreter = _interpreter(path)
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1:
+        raise TFLiteError(f"{path}: {len(inputs)} inputs; the face model has exactly one")
+    detail = inputs[0]
+    if detail["dtype"] != np.float32:
+        raise TFLiteError(f"{path}: input is {np.dtype(detail['dtype']).name}, not float32: this is a quantized "
+                          "TFLite, which crashes nncase. Give the float model.tflite and let nncase quantize")
+    quantized = sorted({np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()
+                        if t["dtype"] in (np.int8, np.uint8, np.float16)})
+    if quantized:
+        raise TFLiteError(f"{path}: holds {'/'.join(quantized)} tensors (a quantized or float16 TFLite), which "
+                          "crashes nncase. Give the float model.tflite and let nncase quantize")
+    shape = tuple(int(d) for d in detail["shape"])
+    if shape != (1, input_size, input_size, 3):
+        raise TFLiteError(f"{path}: input shape {shape}, expected (1, {input_size}, {input_size}, 3) "
+                          "(batch 1, NHWC RGB)")
+
+
+def run_tflite(path: Union[str, Path], images: np.ndarray) -> np.ndarray:
+    """Embed uint8 RGB NHWC ``images`` with a float or full-integer TFLite, one image at a time -> float32 (N, D)."""
+    images = _check_images(images)
+    interpreter = _interpreter(path)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    results = []
+    for image in images:
+        x = preprocessing.normalize(image[None])
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.rint(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        results.append(np.asarray(y, np.float32).reshape(-1))
+    return np.stack(results)
