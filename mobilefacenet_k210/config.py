@@ -240,3 +240,63 @@ def load_train_config(path: Optional[Union[str, Path]] = None, overrides: Option
             data[key] = value
     data = apply_overrides(data, overrides)
     return from_dict(TrainConfig, data, str(path) if path else "TrainConfig")
+
+
+@dataclasses.dataclass
+class PolicyRule:
+    """One branch of the per-identity policy: applies to identities with more than ``more_than`` faces.
+
+    ``action``: ``sample`` (keep a seeded random ``sample`` of the faces), ``keep`` (all) or ``drop``
+    (the whole identity). ``augment``: copies added per kept face, by tag (``opening``, ``gaussian``,
+    ``saltpepper``), each its own record tagged with the augmentation that made it.
+    """
+
+    more_than: int = -1
+    action: str = "keep"
+    sample: int = 0
+    augment: List[str] = dataclasses.field(default_factory=list)
+
+
+def _seed_rules() -> List[PolicyRule]:
+    return [
+        PolicyRule(more_than=350, action="sample", sample=350),
+        PolicyRule(more_than=200, action="keep"),
+        PolicyRule(more_than=90, action="keep", augment=["opening"]),
+        PolicyRule(more_than=30, action="keep", augment=["opening", "gaussian", "saltpepper"]),
+        PolicyRule(more_than=-1, action="drop"),
+    ]
+
+
+@dataclasses.dataclass
+class PolicyConfig:
+    """Per-identity balancing, counted on aligned faces; rules are tried in order, the first whose
+    ``more_than`` is below the count applies. Defaults are the seed's (MobileFaceNet-K210 notes):
+    n>350 random 350 | 200<n<=350 keep | 90<n<=200 +opening (2x) | 30<n<=90 +opening+gaussian+
+    salt-and-pepper (4x) | n<=30 drop. ``name`` ``none`` keeps every face, no augmentation."""
+
+    name: str = "seed"
+    rules: List[PolicyRule] = dataclasses.field(default_factory=_seed_rules)
+    opening_kernel: int = 3  # cv2.morphologyEx MORPH_OPEN, elliptical kernel of this side
+    gaussian_var: float = 0.005  # skimage.util.random_noise mode="gaussian" variance on 0..1 pixels
+    saltpepper_amount: float = 0.01  # skimage.util.random_noise mode="s&p" fraction of pixels
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    """The dataset builder (``mfk210 build-tfrecords``): detection, policy, split, shards, runner."""
+
+    runner: str = "local"  # local (processes) or beam (Apache Beam pipeline)
+    workers: int = 0  # local runner processes; 0 = CPU count
+    aligned: bool = False  # input is already 112x112 aligned crops: no detection
+    val_fraction: float = 0.005  # per identity, by source photo (augmented copies follow their original)
+    seed: int = 0  # policy sampling, augmentation noise, split and shard order
+    jpeg_quality: int = 95
+    min_face_size: int = 20  # faces smaller than this (box side, photo pixels) are rejected
+    select: str = "largest"  # largest | center | confidence
+    detect_batch_size: int = 16  # photos per MTCNN call
+    detect_max_side: int = 1024  # larger photos are detected on a downscaled copy
+    detect_pad_multiple: int = 32  # photos padded to a multiple of this to share batches
+    records_per_shard: int = 10000
+    keep_work: bool = False  # keep OUT_DIR/.work (the resumable per-identity cache) after success
+    beam_options: List[str] = dataclasses.field(default_factory=list)  # Beam pipeline flags
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
