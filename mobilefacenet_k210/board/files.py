@@ -1,0 +1,134 @@
+"""``mfk210 board-files``: the CanMV script, its generated config, and (if given) the kmodel and gallery.
+
+The config is written by this tool only: the match threshold is our evaluation's ``best_threshold``
+(squared L2 between normalized embeddings) converted exactly onto the board's score scale, the
+alignment template is ``preprocessing.ARCFACE_TEMPLATE``, and the kmodel is checked (v5, RAM, flash,
+compiler vs runtime) exactly as for a ``.kfpkg``. Copy the output folder's files to the SD card root.
+"""
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from mobilefacenet_k210 import k210, preprocessing
+from mobilefacenet_k210.board import gallery as board_gallery
+from mobilefacenet_k210.board import kfpkg
+from mobilefacenet_k210.board.score import threshold_from_eval
+from mobilefacenet_k210.config import BoardConfig
+
+SCRIPT = "canmv_face_id.py"
+CONFIG_NAME = "mfk210_config.json"
+GALLERY_NAME = "mfk210_gallery.json"
+CONFIG_FORMAT = "mfk210-board-config"
+
+
+def script_source() -> str:
+    """The CanMV MicroPython script shipped as package data."""
+    return resources.files("mobilefacenet_k210.board").joinpath(SCRIPT).read_text(encoding="utf-8")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def board_config(kmodel_check: Dict[str, Any], threshold: Dict[str, Any], config: BoardConfig,
+                 flash_address: Optional[int] = None) -> Dict[str, Any]:
+    """The JSON the board script reads; every value derived from our files or ``config``."""
+    info = {}
+    from mobilefacenet_k210.export.kmodel import info_path, kmodel_info
+
+    if info_path(kmodel_check["path"]).is_file():
+        info = kmodel_info(kmodel_check["path"])
+    if flash_address is None:
+        model = {"path": f"{config.sd_root}/{config.kmodel_name}", "size": kmodel_check["size"]}
+    else:
+        model = {"flash_address": int(flash_address), "size": kmodel_check["size"]}
+    output_bytes = (info.get("memory") or {}).get("output")
+    embedding_size = output_bytes // 4 if output_bytes else None  # the kmodel's output is float32
+    return {
+        "format": CONFIG_FORMAT,
+        "version": 1,
+        "runtime": kmodel_check["runtime"],
+        "runtime_nncase": kmodel_check["runtime_nncase"],
+        "model": {**model, "nncase_version": kmodel_check["nncase_version"], "sha256": kmodel_check["sha256"]},
+        "input_size": preprocessing.INPUT_SIZE,
+        "embedding_size": embedding_size,
+        "template": [[float(x), float(y)] for x, y in preprocessing.ARCFACE_TEMPLATE.tolist()],
+        "threshold": threshold,
+        "gallery": f"{config.sd_root}/{GALLERY_NAME}",
+        "detector": {"path": config.detector_path, "anchor": list(config.detector_anchor),
+                     "threshold": config.detector_threshold, "nms": config.detector_nms},
+        "landmarks": {"path": config.landmarks_path, "input_size": config.landmarks_input_size},
+        "enroll_button": bool(config.enroll_button),
+    }
+
+
+def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json: Union[str, Path],
+                      eval_set: Optional[str] = None, gallery: Optional[Union[str, Path]] = None,
+                      flash_address: Optional[int] = None, config: Optional[BoardConfig] = None,
+                      embedding_size: Optional[int] = None) -> Dict[str, Any]:
+    """Write the script, ``mfk210_config.json`` and, if given, the gallery and (unless flashed) the kmodel.
+
+    ``embedding_size`` is needed only when neither the kmodel's compile record nor the gallery says it.
+    Returns ``{"files": [...], "config": {...}, "warnings": [...]}``.
+    """
+    config = config or BoardConfig()
+    out = Path(out)
+    threshold = threshold_from_eval(eval_json, eval_set)
+    check = kfpkg.check_kmodel(kmodel, flash_address if flash_address is not None else k210.FLASH_MODEL_ADDRESS,
+                               config.runtime)
+    cfg = board_config(check, threshold, config, flash_address)
+    people = None
+    if gallery is not None:
+        people = board_gallery.load_gallery(gallery)
+        size = len(people["people"][0]["feature"])
+        if cfg["embedding_size"] not in (None, size):
+            raise board_gallery.GalleryError(f"{gallery}: {size}-d features but {kmodel} gives "
+                                             f"{cfg['embedding_size']}-d embeddings")
+        cfg["embedding_size"] = size
+    if cfg["embedding_size"] is None:
+        if embedding_size is None:
+            raise ValueError(f"{kmodel}: its embedding size is unknown (no compile record and no gallery); "
+                             "pass --gallery or --embedding-size")
+        cfg["embedding_size"] = int(embedding_size)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    _write_atomic(out / SCRIPT, script_source().encode("utf-8"))
+    written.append(out / SCRIPT)
+    _write_atomic(out / CONFIG_NAME, (json.dumps(cfg, indent=1) + "\n").encode("utf-8"))
+    written.append(out / CONFIG_NAME)
+    if people is not None:
+        _write_atomic(out / GALLERY_NAME, (json.dumps(people) + "\n").encode("utf-8"))
+        written.append(out / GALLERY_NAME)
+    if flash_address is None:
+        target = out / config.kmodel_name
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
+        os.close(fd)
+        shutil.copyfile(kmodel, tmp)
+        os.replace(tmp, target)
+        written.append(target)
+    return {"files": [str(p) for p in written], "config": cfg, "warnings": check["warnings"]}
+
+
+def describe(result: Dict[str, Any]) -> str:
+    """What was written and what to do with it."""
+    cfg = result["config"]
+    t = cfg["threshold"]
+    lines = [f"wrote {len(result['files'])} file(s); copy them to the SD card root ({cfg['gallery'].rsplit('/', 1)[0]}):"]
+    lines += [f"  {f}" for f in result["files"]]
+    model = cfg["model"]
+    lines.append("  model: " + (model["path"] if "path" in model else
+                                f"flash {model['flash_address']:#x}, {model['size']} bytes (flash it with `mfk210 flash`)"))
+    lines.append(f"  threshold: score > {t['score']:.4f}  (= squared L2 distance < {t['distance']:.4f}, "
+                 f"best_threshold from {t['source']}{' [' + t['set'] + ']' if t.get('set') else ''})")
+    lines.append(f"  detector {cfg['detector']['path']}, landmarks {cfg['landmarks']['path']} (CanMV's examples)")
+    lines.append(f"  on the board: run {SCRIPT} (or save it as /sd/main.py) on CanMV feat/kpu with kmodel v5 enabled")
+    for w in result["warnings"]:
+        lines.append(f"  WARNING: {w}")
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""The host twin of the board: enroll people into a gallery file, identify photos the way the board does.
+
+``enroll`` reads a folder per person, aligns each photo to the ArcFace template (MTCNN, or nothing
+with ``aligned=True`` for ready 112x112 crops), embeds them with any form of the model (Keras,
+TFLite, or the kmodel in the nncase simulator), L2-normalizes each embedding, averages them per
+person and normalizes the mean again: the board's ``Feat.compare`` is a plain dot product, so every
+gallery feature must be a unit vector. ``identify`` scores photos against the gallery with the
+board's formula ``(0.5 + 0.5 * cos) * 100`` and applies the threshold from our own evaluation.
+The gallery JSON is the file the CanMV script reads from the SD card.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from mobilefacenet_k210.board import score as board_score
+
+GALLERY_FORMAT = "mfk210-gallery"
+GALLERY_VERSION = 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+
+
+class GalleryError(ValueError):
+    """A gallery folder or file that cannot be used; the message names it and says why."""
+
+
+def gallery_folders(root: Union[str, Path]) -> Dict[str, List[Path]]:
+    """``{person: [image paths]}`` from a folder holding one sub-folder of photos per person."""
+    root = Path(root)
+    if not root.is_dir():
+        raise GalleryError(f"{root}: no such gallery folder (expected one sub-folder of photos per person)")
+    people = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            people[folder.name] = images
+    if not people:
+        raise GalleryError(f"{root}: no person folders with images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    return people
+
+
+def load_crops(paths: Sequence[Union[str, Path]], aligned: bool = False,
+               aligner: Any = None) -> Tuple[np.ndarray, List[int], List[str]]:
+    """112x112 RGB crops of ``paths``: (crops (K,112,112,3) uint8, indices of the kept paths, skip reasons).
+
+    With ``aligned`` the files must already be 112x112 crops; otherwise MTCNN finds the largest face
+    and aligns it to the template (a photo without a face is skipped and reported).
+    """
+    from mobilefacenet_k210.data.align import FaceAligner, read_image
+    from mobilefacenet_k210.preprocessing import INPUT_SIZE
+
+    images = [read_image(p) for p in paths]
+    skipped = []
+    if aligned:
+        crops, kept = [], []
+        for i, (path, image) in enumerate(zip(paths, images)):
+            if image.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
+                raise GalleryError(f"{path}: {image.shape[1]}x{image.shape[0]}, but --aligned needs "
+                                   f"{INPUT_SIZE}x{INPUT_SIZE} crops; leave --aligned off to detect and align")
+            crops.append(image)
+            kept.append(i)
+    else:
+        aligner = aligner or FaceAligner()
+        results = aligner.detect_align(images)
+        crops, kept = [], []
+        for i, (path, crop) in enumerate(zip(paths, results)):
+            if crop is None:
+                skipped.append(f"{path}: no face found")
+            else:
+                crops.append(crop)
+                kept.append(i)
+    array = np.stack(crops).astype(np.uint8) if crops else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    return array, kept, skipped
+
+
+def _embed(backend: Any, crops: np.ndarray, batch_size: int) -> np.ndarray:
+    from mobilefacenet_k210.evaluate.metrics import l2_normalize
+
+    return l2_normalize(backend.embed(crops, batch_size=batch_size, flip=False)).astype(np.float32)
+
+
+def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[str, Path],
+           aligned: bool = False, batch_size: int = 32, backend: Any = None,
+           aligner: Any = None) -> Dict[str, Any]:
+    """Build and write the gallery: per person the normalized mean of normalized embeddings."""
+    from mobilefacenet_k210.evaluate.backends import load_backend
+
+    people = gallery_folders(gallery_dir)
+    backend = backend or load_backend(model)
+    entries, skipped = [], []
+    for name, paths in people.items():
+        crops, kept, skip = load_crops(paths, aligned, aligner)
+        skipped.extend(skip)
+        if not kept:
+            skipped.append(f"{name}: no usable photo, not enrolled")
+            continue
+        mean = _embed(backend, crops, batch_size).mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        if norm == 0.0:
+            raise GalleryError(f"{name}: the embeddings of its photos cancel out; check the model {model}")
+        entries.append({"name": name, "feature": [round(float(v), 7) for v in mean / norm],
+                        "photos": len(kept), "sources": [str(paths[i]) for i in kept]})
+    if not entries:
+        raise GalleryError(f"{gallery_dir}: nobody could be enrolled:\n  " + "\n  ".join(skipped))
+    gallery = {"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "model": str(model),
+               "backend": getattr(backend, "kind", "?"), "embedding_size": len(entries[0]["feature"]),
+               "aligned_input": bool(aligned), "people": entries, "skipped": skipped}
+    _write_json_atomic(Path(out), gallery)
+    return gallery
+
+
+def load_gallery(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read and check a gallery file written by :func:`enroll` (or by the board's button)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GalleryError(f"{path}: no such gallery file (make one with `mfk210 enroll`)")
+    try:
+        gallery = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise GalleryError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(gallery, dict) or gallery.get("format") != GALLERY_FORMAT:
+        raise GalleryError(f"{path}: not an mfk210 gallery (format {GALLERY_FORMAT!r} expected)")
+    people = gallery.get("people") or []
+    if not people:
+        raise GalleryError(f"{path}: the gallery has nobody in it")
+    sizes = {len(p.get("feature", [])) for p in people}
+    if len(sizes) != 1:
+        raise GalleryError(f"{path}: features of different lengths {sorted(sizes)}")
+    return gallery
+
+
+def identify(photos: Sequence[Union[str, Path]], gallery_path: Union[str, Path], model: Union[str, Path],
+             threshold_score: Optional[float] = None, aligned: bool = False, batch_size: int = 32,
+             backend: Any = None, aligner: Any = None) -> List[Dict[str, Any]]:
+    """Score each photo against the gallery as the board does; name the best match above the threshold.
+
+    Returns one dict per photo: ``photo``, ``name`` (None without a face, "unknown" under the
+    threshold), ``best`` (closest person), ``score`` (board scale) and ``face`` (found or not).
+    """
+    from mobilefacenet_k210.evaluate.backends import load_backend
+
+    gallery = load_gallery(gallery_path)
+    names = [p["name"] for p in gallery["people"]]
+    features = np.asarray([p["feature"] for p in gallery["people"]], np.float32)
+    if not photos:
+        raise GalleryError("no photos to identify")
+    for photo in photos:
+        if not Path(photo).is_file():
+            raise GalleryError(f"{photo}: no such photo")
+    backend = backend or load_backend(model)
+    crops, kept, _ = load_crops(list(photos), aligned, aligner)
+    results = [{"photo": str(p), "face": False, "name": None, "best": None, "score": None} for p in photos]
+    if kept:
+        embeddings = _embed(backend, crops, batch_size)
+        if embeddings.shape[1] != features.shape[1]:
+            raise GalleryError(f"{gallery_path}: {features.shape[1]}-d features but {model} gives "
+                               f"{embeddings.shape[1]}-d embeddings; enroll again with this model")
+        scores = board_score.board_scores(embeddings, features)
+        for row, i in enumerate(kept):
+            best = int(np.argmax(scores[row]))
+            value = float(scores[row, best])
+            matched = threshold_score is None or value > threshold_score
+            results[i].update({"face": True, "best": names[best], "score": value,
+                               "name": names[best] if matched else "unknown"})
+    return results
+
+
+def format_result(result: Dict[str, Any], threshold_score: Optional[float] = None) -> str:
+    """One line per photo, as the board would put it on its screen."""
+    if not result["face"]:
+        return f"{result['photo']}: no face found"
+    if threshold_score is None:
+        return f"{result['photo']}: {result['best']} score {result['score']:.1f} (no threshold given)"
+    if result["name"] == "unknown":
+        return (f"{result['photo']}: unknown, score {result['score']:.1f} <= {threshold_score:.1f} "
+                f"(closest: {result['best']})")
+    return f"{result['photo']}: {result['name']} score {result['score']:.1f} > {threshold_score:.1f}"
