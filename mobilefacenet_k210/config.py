@@ -300,3 +300,31 @@ class BuildConfig:
     keep_work: bool = False  # keep OUT_DIR/.work (the resumable per-identity cache) after success
     beam_options: List[str] = dataclasses.field(default_factory=list)  # Beam pipeline flags
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+
+
+def _canmv_face_detector_anchors() -> List[float]:
+    return [0.1075, 0.126875, 0.126875, 0.175, 0.1465625, 0.2246875, 0.1953125, 0.25375, 0.2440625, 0.351875,
+            0.341875, 0.4721875, 0.5078125, 0.6696875, 0.8984375, 1.099687, 2.129062, 2.425937]
+
+
+@dataclasses.dataclass
+class BoardConfig:
+    """`mfk210 board-files`: what the CanMV script needs besides our kmodel and threshold.
+
+    The detector and landmark models are CanMV's own examples (YOLOv2 ``face_detect_320x240.kmodel``
+    with these 9 anchors, run on the 320x240 camera frame, and ``ld5.kmodel``, 5 landmarks from a
+    128x128 crop); the paths are where the user copies them on the SD card. ``kmodel_name`` is the
+    name our kmodel gets on the SD card (unless it is flashed). ``runtime`` is the firmware's nncase
+    runtime (see ``k210.RUNTIMES``).
+    """
+
+    sd_root: str = "/sd"
+    kmodel_name: str = "mfk210.kmodel"
+    detector_path: str = "/sd/KPU/yolo_face_detect/face_detect_320x240.kmodel"
+    detector_anchor: List[float] = dataclasses.field(default_factory=_canmv_face_detector_anchors)
+    detector_threshold: float = 0.5
+    detector_nms: float = 0.2
+    landmarks_path: str = "/sd/KPU/face_recognization/ld5.kmodel"
+    landmarks_input_size: int = 128
+    enroll_button: bool = True
+    runtime: str = "canmv-feat-kpu"

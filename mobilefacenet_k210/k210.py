@@ -161,3 +161,64 @@ def assert_k210_legal(model) -> List[Finding]:
     if bad:
         raise K210Error(f"model '{model.name}' cannot run on the K210:\n" + "\n".join(f"  {f}" for f in bad))
     return [f for f in findings if f.severity != "error"]
+
+
+# --- boards, flashing and on-board runtimes ----------------------------------------------------------
+KFLASH_BOARDS = ("kd233", "dan", "bit", "bit_mic", "goE", "goD", "maixduino", "trainer")
+"""Boards kflash knows how to reset into ISP mode (each toggles DTR/RTS its own way)."""
+BOARD_ALIASES = {"m5stickv": "goE", "m5stack-m5stickv": "goE", "maixgo": "goE", "maixdock": "dan",
+                 "maixbit": "bit"}
+"""Common product names mapped onto kflash's board names (M5StickV and Maix Go use goE's reset)."""
+KFLASH_BAUDRATE = 1500000
+"""kflash's default baud rate after its ISP stub boots; the boot ROM itself always talks at 115200."""
+FLASH_SECTOR_BYTES = 4096
+"""SPI flash sector: a model's flash address must be a multiple of it."""
+KFPKG_FIRMWARE_HEADER_BYTES = 37
+"""kflash prefixes firmware written at address 0 with 1 flag byte + 4 length bytes and appends a 32-byte SHA-256."""
+CANMV_KMODEL_V5_FIRMWARE_BYTES = 900 * 1024
+"""Roughly what CONFIG_CANMV_ENABLE_KMODEL_V5 (the nncase 1.x runtime) adds to the CanMV firmware image."""
+
+RUNTIMES = {
+    "canmv-feat-kpu": "1.1.0",
+    "sdk-1.0": "1.0.0",
+    "sdk-1.1": "1.1.0",
+    "sdk-1.2": "1.2.0",
+    "sdk-1.3": "1.3.0",
+    "sdk-1.4": "1.4.0",
+    "sdk-1.5": "1.5.0",
+    "sdk-1.6": "1.6.0",
+    "sdk-1.7": "1.7.0",
+    "sdk-1.8": "1.8.0",
+    "sdk-1.9": "1.9.0",
+}
+"""On-board runtimes that load kmodel v5 and the nncase release (major.minor.patch) each one embeds.
+
+A kmodel must be compiled by the same nncase release as the runtime that runs it: nncase renumbered
+its CPU opcodes between 1.x releases, so a mismatched kmodel loads and then fails when run. CanMV
+``feat/kpu`` embeds nncase 1.1.0-642cded; the standalone SDK (``develop``) links whichever nncase
+release's K210 runtime it is built with ("sdk-1.N").
+"""
+DEFAULT_RUNTIME = "canmv-feat-kpu"
+
+
+def resolve_board(board: str) -> str:
+    """kflash's name for ``board`` (case-insensitive, product aliases allowed); ValueError naming the choices."""
+    for name in KFLASH_BOARDS:
+        if board.lower() == name.lower():
+            return name
+    if board.lower() in BOARD_ALIASES:
+        return BOARD_ALIASES[board.lower()]
+    raise ValueError(f"unknown board {board!r}: kflash knows {', '.join(KFLASH_BOARDS)} "
+                     f"(aliases: {', '.join(f'{k}={v}' for k, v in BOARD_ALIASES.items())})")
+
+
+def runtime_nncase_version(runtime: str) -> str:
+    """The nncase release a runtime embeds; ValueError naming the known runtimes."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    return RUNTIMES[runtime]
+
+
+def nncase_versions_match(compiler_version: str, runtime_version: str) -> bool:
+    """True when a compiler version (e.g. '1.1.0.20211203') is the release a runtime embeds ('1.1.0')."""
+    return compiler_version.split(".")[:3] == runtime_version.split(".")[:3]
