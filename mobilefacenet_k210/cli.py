@@ -34,8 +34,91 @@ def run_check(args) -> int:
     return 1 if bad else 0
 
 
+# --- evaluate -------------------------------------------------------------------------------------
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="10-fold face verification (InsightFace protocol) of Keras/TFLite/kmodel models",
+                       description="Accuracy (10-fold, threshold chosen on the training folds), TAR at FAR, ROC and "
+                                   "distance histograms of embedding models on InsightFace .bin sets, a pairs file, "
+                                   "an identity-per-folder tree or precomputed embeddings; one table row per model.")
+    p.add_argument("--model", action="append", default=[], dest="models", metavar="MODEL",
+                   help="run folder, .keras/.h5, .tflite or .kmodel (repeatable: one table row each)")
+    p.add_argument("--bin", action="append", default=[], dest="bins", metavar="FILE.bin",
+                   help="InsightFace verification set (lfw.bin, cfp_fp.bin, agedb_30.bin...; repeatable)")
+    p.add_argument("--pairs", metavar="PAIRS.txt", help="lines 'a.jpg b.jpg 1|0' (1 = same person)")
+    p.add_argument("--root", metavar="DIR", help="folder the --pairs paths are relative to (default: its folder)")
+    p.add_argument("--folder", metavar="DIR", help="one sub-folder per person: all same-person pairs (capped) "
+                                                   "and as many different-person pairs")
+    p.add_argument("--aligned", action="store_true", help="photos are already aligned 112x112 crops (no MTCNN)")
+    p.add_argument("--embeddings", metavar="E.npy", help="precomputed embeddings (2N, D); rows 2i, 2i+1 = pair i")
+    p.add_argument("--issame", metavar="I.npy", help="pair labels (N,) for --embeddings")
+    p.add_argument("--compare", nargs=2, default=[], metavar=("MODEL_A", "MODEL_B"),
+                   help="both accuracies, the drop and the embedding cosine agreement (e.g. Keras vs kmodel)")
+    p.add_argument("--flip", action="store_true", help="add each crop's mirror embedding (InsightFace test-time flip)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--nfolds", type=int, default=10)
+    p.add_argument("--max-positive-pairs", type=int, default=3000, help="cap on --folder same-person pairs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --folder pair draw")
+    p.add_argument("--json", metavar="FILE", help="write all results as JSON")
+    p.add_argument("--out", metavar="DIR", help="write ROC/histogram PNGs and results.md here")
+    p.add_argument("--save-bin", metavar="FILE.bin", help="also save the --pairs/--folder crops as an InsightFace .bin")
+    p.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from mobilefacenet_k210.config import EvalConfig, from_dict
+    from mobilefacenet_k210.evaluate import evaluate
+
+    fields = ("models", "bins", "pairs", "root", "folder", "aligned", "embeddings", "issame", "compare", "flip",
+              "batch_size", "nfolds", "max_positive_pairs", "seed", "json", "out", "save_bin")
+    evaluate(from_dict(EvalConfig, {f: getattr(args, f) for f in fields}, "evaluate flags"))
+    return 0
+
+
+# --- export ---------------------------------------------------------------------------------------
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="Keras model -> float/int8 TFLite -> K210 kmodel (nncase 1.x) + parity report",
+                       description="Check K210 rules, convert to model.tflite and model_int8.tflite, compile "
+                                   "model.kmodel with nncase (PTQ on the calibration faces, in a child process), "
+                                   "then write report.json/report.md: sizes, KPU share, memory, and embedding "
+                                   "cosine Keras vs TFLite vs kmodel (nncase simulator) on held-out faces.")
+    p.add_argument("--model", required=True, help="run folder, embedding/ folder, .keras/.h5 file")
+    p.add_argument("--calib", required=True, metavar="DIR",
+                   help="folder of aligned 112x112 face images, or a shard folder with metadata.json")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--holdout", metavar="DIR", help="other faces for parity (default: shards' val split, or the "
+                                                    "calibration folder's images not used for calibration)")
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON file with ExportConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--calibrate-method", choices=("l2", "no_clip"), help="nncase PTQ range method")
+    p.add_argument("--calibration-samples", type=int, help="calibration faces to draw (>= 100 advised)")
+    p.add_argument("--holdout-samples", type=int, help="held-out faces for the parity report")
+    p.add_argument("--w-quant-type", choices=("uint8", "int8"), help="nncase weight quantization type")
+    p.add_argument("--no-quantize", action="store_true", help="float kmodel (parity checks only; too big for the board)")
+    p.add_argument("--no-int8-tflite", action="store_true", help="skip model_int8.tflite")
+    p.add_argument("--keep-ir-dump", action="store_true", help="keep nncase's IR dump in OUT/nncase_dump")
+    p.add_argument("--seed", type=int, help="seed of the calibration/held-out draw")
+    p.set_defaults(handler=run_export)
+
+
+def run_export(args) -> int:
+    from mobilefacenet_k210.config import ExportConfig, load
+    from mobilefacenet_k210.export import export_model
+
+    overrides = list(args.set)
+    for flag in ("calibrate_method", "calibration_samples", "holdout_samples", "w_quant_type", "seed"):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{flag}={getattr(args, flag)}")
+    for flag, field in (("no_quantize", "quantize"), ("no_int8_tflite", "int8_tflite")):
+        if getattr(args, flag):
+            overrides.append(f"{field}=false")
+    if args.keep_ir_dump:
+        overrides.append("keep_ir_dump=true")
+    export_model(args.model, args.calib, args.out, load(ExportConfig, args.config, overrides), args.holdout)
+    return 0
+
+
 # --- registry -------------------------------------------------------------------------------------
-COMMANDS = [add_check]
+COMMANDS = [add_check, add_evaluate, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

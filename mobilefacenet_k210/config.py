@@ -302,6 +302,59 @@ class BuildConfig:
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
 
 
+@dataclasses.dataclass
+class ExportConfig:
+    """`mfk210 export`: how the Keras model becomes TFLite and a K210 kmodel, and how parity is measured.
+
+    ``calibrate_method`` is nncase's PTQ range method ('l2' or 'no_clip'; 'kld' measured poor);
+    calibration faces are drawn (seeded) from the calibration folder/shards, held-out faces for
+    the parity report from ``--holdout``, the shards' val split, or the rest of the folder.
+    ``quantize: false`` compiles a float kmodel (parity checks only: too big for the board).
+    """
+
+    calibrate_method: str = "l2"
+    calibration_samples: int = 100
+    holdout_samples: int = 100
+    quantize: bool = True
+    w_quant_type: str = "uint8"
+    use_mse_quant_w: bool = False
+    int8_tflite: bool = True
+    keep_ir_dump: bool = False
+    compile_timeout_s: int = 1800
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """`mfk210 evaluate`: which models, on which verification sets, and where the report goes.
+
+    Sets: InsightFace ``bins``, a ``pairs`` file (paths relative to ``root``), an identity-per-folder
+    ``folder`` (at most ``max_positive_pairs`` same-person pairs and as many others, drawn with
+    ``seed``), or precomputed ``embeddings`` + ``issame`` .npy files. ``compare`` names two models
+    whose accuracies, drop and embedding cosine agreement are reported. ``flip`` sums each crop's
+    embedding with its mirror's (InsightFace's test-time flip). ``out`` receives the PNGs and the
+    Markdown table; ``json`` the full results.
+    """
+
+    models: List[str] = dataclasses.field(default_factory=list)
+    bins: List[str] = dataclasses.field(default_factory=list)
+    pairs: Optional[str] = None
+    root: Optional[str] = None
+    folder: Optional[str] = None
+    aligned: bool = False
+    embeddings: Optional[str] = None
+    issame: Optional[str] = None
+    compare: List[str] = dataclasses.field(default_factory=list)
+    flip: bool = False
+    batch_size: int = 64
+    nfolds: int = 10
+    max_positive_pairs: int = 3000
+    seed: int = 0
+    json: Optional[str] = None
+    out: Optional[str] = None
+    save_bin: Optional[str] = None
+
+
 def _canmv_face_detector_anchors() -> List[float]:
     return [0.1075, 0.126875, 0.126875, 0.175, 0.1465625, 0.2246875, 0.1953125, 0.25375, 0.2440625, 0.351875,
             0.341875, 0.4721875, 0.5078125, 0.6696875, 0.8984375, 1.099687, 2.129062, 2.425937]

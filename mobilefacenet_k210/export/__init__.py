@@ -4,3 +4,6 @@
 reads nncase's IR dump to see what runs on the KPU, ``calibration.py`` loads the faces, and
 ``chain.py`` ties them together into ``export_model`` and the report.
 """
+from mobilefacenet_k210.export.chain import export_model
+
+__all__ = ["export_model"]

@@ -219,12 +219,14 @@ def read_kmodel_version(kmodel: Union[str, Path, bytes]) -> int:
     return int(struct.unpack("<I", data[4:8])[0])
 
 
-def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray) -> np.ndarray:
+def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray, progress: bool = False) -> np.ndarray:
     """Run uint8 RGB NHWC faces (N, S, S, 3) through a kmodel in ``nncase.Simulator`` -> float32 (N, D).
 
     The kmodel must have this package's input (uint8 NCHW raw pixels, nncase preprocess on): the
-    images are only transposed, never normalized here.
+    images are only transposed, never normalized here. ``progress`` shows a tqdm bar.
     """
+    from tqdm import tqdm
+
     import nncase
 
     data = _kmodel_bytes(kmodel)
@@ -246,7 +248,7 @@ def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray) -> np.ndarray:
         raise ValueError(f"images {images.shape[1]}x{images.shape[2]} do not fit the kmodel's input "
                          f"({size} bytes, expected uint8 NCHW of {expected})")
     outputs = []
-    for image in images:
+    for image in tqdm(images, desc="nncase simulator", unit="face", disable=not progress, leave=False):
         tensor = nncase.RuntimeTensor.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
         simulator.set_input_tensor(0, tensor)
         try:

@@ -1,0 +1,128 @@
+"""Faces for calibration and parity: aligned 112x112 crops from a folder of images or from shards.
+
+Calibration and held-out faces never overlap: from a folder, the held-out faces are the images not
+drawn for calibration (or another folder); from shards (a folder with ``metadata.json``),
+calibration comes from the train split and held-out faces from the val split. Only original
+records are used from shards (augmented copies would over-weight a few photos).
+"""
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from mobilefacenet_k210 import preprocessing
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+
+
+class CalibrationError(ValueError):
+    """A calibration/held-out source that holds no usable aligned faces."""
+
+
+def is_shard_folder(path: Union[str, Path]) -> bool:
+    """A folder written by the shard builder (it has ``metadata.json``)."""
+    from mobilefacenet_k210.data.tfrecord import METADATA_FILE
+
+    return (Path(path) / METADATA_FILE).is_file()
+
+
+def image_files(folder: Union[str, Path]) -> List[Path]:
+    """Image files under ``folder`` (recursively), sorted for reproducibility."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise CalibrationError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise CalibrationError(f"{folder}: not a folder (give a folder of aligned face images or shards)")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _pick(count: int, limit: Optional[int], seed: int) -> np.ndarray:
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
+def _check_face(image: np.ndarray, where: str, size: int) -> np.ndarray:
+    if image.shape[:2] != (size, size):
+        raise CalibrationError(f"{where}: {image.shape[1]}x{image.shape[0]} pixels, expected an aligned "
+                               f"{size}x{size} face crop (align photos with `mfk210 build-tfrecords` first)")
+    return image
+
+
+def _folder_faces(folder: Path, limit: Optional[int], seed: int, exclude: Sequence[str],
+                  size: int) -> Tuple[np.ndarray, List[str]]:
+    from mobilefacenet_k210.data.align import read_image
+
+    skip = set(exclude)
+    files = [p for p in image_files(folder) if str(p.relative_to(folder)) not in skip]
+    if not files:
+        raise CalibrationError(f"{folder}: no face images here ({', '.join(IMAGE_SUFFIXES)})"
+                               + (" besides the calibration ones" if skip else ""))
+    chosen = [files[i] for i in _pick(len(files), limit, seed)]
+    images = np.stack([_check_face(read_image(p), str(p), size) for p in chosen])
+    return images, [str(p.relative_to(folder)) for p in chosen]
+
+
+def _shard_faces(folder: Path, split: str, limit: Optional[int], seed: int, exclude: Sequence[str],
+                 size: int) -> Tuple[np.ndarray, List[str]]:
+    import cv2
+    import tensorflow as tf
+
+    from mobilefacenet_k210.data import tfrecord
+
+    meta = tfrecord.load_metadata(folder)
+    files = tfrecord.shard_files(folder, split, meta)
+    skip = set(exclude)
+    records, sources = [], []
+    for f in files:
+        for i, serialized in enumerate(tf.data.TFRecordDataset(str(f)).as_numpy_iterator()):
+            record = tfrecord.decode_record(serialized)
+            key = f"{f.name}:{i}"
+            if record[tfrecord.AUGMENTATION] != "original" or key in skip:
+                continue
+            records.append(record[tfrecord.IMAGE])
+            sources.append(key)
+    if not records:
+        raise CalibrationError(f"{folder}: the {split} split holds no original face records")
+    chosen = _pick(len(records), limit, seed)
+    images = []
+    for i in chosen:
+        bgr = cv2.imdecode(np.frombuffer(records[i], np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise CalibrationError(f"{folder}/{sources[i]}: record's JPEG does not decode")
+        images.append(_check_face(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{folder}/{sources[i]}", size))
+    return np.stack(images), [sources[i] for i in chosen]
+
+
+def load_faces(source: Union[str, Path], limit: Optional[int] = None, split: str = "train", seed: int = 0,
+               exclude: Sequence[str] = (), size: int = preprocessing.INPUT_SIZE) -> Tuple[np.ndarray, List[str]]:
+    """Up to ``limit`` aligned faces (uint8 RGB (N, size, size, 3)) and their ids from a folder or shards.
+
+    ``split`` applies to shards only; ``exclude`` lists ids (as returned) to leave out. A random but
+    seeded subset is drawn when there are more than ``limit``.
+    """
+    source = Path(source)
+    if is_shard_folder(source):
+        return _shard_faces(source, split, limit, seed, exclude, size)
+    return _folder_faces(source, limit, seed, exclude, size)
+
+
+def calibration_and_holdout(calib: Union[str, Path], holdout: Optional[Union[str, Path]], calibration_samples: int,
+                            holdout_samples: int, seed: int = 0,
+                            size: int = preprocessing.INPUT_SIZE) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """Calibration faces from ``calib`` and disjoint held-out faces for parity (from ``holdout`` if given).
+
+    Returns (calibration images, held-out images, held-out ids).
+    """
+    calibration, ids = load_faces(calib, calibration_samples, "train", seed, size=size)
+    if holdout is not None:
+        held, held_ids = load_faces(holdout, holdout_samples, "val", seed + 1, size=size)
+    elif is_shard_folder(calib):
+        held, held_ids = load_faces(calib, holdout_samples, "val", seed + 1, size=size)
+    else:
+        try:
+            held, held_ids = load_faces(calib, holdout_samples, seed=seed + 1, exclude=ids, size=size)
+        except CalibrationError as exc:
+            raise CalibrationError(f"{exc}: every image went to calibration; give held-out faces "
+                                   "(--holdout DIR) or lower the calibration sample count") from None
+    return calibration, held, held_ids

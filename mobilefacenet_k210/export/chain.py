@@ -1,0 +1,143 @@
+"""The whole export: Keras model -> model.tflite, model_int8.tflite, model.kmodel (+ .json) and the report.
+
+Stages, each timed and printed: check (K210 rules), faces (calibration + held-out), tflite,
+int8 tflite, kmodel (nncase in a child process, IR dump read for KPU/CPU placement), parity
+(Keras vs float TFLite vs int8 TFLite vs kmodel in the simulator on held-out faces), report.
+"""
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Union
+
+import numpy as np
+
+from mobilefacenet_k210 import k210, preprocessing
+from mobilefacenet_k210.config import ExportConfig, to_dict
+from mobilefacenet_k210.export import calibration, kmodel, placement, report, tflite
+
+TFLITE_FILE = "model.tflite"
+TFLITE_INT8_FILE = "model_int8.tflite"
+KMODEL_FILE = "model.kmodel"
+
+
+class Stages:
+    """Prints each stage as it starts and ends, and keeps the seconds it took."""
+
+    def __init__(self, total: int, stream=sys.stdout):
+        self.total, self.count, self.seconds, self.stream = total, 0, {}, stream
+
+    @contextmanager
+    def __call__(self, name: str, what: str) -> Iterator[None]:
+        self.count += 1
+        print(f"[{self.count}/{self.total}] {name}: {what} ...", file=self.stream, flush=True)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        print(f"[{self.count}/{self.total}] {name}: done in {self.seconds[name]:.1f} s", file=self.stream, flush=True)
+
+
+def keras_embed(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Embeddings of uint8 RGB faces with the Keras model (normalized exactly as in training)."""
+    return np.asarray(model.predict(preprocessing.normalize(images), batch_size=batch_size, verbose=0), np.float32)
+
+
+def _check_input_size(model, model_path: Union[str, Path]) -> None:
+    _, h, w, c = model.input_shape
+    if (h, w, c) != (preprocessing.INPUT_SIZE, preprocessing.INPUT_SIZE, 3):
+        raise ValueError(f"{model_path}: model input is {h}x{w}x{c}, but aligned faces (calibration, camera, "
+                         f"board) are {preprocessing.INPUT_SIZE}x{preprocessing.INPUT_SIZE}x3")
+
+
+def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir: Union[str, Path],
+                 config: Optional[ExportConfig] = None, holdout: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
+    """Export a saved Keras embedding model for the K210 and measure it; return the report (also written).
+
+    ``model_path``: run folder, ``embedding/`` folder or .keras/.h5 file. ``calib``: folder of aligned
+    112x112 faces or shard folder. ``holdout``: optional folder/shards of other faces for parity.
+    Writes model.tflite, model_int8.tflite (unless disabled), model.kmodel, model.kmodel.json,
+    report.json, report.md and cosine_histogram.png into ``out_dir``.
+    """
+    from mobilefacenet_k210.model.io import load_embedding_model
+    from mobilefacenet_k210.model.summary import count_params, model_macs
+
+    config = config or ExportConfig()
+    if config.calibrate_method not in ("no_clip", "l2"):
+        raise ValueError(f"calibrate_method {config.calibrate_method!r}: use 'l2' or 'no_clip' "
+                         "('kld' measured poor on MobileFaceNet)")
+    if config.calibration_samples < 1 or config.holdout_samples < 1:
+        raise ValueError("calibration_samples and holdout_samples must be at least 1")
+    out_dir = Path(out_dir)
+    stage = Stages(6 + int(config.int8_tflite))
+
+    with stage("check", f"loading {model_path} and checking K210 rules"):
+        model = load_embedding_model(model_path)
+        _check_input_size(model, model_path)
+        warnings = [str(w) for w in k210.assert_k210_legal(model)]
+        for w in warnings:
+            print(f"  {w}")
+    with stage("faces", f"calibration faces from {calib}"):
+        calib_images, held_images, held_ids = calibration.calibration_and_holdout(
+            calib, holdout, config.calibration_samples, config.holdout_samples, config.seed)
+        print(f"  {len(calib_images)} calibration faces, {len(held_images)} held-out faces")
+        if config.quantize and len(calib_images) < 100:
+            print(f"  note: {len(calib_images)} calibration faces; nncase's ranges are more reliable with >= 100")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with stage("tflite", "float32 TFLite, batch 1, NHWC"):
+        tflite_path = tflite.convert_float(model, out_dir / TFLITE_FILE)
+    int8_path = None
+    if config.int8_tflite:
+        with stage("tflite_int8", "full-integer TFLite (representative dataset = calibration faces)"):
+            int8_path = tflite.convert_int8(model, calib_images, out_dir / TFLITE_INT8_FILE)
+    versions = kmodel.nncase_version()
+    what = (f"nncase {versions['nncase_version']}, PTQ {config.calibrate_method} on {len(calib_images)} faces"
+            if config.quantize else f"nncase {versions['nncase_version']}, float (no quantization)")
+    with stage("kmodel", what):
+        dump = Path(tempfile.mkdtemp(prefix="nncase-dump-"))
+        try:
+            info = kmodel.compile_kmodel(
+                tflite_path, out_dir / KMODEL_FILE, calib_images if config.quantize else None,
+                config.calibrate_method, config.w_quant_type, config.use_mse_quant_w, dump, config.compile_timeout_s)
+            placed = placement.read_placement(dump)
+            if config.keep_ir_dump:
+                shutil.copytree(dump, out_dir / "nncase_dump", dirs_exist_ok=True)
+        finally:
+            shutil.rmtree(dump, ignore_errors=True)
+        macs = placement.mac_share(placed, model_macs(model))
+        print(f"  {info['kmodel_bytes']:,} bytes, kmodel v{info['kmodel_version']}, "
+              f"{100 * macs['kpu_mac_share']:.2f}% of multiply-adds on the KPU, nncase memory total "
+              f"{info['memory'].get('total', 0):,} bytes")
+    with stage("parity", f"embedding {len(held_images)} held-out faces with every backend"):
+        reference = keras_embed(model, held_images)
+        cosines = {"tflite": report.cosine(reference, tflite.run_tflite(tflite_path, held_images))}
+        if int8_path is not None:
+            cosines["int8"] = report.cosine(reference, tflite.run_tflite(int8_path, held_images))
+        cosines["kmodel"] = report.cosine(reference, kmodel.simulate(out_dir / KMODEL_FILE, held_images,
+                                                                     progress=True))
+        for name, values in cosines.items():
+            print(f"  cosine vs Keras, {report.BACKEND_LABELS[name]}: mean {values.mean():.4f}, min {values.min():.4f}")
+    with stage("report", "collecting figures and plotting the cosine histogram"):
+        report.plot_cosines(cosines, out_dir / report.COSINE_PNG)
+        files = {p.name: p.stat().st_size for p in (tflite_path, int8_path, out_dir / KMODEL_FILE) if p is not None}
+        result: Dict[str, Any] = {
+            "model_name": model.name, "model_path": str(model_path), "params": count_params(model),
+            **{k: info[k] for k in ("nncase_version", "nncase_runtime", "kmodel_version", "kmodel_bytes",
+                                    "quantized", "calibration_samples", "memory", "input")},
+            "calibrate_method": info["calibrate_method"], "w_quant_type": info["w_quant_type"],
+            "compile_seconds": info["compile_seconds"], "options_skipped": info["options_skipped"],
+            "memory_total_bytes": info["memory"].get("total"), "memory_data_bytes": info["memory"].get("data"),
+            "kpu_modules": placed["kpu_modules"], "kpu_ops": placed["kpu_ops"], "cpu_ops": placed["cpu_ops"],
+            **macs,
+            "holdout_samples": len(held_images), "holdout_ids": held_ids,
+            "files": files, "tflite_bytes": files[TFLITE_FILE], "tflite_int8_bytes": files.get(TFLITE_INT8_FILE),
+            "k210_warnings": warnings, "config": to_dict(config),
+        }
+        for name, values in cosines.items():
+            result[f"cosine_{name}_mean"] = float(np.mean(values))
+            result[f"cosine_{name}_min"] = float(np.min(values))
+    result["stage_seconds"] = dict(stage.seconds)
+    report.write_report(result, out_dir)
+    print(f"wrote {out_dir / report.REPORT_MD}")
+    return result
