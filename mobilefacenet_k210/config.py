@@ -219,10 +219,12 @@ class TrainConfig:
     verification: Dict[str, str] = dataclasses.field(default_factory=dict)
     verification_batch_size: int = 64
     verification_flip: bool = True
+    verification_every: int = 1  # epochs between verifications (the last epoch of a phase always)
     strategy: str = "default"
     mixed_precision: bool = False
     backup_every_steps: int = 100
     steps_per_epoch: int = 0  # 0: train records // batch size
+    deterministic_ops: bool = False  # tf.config.experimental.enable_op_determinism (bit-exact reruns, slower)
 
 
 def load_train_config(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> TrainConfig:
@@ -381,3 +383,27 @@ class BoardConfig:
     landmarks_input_size: int = 128
     enroll_button: bool = True
     runtime: str = "canmv-feat-kpu"
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """`make demo` on the ORL faces: who trains, who picks the checkpoint, who is held out.
+
+    Identities are ORL's ``s1..s40``. ``reduced_photos`` hands the builder fewer photos of some
+    training identities so that every branch of the scaled policy in ``build_config`` runs. The
+    checkpoint is chosen by verification on the ``select`` identities, and every reported figure
+    comes from the ``test`` identities, which nothing before the report has seen.
+    ``enroll_photos`` of each test identity form the gallery; the others are identified.
+    """
+
+    train: List[int] = dataclasses.field(default_factory=lambda: list(range(1, 28)))
+    select: List[int] = dataclasses.field(default_factory=lambda: [28, 29, 30])
+    test: List[int] = dataclasses.field(default_factory=lambda: list(range(31, 41)))
+    reduced_photos: Dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"s24": 8, "s25": 6, "s26": 4, "s27": 3})
+    build_config: str = "configs/demo_build.yaml"
+    train_config: str = "configs/demo_cpu.yaml"
+    enroll_photos: int = 5
+    calibrate_method: str = "l2"
+    calibration_samples: int = 100
+    workers: int = 0
