@@ -57,7 +57,7 @@ def plan_flash(port: str, board: str, baudrate: int = k210.KFLASH_BAUDRATE,
 def describe_flash(plan: Dict[str, Any]) -> str:
     """The plan as text: where each file goes, over which port and board."""
     source = plan.get("kfpkg") or "a package built from the kmodel"
-    return (f"flash {source} over {plan['port']} (board {plan['board']}, {plan['baudrate']} baud):\n"
+    return (f"flash {source} over {plan['port'] or '(no --port given)'} (board {plan['board']}, {plan['baudrate']} baud):\n"
             + "\n".join(line for line in kfpkg.describe(plan).splitlines() if not line.startswith("package ")))
 
 

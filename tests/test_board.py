@@ -1,0 +1,349 @@
+"""Board stage: .kfpkg packing checked by kflash's own code, flash plans, the board script and its generated
+config, the exact threshold conversion, and host enroll/identify agreeing across Keras, TFLite and kmodel."""
+import binascii
+import hashlib
+import json
+import socket
+import struct
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilefacenet_k210 import k210, preprocessing
+from mobilefacenet_k210.board import files, flash, gallery, kfpkg, score
+from mobilefacenet_k210.cli import main
+
+PEOPLE = ["s1", "s2", "s3", "s4", "s5", "s6"]
+ENROLL_PHOTOS = (1, 2, 3, 4)
+PROBE_PHOTOS = (9, 10)
+
+
+# --- fixtures ----------------------------------------------------------------------------------------
+def _tiny_model():
+    """A small K210-legal embedding model (3 stride-2 convs, GDC, 1x1 to 32-d), fixed random weights."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    inp = tf.keras.Input((112, 112, 3))
+    x = inp
+    for i, channels in enumerate((16, 32, 32)):
+        x = layers.ZeroPadding2D(1, name=f"pad{i}")(x)
+        x = layers.Conv2D(channels, 3, strides=2, padding="valid", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+    x = layers.DepthwiseConv2D(14, padding="valid", use_bias=False, name="gdc")(x)
+    x = layers.BatchNormalization(name="gdc_bn")(x)
+    x = layers.Conv2D(32, 1, use_bias=False, name="embedding")(x)
+    return tf.keras.Model(inp, layers.Flatten(name="flatten")(x), name="tiny")
+
+
+def _orl_crop(path: Path) -> np.ndarray:
+    """An ORL photo (92x112 gray) stretched to a 112x112 RGB 'aligned' crop."""
+    import cv2
+
+    from mobilefacenet_k210.data.align import read_image
+
+    return cv2.resize(read_image(path), (112, 112), interpolation=cv2.INTER_LINEAR)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Aligned-crop folders: gallery/<person>/*.png and probes/<person>_<k>.png from the real ORL faces."""
+    import cv2
+
+    from mobilefacenet_k210.data.orl import fetch_orl
+
+    orl = fetch_orl()
+    root = tmp_path_factory.mktemp("faces")
+    for person in PEOPLE:
+        (root / "gallery" / person).mkdir(parents=True)
+        for k in ENROLL_PHOTOS:
+            cv2.imwrite(str(root / "gallery" / person / f"{k}.png"), _orl_crop(orl / person / f"{k}.pgm")[:, :, ::-1])
+    (root / "probes").mkdir()
+    probes = []
+    for person in PEOPLE:
+        for k in PROBE_PHOTOS:
+            path = root / "probes" / f"{person}_{k}.png"
+            cv2.imwrite(str(path), _orl_crop(orl / person / f"{k}.pgm")[:, :, ::-1])
+            probes.append(path)
+    return {"orl": orl, "gallery": root / "gallery", "probes": probes}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, faces):
+    """The tiny model as .keras, float .tflite and a uint8 kmodel (nncase 1.x, with its compile record)."""
+    from mobilefacenet_k210.export.kmodel import compile_kmodel
+    from mobilefacenet_k210.export.tflite import convert_float
+
+    out = tmp_path_factory.mktemp("tiny")
+    model = _tiny_model()
+    model.save(out / "tiny.keras")
+    convert_float(model, out / "tiny.tflite")
+    calibration = np.stack([_orl_crop(faces["orl"] / p / f"{k}.pgm") for p in PEOPLE for k in ENROLL_PHOTOS])
+    compile_kmodel(out / "tiny.tflite", out / "tiny.kmodel", calibration=calibration, timeout_s=300)
+    return {"keras": out / "tiny.keras", "tflite": out / "tiny.tflite", "kmodel": out / "tiny.kmodel"}
+
+
+def _fake_kmodel(path: Path, version: int = 5, size: int = 4096) -> Path:
+    header = struct.pack("<I", version) if version == 3 else b"LDMK" + struct.pack("<I", version)
+    with path.open("wb") as f:
+        f.write(header)
+        f.truncate(size)
+    return path
+
+
+class FakeK210:
+    """A board at the other end of the serial line: answers kflash's ISP protocol over TCP (pyserial's
+    ``socket://`` transport) and records every flash write (address, bytes), checking each CRC."""
+
+    SILENT = {0xC5, 0xC6, 0xD6}  # boot, stage-0 and stub baud rate changes: no reply
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.url = "socket://127.0.0.1:%d" % self.server.getsockname()[1]
+        self.writes, self.ops = [], []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _frames(conn):
+        frame, inside, escape = bytearray(), False, False
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            for b in data:
+                if not inside:
+                    inside, frame = b == 0xC0, bytearray()
+                elif escape:
+                    frame.append({0xDC: 0xC0, 0xDD: 0xDB}[b])
+                    escape = False
+                elif b == 0xDB:
+                    escape = True
+                elif b == 0xC0:
+                    if frame:
+                        yield bytes(frame)
+                    inside = False
+                else:
+                    frame.append(b)
+
+    def _serve(self):
+        conn, _ = self.server.accept()
+        with conn:
+            for frame in self._frames(conn):
+                op = frame[0]
+                self.ops.append(op)
+                if op == 0xD4:
+                    crc, address, length = struct.unpack("<III", frame[4:16])
+                    assert binascii.crc32(frame[8:16 + length]) & 0xFFFFFFFF == crc
+                    self.writes.append((address, frame[16:16 + length]))
+                if op not in self.SILENT:
+                    conn.sendall(bytes([0xC0, op, 0xE0, 0xC0]))
+                if op == 0xD5:  # reboot: kflash is done
+                    break
+        self.server.close()
+
+    def written(self, address: int) -> bytes:
+        """The bytes written from ``address`` on, joined across kflash's 64 KiB chunks."""
+        chunks = sorted(w for w in self.writes if w[0] >= address)
+        data, at = b"", address
+        for start, chunk in chunks:
+            if start != at:
+                break
+            data += chunk
+            at += len(chunk)
+        return data
+
+
+# --- .kfpkg ------------------------------------------------------------------------------------------
+def test_kfpkg_contents_and_flash_list_layout(tmp_path, tiny):
+    plan = kfpkg.build_kfpkg(tiny["kmodel"], tmp_path / "m.kfpkg")
+    with zipfile.ZipFile(tmp_path / "m.kfpkg") as zf:
+        assert sorted(zf.namelist()) == sorted(["tiny.kmodel", kfpkg.FLASH_LIST, kfpkg.PLAN_FILE])
+        assert zf.read("tiny.kmodel") == tiny["kmodel"].read_bytes()
+        text = zf.read(kfpkg.FLASH_LIST).decode()
+    listing = json.loads(text)
+    assert listing["files"] == [{"address": 0x300000, "bin": "tiny.kmodel", "sha256Prefix": False}]
+    assert '"address": 3145728,' in text.splitlines()[4]  # bare number, own line, comma: kflash's regex needs it
+    assert plan["kmodel"]["nncase_version"].startswith("1.1.0") and plan["warnings"] == []
+    assert plan["board_load"] == f"kpu.load(0x300000, size={tiny['kmodel'].stat().st_size})"
+    assert kfpkg.read_kfpkg(tmp_path / "m.kfpkg")["files"][0]["address"] == 0x300000
+
+
+def test_kflash_parses_package_and_writes_each_file_at_its_address(tmp_path, tiny, monkeypatch):
+    import serial
+
+    firmware = tmp_path / "canmv.bin"
+    firmware.write_bytes(np.random.default_rng(0).integers(0, 256, 70000, dtype=np.uint8).tobytes())
+    kfpkg.build_kfpkg(tiny["kmodel"], tmp_path / "all.kfpkg", firmware=firmware)
+    board = FakeK210()
+    monkeypatch.setattr(serial, "Serial", lambda port, **kw: serial.serial_for_url(port, **kw))
+    flash.run_kflash(tmp_path / "all.kfpkg", board.url, "goE", 1500000)
+    board.thread.join(10)
+    assert board.written(0x300000)[:tiny["kmodel"].stat().st_size] == tiny["kmodel"].read_bytes()
+    fw = firmware.read_bytes()
+    header = board.written(0)[:5 + len(fw) + 32]  # kflash: flag byte, length, firmware, sha256
+    assert struct.unpack("<I", header[1:5])[0] == len(fw) and header[5:5 + len(fw)] == fw
+    assert header[-32:] == hashlib.sha256(header[:-32]).digest()
+    assert 0xD5 in board.ops  # kflash finished and rebooted the board
+
+
+def test_runtime_mismatch_warns_and_no_record_warns(tmp_path, tiny):
+    assert any("will load and then fail" in w for w in kfpkg.check_kmodel(tiny["kmodel"], runtime="sdk-1.9")["warnings"])
+    bare = _fake_kmodel(tmp_path / "bare.kmodel")
+    assert any("no compile record" in w for w in kfpkg.check_kmodel(bare)["warnings"])
+
+
+@pytest.mark.parametrize("version, why", [(4, "kmodel v4"), (3, "kmodel v3")])
+def test_non_v5_kmodel_is_refused(tmp_path, version, why):
+    with pytest.raises(kfpkg.KfpkgError, match=why):
+        kfpkg.build_kfpkg(_fake_kmodel(tmp_path / "old.kmodel", version), tmp_path / "x.kfpkg")
+    junk = tmp_path / "junk.kmodel"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n" * 4)
+    with pytest.raises(kfpkg.KfpkgError, match="not a kmodel"):
+        kfpkg.check_kmodel(junk)
+
+
+def test_oversized_and_misplaced_kmodels_are_refused(tmp_path):
+    with pytest.raises(kfpkg.KfpkgError, match="RAM"):
+        kfpkg.check_kmodel(_fake_kmodel(tmp_path / "big.kmodel", size=k210.CANMV_KMODEL_RAM_LIMIT))
+    small = _fake_kmodel(tmp_path / "small.kmodel", size=8192)
+    with pytest.raises(kfpkg.KfpkgError, match="past the free flash"):
+        kfpkg.check_kmodel(small, address=k210.FLASH_END - 4096)
+    with pytest.raises(kfpkg.KfpkgError, match="firmware area"):
+        kfpkg.check_kmodel(small, address=0x100000)
+    with pytest.raises(kfpkg.KfpkgError, match="sector"):
+        kfpkg.check_kmodel(small, address=0x300100)
+    firmware = tmp_path / "fw.bin"
+    firmware.write_bytes(b"\0" * (0x300000 - 10))
+    with pytest.raises(kfpkg.KfpkgError, match="over the kmodel"):
+        kfpkg.build_plan(small, firmware)
+
+
+# --- flash -------------------------------------------------------------------------------------------
+def test_dry_run_plan_needs_no_board(tmp_path, tiny, capsys):
+    kfpkg.build_kfpkg(tiny["kmodel"], tmp_path / "m.kfpkg")
+    plan = flash.flash("/dev/ttyUSB-none", "M5StickV", package=tmp_path / "m.kfpkg", dry_run=True)
+    assert plan["board"] == "goE" and plan["baudrate"] == k210.KFLASH_BAUDRATE
+    assert [(f["bin"], f["address"]) for f in plan["files"]] == [("tiny.kmodel", 0x300000)]
+    assert main(["flash", "--board", "goE", "--kmodel", str(tiny["kmodel"]), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "0x00300000" in out and "dry run: nothing written" in out and "kpu.load(0x300000" in out
+
+
+def test_unknown_board_and_missing_port_give_clear_errors(tmp_path, tiny, capsys):
+    with pytest.raises(ValueError, match="unknown board 'maixcube'.*goE"):
+        flash.plan_flash("/dev/ttyUSB0", "maixcube", kmodel=tiny["kmodel"])
+    with pytest.raises(flash.FlashError, match="does not exist"):
+        flash.flash(str(tmp_path / "ttyUSB9"), "goE", kmodel=tiny["kmodel"])
+    with pytest.raises(flash.FlashError, match="no serial port given"):
+        flash.flash("", "goE", kmodel=tiny["kmodel"])
+    assert main(["flash", "--board", "dan", "--port", str(tmp_path / "ttyUSB9"), "--kmodel", str(tiny["kmodel"])]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --- threshold ---------------------------------------------------------------------------------------
+def test_threshold_conversion_is_exact():
+    for d in (0.0, 0.5, 1.0, 1.2345, 2.0, 4.0):
+        assert score.distance_to_score(d) == pytest.approx(100.0 - 25.0 * d, abs=1e-12)
+        assert score.score_to_distance(score.distance_to_score(d)) == pytest.approx(d, abs=1e-12)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 128)), rng.normal(size=(50, 128))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    squared = ((a - b) ** 2).sum(axis=1)
+    board = np.diag(score.board_scores(a, b))
+    np.testing.assert_allclose(board, [score.distance_to_score(d) for d in squared], atol=1e-4)
+    t = float(np.median(squared))
+    assert ((squared < t) == (board > score.distance_to_score(t))).all()
+
+
+def test_threshold_from_eval_json_forms(tmp_path):
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps({"accuracy": 0.9, "best_threshold": 1.32}))
+    assert score.threshold_from_eval(single) == {"distance": 1.32, "score": 67.0, "source": str(single),
+                                                 "set": None, "accuracy": 0.9}
+    several = tmp_path / "several.json"
+    several.write_text(json.dumps({"results": {"lfw": {"best_threshold": 1.1}, "orl": {"best_threshold": 1.4}}}))
+    with pytest.raises(ValueError, match="pick one"):
+        score.threshold_from_eval(several)
+    assert score.threshold_from_eval(several, "orl")["score"] == pytest.approx(65.0)
+    nothing = tmp_path / "nothing.json"
+    nothing.write_text("{}")
+    with pytest.raises(ValueError, match="no 'best_threshold'"):
+        score.threshold_from_eval(nothing)
+
+
+# --- board files -------------------------------------------------------------------------------------
+def test_board_script_compiles_and_config_is_generated(tmp_path, tiny, faces):
+    compile(files.script_source(), files.SCRIPT, "exec")
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"best_threshold": 1.08, "accuracy": 0.95}))
+    gallery.enroll(faces["gallery"], tiny["keras"], tmp_path / "g.json", aligned=True)
+    result = files.write_board_files(tmp_path / "sd", tiny["kmodel"], eval_json, gallery=tmp_path / "g.json")
+    sd = tmp_path / "sd"
+    assert sorted(p.name for p in sd.iterdir()) == sorted([files.SCRIPT, files.CONFIG_NAME, files.GALLERY_NAME,
+                                                           "mfk210.kmodel"])
+    compile((sd / files.SCRIPT).read_text(), files.SCRIPT, "exec")
+    cfg = json.loads((sd / files.CONFIG_NAME).read_text())
+    assert cfg == result["config"]
+    assert cfg["threshold"]["score"] == score.distance_to_score(1.08) == pytest.approx(73.0)
+    np.testing.assert_array_equal(np.array(cfg["template"], np.float32), preprocessing.ARCFACE_TEMPLATE)
+    assert cfg["embedding_size"] == 32 and cfg["model"]["path"] == "/sd/mfk210.kmodel"
+    assert (sd / "mfk210.kmodel").read_bytes() == tiny["kmodel"].read_bytes()
+    flashed = files.write_board_files(tmp_path / "sd2", tiny["kmodel"], eval_json, flash_address=0x400000)
+    assert flashed["config"]["model"]["flash_address"] == 0x400000 and not (tmp_path / "sd2" / "mfk210.kmodel").exists()
+    assert main(["board-files", "--out", str(tmp_path / "sd3"), "--kmodel", str(tiny["kmodel"]),
+                 "--eval", str(eval_json), "--set", "detector_nms=0.3"]) == 0
+    assert json.loads((tmp_path / "sd3" / files.CONFIG_NAME).read_text())["detector"]["nms"] == 0.3
+
+
+# --- enroll / identify -------------------------------------------------------------------------------
+def test_identify_gives_the_same_names_with_keras_tflite_and_kmodel(tmp_path, tiny, faces):
+    names = {}
+    for kind in ("keras", "tflite", "kmodel"):
+        out = tmp_path / f"{kind}.json"
+        enrolled = gallery.enroll(faces["gallery"], tiny[kind], out, aligned=True)
+        assert [p["name"] for p in enrolled["people"]] == PEOPLE
+        feats = np.array([p["feature"] for p in enrolled["people"]])
+        np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+        results = gallery.identify(faces["probes"], out, tiny[kind], threshold_score=None, aligned=True)
+        names[kind] = [r["best"] for r in results]
+    assert names["tflite"] == names["keras"]
+    assert names["kmodel"] == names["keras"]
+    truth = [p.name.split("_")[0] for p in faces["probes"]]
+    assert sum(a == b for a, b in zip(names["keras"], truth)) > len(truth) / len(PEOPLE)  # better than chance
+
+
+def test_enroll_identify_cli_with_threshold_and_mtcnn(tmp_path, tiny, faces, capsys):
+    out = tmp_path / "g.json"
+    assert main(["enroll", str(faces["gallery"]), "--model", str(tiny["keras"]), "--out", str(out), "--aligned"]) == 0
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"best_threshold": 0.4}))
+    capsys.readouterr()
+    probes = [str(p) for p in faces["probes"][:2]]
+    assert main(["identify", *probes, "--gallery", str(out), "--model", str(tiny["keras"]), "--aligned",
+                 "--threshold-from", str(eval_json)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(("> 90.0" in line) or ("<= 90.0" in line) for line in lines)
+    raw = [faces["orl"] / "s1" / "9.pgm", faces["orl"] / "s2" / "9.pgm"]
+    results = gallery.identify(raw, out, tiny["keras"])  # MTCNN detects and aligns the raw ORL photos
+    assert all(r["face"] and r["best"] in PEOPLE for r in results)
+
+
+def test_missing_or_bad_gallery_gives_clear_errors(tmp_path, tiny, faces, capsys):
+    with pytest.raises(gallery.GalleryError, match="no such gallery file"):
+        gallery.identify(faces["probes"][:1], tmp_path / "none.json", tiny["keras"], aligned=True)
+    assert main(["identify", str(faces["probes"][0]), "--gallery", str(tmp_path / "none.json"),
+                 "--model", str(tiny["keras"]), "--aligned"]) == 2
+    assert "no such gallery file" in capsys.readouterr().err
+    with pytest.raises(gallery.GalleryError, match="no such gallery folder"):
+        gallery.enroll(tmp_path / "nobody", tiny["keras"], tmp_path / "g.json")
+    with pytest.raises(gallery.GalleryError, match="--aligned needs 112x112"):
+        gallery.load_crops([faces["orl"] / "s1" / "1.pgm"], aligned=True)
