@@ -258,8 +258,44 @@ def run_identify(args) -> int:
     return 0
 
 
+# --- train ----------------------------------------------------------------------------------------
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train MobileFaceNet on shards (softmax -> ArcFace ...), resumable",
+                       description="Run the phases of a training config on a shard folder. Rerun the same "
+                                   "command after an interruption: it resumes at the same phase, epoch and step.")
+    p.add_argument("--config", help="YAML/JSON TrainConfig (e.g. configs/demo_cpu.yaml); defaults if omitted")
+    p.add_argument("--data", required=True, help="shard folder with metadata.json (mfk210 build-tfrecords)")
+    p.add_argument("--out", required=True, help="run folder (embedding/model.keras, logs, checkpoints)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. phases.1.epochs=3 (repeatable)")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], help="tf.distribute strategy")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed float16 (heads stay float32)")
+    p.add_argument("--seed", type=int, help="seed of weights and data order")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a run folder even though its config differs from this one")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch only)")
+    p.set_defaults(handler=run_train)
+
+
+def run_train(args) -> int:
+    from mobilefacenet_k210 import train
+    from mobilefacenet_k210.config import load_train_config
+
+    overrides = list(args.set)
+    if args.strategy:
+        overrides.append(f"strategy={args.strategy}")
+    if args.mixed_precision:
+        overrides.append("mixed_precision=true")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    config = load_train_config(args.config, overrides)
+    train.train(config, args.data, args.out, allow_config_change=args.allow_config_change,
+                progress=not args.no_progress)
+    return 0
+
+
 # --- registry -------------------------------------------------------------------------------------
-COMMANDS = [add_check, add_evaluate, add_export, add_kfpkg, add_flash, add_board_files, add_enroll, add_identify]
+COMMANDS = [add_check, add_train, add_evaluate, add_export, add_kfpkg, add_flash, add_board_files, add_enroll, add_identify]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,173 @@
+"""Classification heads and their losses, apart from the backbone (which only makes embeddings).
+
+Every head is a Keras layer called on ``[embeddings, labels]`` and computing in float32 whatever
+the mixed-precision policy (``dtype="float32"``; the float16 embeddings are cast first), so that
+``s * cos`` with s=64 never overflows half precision:
+
+- :class:`SoftmaxHead`: a Dense layer (the labels are ignored).
+- :class:`MarginHead`: the combined margin of InsightFace, target logit ``s*(cos(m1*theta + m2) - m3)``
+  on L2-normalized embeddings and class centres; :class:`ArcFace` (m2, default s=64 m=0.5) and
+  :class:`CosFace` (m3, default m=0.35) are its two common cases. When ``m1*theta + m2`` passes pi
+  the target logit would grow again with theta, so InsightFace's fallback
+  ``cos(theta) - m2*sin(m2) - m3`` is used there instead (it keeps the penalty monotonic).
+- :class:`L2Embedding`: L2-normalized embeddings, for ``tfa.losses.TripletSemiHardLoss``.
+
+:func:`build_training_model` wraps an embedding model into ``(image, label) -> logits``.
+"""
+import math
+from typing import Any, Dict, Tuple
+
+import tensorflow as tf
+
+from mobilefacenet_k210.config import HEADS, PhaseConfig
+
+
+class SoftmaxHead(tf.keras.layers.Layer):
+    """Plain softmax classifier: logits = embeddings @ W + b (float32)."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.dense = tf.keras.layers.Dense(self.num_classes, dtype="float32", name="logits")
+
+    def call(self, inputs):
+        embeddings, _ = inputs
+        return self.dense(tf.cast(embeddings, tf.float32))
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+class MarginHead(tf.keras.layers.Layer):
+    """Combined angular margin: logit of the true class ``s*(cos(m1*theta + m2) - m3)``, others ``s*cos``."""
+
+    def __init__(self, num_classes: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
+                 **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.scale, self.m1, self.m2, self.m3 = float(scale), float(m1), float(m2), float(m3)
+
+    def build(self, input_shape):
+        dim = int(input_shape[0][-1])
+        self.centers = self.add_weight(name="centers", shape=(dim, self.num_classes), dtype=tf.float32,
+                                       initializer=tf.keras.initializers.GlorotNormal(), trainable=True)
+        super().build(input_shape)
+
+    def cosine(self, embeddings: tf.Tensor) -> tf.Tensor:
+        """Cosine between each embedding and each class centre, (N, num_classes) float32."""
+        x = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
+        w = tf.math.l2_normalize(self.centers, axis=0)
+        return tf.clip_by_value(tf.matmul(x, w), -1.0, 1.0)
+
+    def target_logit(self, cos: tf.Tensor) -> tf.Tensor:
+        """``cos(m1*theta + m2) - m3`` with the monotonic fallback past pi (before scaling)."""
+        if self.m1 == 1.0 and self.m2 == 0.0:
+            return cos - self.m3
+        if self.m1 == 1.0:  # cos(theta + m) by the angle sum: no acos, exact gradient near cos = +-1
+            sin = tf.sqrt(tf.maximum(1.0 - tf.square(cos), 0.0))
+            shifted = cos * math.cos(self.m2) - sin * math.sin(self.m2)
+            valid = cos > math.cos(math.pi - self.m2)
+        else:
+            theta = tf.acos(tf.clip_by_value(cos, -1.0 + 1e-7, 1.0 - 1e-7))
+            shifted = tf.cos(self.m1 * theta + self.m2)
+            valid = self.m1 * theta + self.m2 < math.pi
+        fallback = cos - self.m2 * math.sin(self.m2)
+        return tf.where(valid, shifted, fallback) - self.m3
+
+    def call(self, inputs):
+        embeddings, labels = inputs
+        cos = self.cosine(embeddings)
+        onehot = tf.one_hot(tf.reshape(tf.cast(labels, tf.int32), [-1]), self.num_classes, dtype=tf.float32)
+        logits = tf.where(onehot > 0, self.target_logit(cos), cos)
+        return self.scale * logits
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "num_classes": self.num_classes, "scale": self.scale,
+                "m1": self.m1, "m2": self.m2, "m3": self.m3}
+
+
+class ArcFace(MarginHead):
+    """Additive angular margin (Deng et al. 2019): true-class logit ``s*cos(theta + m)``."""
+
+    def __init__(self, num_classes: int, scale: float = 64.0, margin: float = 0.5, **kwargs):
+        for key in ("m1", "m2", "m3"):
+            kwargs.pop(key, None)
+        super().__init__(num_classes, scale=scale, m1=1.0, m2=margin, m3=0.0, **kwargs)
+        self.margin = float(margin)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "margin": self.margin}
+
+
+class CosFace(MarginHead):
+    """Additive cosine margin (Wang et al. 2018): true-class logit ``s*(cos(theta) - m)``."""
+
+    def __init__(self, num_classes: int, scale: float = 64.0, margin: float = 0.35, **kwargs):
+        for key in ("m1", "m2", "m3"):
+            kwargs.pop(key, None)
+        super().__init__(num_classes, scale=scale, m1=1.0, m2=0.0, m3=margin, **kwargs)
+        self.margin = float(margin)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "margin": self.margin}
+
+
+class L2Embedding(tf.keras.layers.Layer):
+    """L2-normalized float32 embeddings (labels ignored): the output a triplet loss compares."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        embeddings, _ = inputs
+        return tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
+
+
+CUSTOM_OBJECTS = {c.__name__: c for c in (SoftmaxHead, MarginHead, ArcFace, CosFace, L2Embedding)}
+
+
+def make_head(phase: PhaseConfig, num_classes: int) -> tf.keras.layers.Layer:
+    """The head layer a phase asks for."""
+    if phase.head == "softmax":
+        return SoftmaxHead(num_classes, name="head")
+    if phase.head == "arcface":
+        return ArcFace(num_classes, scale=phase.scale, margin=phase.margin, name="head")
+    if phase.head == "cosface":
+        return CosFace(num_classes, scale=phase.scale, margin=phase.margin, name="head")
+    if phase.head == "combined":
+        return MarginHead(num_classes, scale=phase.scale, m1=phase.m1, m2=phase.m2, m3=phase.m3, name="head")
+    if phase.head == "triplet":
+        return L2Embedding(name="head")
+    raise ValueError(f"head {phase.head!r}: choose one of {HEADS}")
+
+
+def make_loss(phase: PhaseConfig) -> tf.keras.losses.Loss:
+    """Cross-entropy on the logits of a classification head; semi-hard triplet loss for ``triplet``."""
+    if phase.head == "triplet":
+        import tensorflow_addons as tfa
+
+        return tfa.losses.TripletSemiHardLoss(margin=phase.triplet_margin)
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def make_metrics(phase: PhaseConfig) -> list:
+    """Training accuracy of the head (on the logits it trains with, margins included)."""
+    return [] if phase.head == "triplet" else [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+
+def build_training_model(embedding_model: tf.keras.Model, phase: PhaseConfig,
+                         num_classes: int) -> Tuple[tf.keras.Model, tf.keras.layers.Layer]:
+    """``(image, label) -> logits`` (or normalized embeddings for triplet) around ``embedding_model``.
+
+    The embedding model is used as one layer, so its weights are shared: what the training model
+    learns is what :func:`model.io.save_embedding_model` saves. Returns the model and its head.
+    """
+    size = embedding_model.input_shape[1]
+    image = tf.keras.Input((size, size, 3), name="image")
+    label = tf.keras.Input((), dtype=tf.int32, name="label")
+    head = make_head(phase, num_classes)
+    outputs = head([embedding_model(image), label])
+    return tf.keras.Model([image, label], outputs, name=f"train_{phase.head}"), head
