@@ -149,5 +149,22 @@ def verify(embeddings: np.ndarray, issame: Sequence[bool], nfolds: int = 10,
 
 
 def summary(result: Dict[str, Any]) -> Dict[str, Any]:
-    """The JSON-ready part of a :func:`verify` result (no per-pair arrays)."""
-    return {k: v for k, v in result.items() if k not in ("distances", "issame")}
+    """The JSON-ready part of a :func:`verify` or :func:`cosine_agreement` result (no per-item arrays)."""
+    return {k: v for k, v in result.items() if k not in ("distances", "issame", "cosine")}
+
+
+def cosine_agreement(embeddings_a: np.ndarray, embeddings_b: np.ndarray) -> Dict[str, Any]:
+    """How closely two models embed the same images (e.g. Keras vs kmodel): per-row cosine similarity.
+
+    Returns ``mean``, ``std``, ``min``, ``p01``, ``p05``, ``median`` and the per-image array
+    ``cosine`` (left out of JSON by :func:`summary`).
+    """
+    a, b = np.asarray(embeddings_a), np.asarray(embeddings_b)
+    if a.shape[0] != b.shape[0]:
+        raise VerificationError(f"cannot compare {a.shape[0]} embeddings with {b.shape[0]}")
+    if a.shape[1] != b.shape[1]:
+        raise VerificationError(f"embedding sizes differ: {a.shape[1]} vs {b.shape[1]}")
+    cos = np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
+    return {"mean": float(cos.mean()), "std": float(cos.std()), "min": float(cos.min()),
+            "p01": float(np.percentile(cos, 1)), "p05": float(np.percentile(cos, 5)),
+            "median": float(np.median(cos)), "n_images": int(cos.size), "cosine": cos}
