@@ -194,8 +194,12 @@ def test_kflash_parses_package_and_writes_each_file_at_its_address(tmp_path, tin
     assert 0xD5 in board.ops  # kflash finished and rebooted the board
 
 
-def test_runtime_mismatch_warns_and_no_record_warns(tmp_path, tiny):
+def test_runtime_mismatch_warns_and_no_record_warns(tmp_path, tiny, capsys):
     assert any("will load and then fail" in w for w in kfpkg.check_kmodel(tiny["kmodel"], runtime="sdk-1.9")["warnings"])
+    assert main(["kfpkg", "--kmodel", str(tiny["kmodel"]), "--out", str(tmp_path / "m.kfpkg"),
+                 "--runtime", "sdk-1.9"]) == 0
+    out = capsys.readouterr().out
+    assert "0x00300000-" in out and "WARNING" in out and "nncase 1.9.0" in out
     bare = _fake_kmodel(tmp_path / "bare.kmodel")
     assert any("no compile record" in w for w in kfpkg.check_kmodel(bare)["warnings"])
 
@@ -270,10 +274,11 @@ def test_threshold_from_eval_json_forms(tmp_path):
     assert score.threshold_from_eval(single) == {"distance": 1.32, "score": 67.0, "source": str(single),
                                                  "set": None, "accuracy": 0.9}
     several = tmp_path / "several.json"
-    several.write_text(json.dumps({"results": {"lfw": {"best_threshold": 1.1}, "orl": {"best_threshold": 1.4}}}))
+    several.write_text(json.dumps({"results": {"m.keras": {"orl": {"best_threshold": 1.1}},  # evaluate --json
+                                               "m.kmodel": {"orl": {"best_threshold": 1.4}}}, "compare": {}}))
     with pytest.raises(ValueError, match="pick one"):
         score.threshold_from_eval(several)
-    assert score.threshold_from_eval(several, "orl")["score"] == pytest.approx(65.0)
+    assert score.threshold_from_eval(several, "m.kmodel/orl")["score"] == pytest.approx(65.0)
     nothing = tmp_path / "nothing.json"
     nothing.write_text("{}")
     with pytest.raises(ValueError, match="no 'best_threshold'"):
