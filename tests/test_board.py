@@ -208,6 +208,11 @@ def test_runtime_mismatch_warns_and_no_record_warns(tmp_path, tiny, capsys):
 def test_non_v5_kmodel_is_refused(tmp_path, version, why):
     with pytest.raises(kfpkg.KfpkgError, match=why):
         kfpkg.build_kfpkg(_fake_kmodel(tmp_path / "old.kmodel", version), tmp_path / "x.kfpkg")
+    with zipfile.ZipFile(tmp_path / "old.kfpkg", "w") as zf:  # someone else's package: flashable, but warned
+        zf.write(tmp_path / "old.kmodel", "old.kmodel")
+        zf.writestr(kfpkg.FLASH_LIST, kfpkg.flash_list_json([{"address": 0x300000, "bin": "old.kmodel",
+                                                             "sha256Prefix": False}]))
+    assert any(why in w for w in kfpkg.read_kfpkg(tmp_path / "old.kfpkg")["warnings"])
     junk = tmp_path / "junk.kmodel"
     junk.write_bytes(b"\x89PNG\r\n\x1a\n" * 4)
     with pytest.raises(kfpkg.KfpkgError, match="not a kmodel"):

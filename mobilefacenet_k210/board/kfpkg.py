@@ -188,9 +188,30 @@ def read_kfpkg(path: Union[str, Path]) -> Dict[str, Any]:
         raise KfpkgError(f"{path}: not a valid .kfpkg ({exc})") from None
     if not files:
         raise KfpkgError(f"{path}: {FLASH_LIST} lists no files")
-    plan = {"kfpkg": str(path), "files": files, "warnings": [], "kmodel": stored.get("kmodel"),
+    warnings = []
+    for f in files:
+        if f["bin"].endswith(".kmodel"):
+            version = _header_version(_member_head(path, f["bin"]))
+            if version != k210.KMODEL_VERSION:
+                warnings.append(f"{path}: {f['bin']} is kmodel v{version}, not the v{k210.KMODEL_VERSION} this "
+                                "project's runtimes expect")
+    return {"kfpkg": str(path), "files": files, "warnings": warnings, "kmodel": stored.get("kmodel"),
             "board_load": stored.get("board_load")}
-    return plan
+
+
+def _member_head(path: Path, name: str, size: int = 8) -> bytes:
+    """The first ``size`` bytes of member ``name`` of the zip at ``path``."""
+    with zipfile.ZipFile(path) as zf, zf.open(name) as f:
+        return f.read(size)
+
+
+def _header_version(head: bytes) -> Optional[int]:
+    from mobilefacenet_k210.export.kmodel import KmodelError, read_kmodel_version
+
+    try:
+        return read_kmodel_version(head)
+    except KmodelError:
+        return None
 
 
 def describe(plan: Dict[str, Any]) -> str:
