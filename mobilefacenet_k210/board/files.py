@@ -59,7 +59,7 @@ def board_config(kmodel_check: Dict[str, Any], threshold: Dict[str, Any], config
         "model": {**model, "nncase_version": kmodel_check["nncase_version"], "sha256": kmodel_check["sha256"]},
         "input_size": preprocessing.INPUT_SIZE,
         "embedding_size": embedding_size,
-        "template": [[float(x), float(y)] for x, y in preprocessing.ARCFACE_TEMPLATE.tolist()],
+        "template": [[float(str(v)) for v in point] for point in preprocessing.ARCFACE_TEMPLATE],  # float32's digits
         "threshold": threshold,
         "gallery": f"{config.sd_root}/{GALLERY_NAME}",
         "detector": {"path": config.detector_path, "anchor": list(config.detector_anchor),
