@@ -165,8 +165,7 @@ def build_training_model(embedding_model: tf.keras.Model, phase: PhaseConfig,
     The embedding model is used as one layer, so its weights are shared: what the training model
     learns is what :func:`model.io.save_embedding_model` saves. Returns the model and its head.
     """
-    size = embedding_model.input_shape[1]
-    image = tf.keras.Input((size, size, 3), name="image")
+    image = tf.keras.Input(embedding_model.input_shape[1:], name="image")
     label = tf.keras.Input((), dtype=tf.int32, name="label")
     head = make_head(phase, num_classes)
     outputs = head([embedding_model(image), label])
