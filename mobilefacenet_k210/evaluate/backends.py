@@ -32,8 +32,10 @@ class Backend:
 
     name = "model"
     kind = "?"
+    batches_per_call = 1
+    """How many batches ``_run`` receives at once (Keras: several, to spread ``predict``'s fixed cost)."""
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
         raise NotImplementedError
 
     def embed(self, images: np.ndarray, batch_size: int = 64, flip: bool = False,
@@ -47,12 +49,13 @@ class Backend:
         out = []
         with tqdm(total=len(images) * (2 if flip else 1), desc=f"embed {self.name}", unit="img",
                   disable=not progress, leave=False) as bar:
-            for start in range(0, len(images), batch_size):
-                batch = images[start:start + batch_size]
-                emb = np.asarray(self._run(batch), dtype=np.float32).reshape(len(batch), -1)
+            step = batch_size * self.batches_per_call
+            for start in range(0, len(images), step):
+                batch = images[start:start + step]
+                emb = np.asarray(self._run(batch, batch_size), dtype=np.float32).reshape(len(batch), -1)
                 bar.update(len(batch))
                 if flip:
-                    emb = emb + np.asarray(self._run(np.ascontiguousarray(batch[:, :, ::-1])),
+                    emb = emb + np.asarray(self._run(np.ascontiguousarray(batch[:, :, ::-1]), batch_size),
                                            dtype=np.float32).reshape(len(batch), -1)
                     bar.update(len(batch))
                 out.append(emb)
@@ -68,13 +71,14 @@ class KerasBackend(Backend):
     """
 
     kind = "keras"
+    batches_per_call = 8
 
     def __init__(self, model: Any, name: str = None):
         self.model = model
         self.name = name or model.name
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.model.predict(normalize(batch), batch_size=len(batch), verbose=0)
+    def _run(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
+        return self.model.predict(normalize(batch), batch_size=batch_size, verbose=0)
 
 
 class TFLiteBackend(Backend):
@@ -130,7 +134,7 @@ class TFLiteBackend(Backend):
         self.interpreter.invoke()
         return self._dequantize(self.interpreter.get_tensor(self.output["index"]))
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
         x = self._quantize(normalize(batch))
         if self.dynamic_batch:
             return self._invoke(x)
@@ -152,7 +156,7 @@ class KmodelBackend(Backend):
         self._simulate = simulate
         self._kmodel = self.path.read_bytes()
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
         return self._simulate(self._kmodel, batch)
 
 

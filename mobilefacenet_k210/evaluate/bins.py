@@ -23,10 +23,14 @@ class BinFileError(ValueError):
     """A ``.bin`` that is not a readable, safe InsightFace verification set."""
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle asked for something plain data never needs."""
+
+
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     """``_codecs.encode`` limited to what pickle protocol 2 uses to store ``bytes``."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not plain bytes data")
+        raise _Refused(f"_codecs.encode with encoding {encoding!r} is not plain bytes data")
     return text.encode("latin1")
 
 
@@ -52,17 +56,17 @@ class _SafeUnpickler(pickle.Unpickler):
         allowed = _numpy_globals()
         if (module, name) in allowed:
             return allowed[(module, name)]
-        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        raise _Refused(f"refused global {module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refused persistent id")
+        raise _Refused("refused persistent id")
 
 
 def safe_unpickle(data: bytes, where: str = "<bytes>") -> Any:
     """Unpickle plain data without running anything from it (Python 2 ``str`` become ``bytes``)."""
     try:
         return _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise BinFileError(f"{where}: not loaded: {exc} (an InsightFace .bin holds only image bytes and "
                            "booleans; this file asks for more and may be hostile; nothing from it was run)") from None
     except Exception as exc:
