@@ -327,7 +327,11 @@ def test_folder_errors(tmp_path):
 
 
 def test_folder_pairs_are_balanced_capped_and_deterministic(tmp_path):
-    root = write_crop_tree(tmp_path / "tree", identity_crops(4, 5))
+    crops = identity_crops(4, 5)
+    root = write_crop_tree(tmp_path / "tree", crops)
+
+    def crops_of(path):
+        return crops[path.parent.name][int(path.stem)]
     first = pairs.folder_pairs(root, max_positive=25, seed=3)
     assert first == pairs.folder_pairs(root, max_positive=25, seed=3)
     assert first != pairs.folder_pairs(root, max_positive=25, seed=4)
@@ -339,6 +343,9 @@ def test_folder_pairs_are_balanced_capped_and_deterministic(tmp_path):
     assert len(pairs.folder_pairs(root, max_positive=1000)) == 80
     loaded = pairs.load_pair_images(first, aligned=True, progress=False)
     assert loaded.images.shape == (100, 112, 112, 3) and loaded.issame.sum() == 25 and not loaded.dropped
+    assert len(loaded.unique) <= 20 and np.array_equal(loaded.unique[loaded.index], loaded.images)
+    a, b, _ = first[0]
+    assert np.array_equal(loaded.images[0], crops_of(a)) and np.array_equal(loaded.images[1], crops_of(b))
 
 
 def test_aligned_flag_refuses_unaligned_photos(tmp_path):

@@ -39,14 +39,18 @@ def _check_config(config: EvalConfig) -> List[str]:
     return models
 
 
-def _image_sets(config: EvalConfig, echo: Callable[[str], None]) -> Iterator[Tuple[str, np.ndarray, np.ndarray,
+def _image_sets(config: EvalConfig, echo: Callable[[str], None]) -> Iterator[Tuple[str, np.ndarray, Any, np.ndarray,
                                                                                    Dict[str, Any]]]:
-    """Yield ``(set name, images, issame, extra info)`` one set at a time (sets can be large)."""
+    """Yield ``(set name, crops, index, issame, extra info)`` one set at a time (sets can be large).
+
+    Pair ``i`` is ``crops[index[2i]], crops[index[2i+1]]``; ``index`` is None for .bin sets, whose
+    crops are already in pair order, and maps the distinct photos of own sets (each embedded once).
+    """
     from mobilefacenet_k210.evaluate import bins, pairs, report
 
     for path in config.bins:
         images, issame = bins.load_bin(path)
-        yield report.set_name(path), images, issame, {"source": str(path)}
+        yield report.set_name(path), images, None, issame, {"source": str(path)}
     for kind, source in (("pairs", config.pairs), ("folder", config.folder)):
         if not source:
             continue
@@ -59,7 +63,7 @@ def _image_sets(config: EvalConfig, echo: Callable[[str], None]) -> Iterator[Tup
             echo(f"  left out pair {a} {b}: {reason}")
         if config.save_bin:
             echo(f"wrote {bins.write_bin(config.save_bin, loaded.images, loaded.issame)}")
-        yield (report.set_name(source), loaded.images, loaded.issame,
+        yield (report.set_name(source), loaded.unique, loaded.index, loaded.issame,
                {"source": str(source), "pairs_total": len(pair_list), "pairs_dropped": len(loaded.dropped)})
 
 
@@ -87,18 +91,20 @@ def evaluate(config: EvalConfig, echo: Callable[[str], None] = print) -> Dict[st
             path = out / f"dist_{report.slug(set_name)}_{report.slug(model)}.png"
             files.append(str(report.plot_distances(result, path, f"{model} on {set_name}")))
 
-    for set_name, images, issame, extra in _image_sets(config, echo):
-        embedded = {}
+    for set_name, images, index, issame, extra in _image_sets(config, echo):
+        embedded, distinct = {}, {}
         for path, backend in loaded.items():
-            embedded[path] = backend.embed(images, batch_size=config.batch_size, flip=config.flip)
-            zero = int(np.sum(~np.any(embedded[path] != 0, axis=1)))
+            emb = backend.embed(images, batch_size=config.batch_size, flip=config.flip)
+            zero = int(np.sum(~np.any(emb != 0, axis=1)))
             if zero:
                 echo(f"  warning: {path} gave {zero} all-zero embedding(s) of {len(images)} on {set_name} "
                      "(a collapsed output, e.g. an output quantization range that rounds everything to 0)")
+            distinct[path] = emb
+            embedded[path] = emb if index is None else emb[index]
             record(path, set_name, metrics.verify(embedded[path], issame, config.nfolds), extra)
         if config.compare:
             a, b = config.compare
-            agree = metrics.cosine_agreement(embedded[a], embedded[b])
+            agree = metrics.cosine_agreement(distinct[a], distinct[b])
             compare[set_name] = {"model_a": a, "model_b": b, "accuracy_a": full[a][set_name]["accuracy"],
                                  "accuracy_b": full[b][set_name]["accuracy"],
                                  "drop": full[a][set_name]["accuracy"] - full[b][set_name]["accuracy"],

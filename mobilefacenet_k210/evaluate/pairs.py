@@ -23,11 +23,14 @@ class PairsError(ValueError):
 
 
 class PairSet(NamedTuple):
-    """Crops (2N, 112, 112, 3) uint8 RGB, labels (N,), and the pairs left out with the reason."""
+    """Crops (2N, 112, 112, 3) uint8 RGB, labels (N,), the pairs left out with the reason, and the
+    distinct crops (U, 112, 112, 3) with ``images == unique[index]`` (embed each photo only once)."""
 
     images: np.ndarray
     issame: np.ndarray
     dropped: List[Tuple[Pair, str]]
+    unique: np.ndarray
+    index: np.ndarray
 
 
 def read_pairs_file(pairs_path: Union[str, Path], root: Union[str, Path, None] = None) -> List[Pair]:
@@ -157,5 +160,8 @@ def load_pair_images(pairs: Sequence[Pair], aligned: bool = False, aligner=None,
             kept.append(pair)
     if not kept:
         raise PairsError(f"no face found in the photos of any of the {len(pairs)} pairs")
-    images = np.stack([crops[p] for a, b, _ in kept for p in (a, b)]).astype(np.uint8)
-    return PairSet(images, np.array([s for _, _, s in kept], dtype=bool), dropped)
+    used = sorted({p for a, b, _ in kept for p in (a, b)})
+    position = {p: i for i, p in enumerate(used)}
+    unique = np.stack([crops[p] for p in used]).astype(np.uint8)
+    index = np.array([position[p] for a, b, _ in kept for p in (a, b)], dtype=np.int64)
+    return PairSet(unique[index], np.array([s for _, _, s in kept], dtype=bool), dropped, unique, index)

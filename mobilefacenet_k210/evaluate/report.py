@@ -124,13 +124,13 @@ def plot_roc(curves: Dict[str, Dict[str, Any]], path: Union[str, Path], title: s
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     floor = 1.0
-    for label, result in curves.items():
+    for i, (label, result) in enumerate(curves.items()):
         roc = result["roc"]
         fpr, tpr = np.asarray(roc["fpr"]), np.asarray(roc["tpr"])
         keep = fpr > 0
         if keep.any():
             floor = min(floor, fpr[keep].min())
-        ax.plot(fpr[keep], tpr[keep], label=f"{label} (acc {100 * result['accuracy']:.2f}%, AUC {roc['auc']:.4f})")
+        ax.plot(fpr[keep], tpr[keep], linestyle=("-", "--", ":", "-.")[i % 4], label=f"{label} (acc {100 * result['accuracy']:.2f}%, AUC {roc['auc']:.4f})")
     for far in FAR_TARGETS:
         ax.axvline(far, color="0.85", linewidth=0.8, zorder=0)
     ax.set_xscale("log")
