@@ -13,10 +13,13 @@ import tensorflow as tf
 from tensorflow.keras import layers
 
 from mobilefacenet_k210.config import ModelConfig
+from mobilefacenet_k210.k210 import KPU_MIN_SIZE
 
 # (expansion t, output channels c, repeats n, first stride s): the paper's bottleneck table.
 BOTTLENECKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
-EMBEDDING_HEADS = ("gdc_linear",)
+EMBEDDING_HEADS = ("gdc_linear", "gdc_linear_kpu")
+"""gdc_linear: the paper's head. gdc_linear_kpu: the same function and weights, with the 512->128 projection
+run on a map repeated to the KPU's smallest size and cropped back, so nncase 1.1 puts it on the KPU."""
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -80,13 +83,24 @@ def bottleneck_block(x: tf.Tensor, expansion: int, filters: int, stride: int, co
 
 
 def embedding_head(x: tf.Tensor, config: ModelConfig) -> tf.Tensor:
-    """Linear GDConv (global depthwise 7x7 on the last feature map) -> linear 1x1 to the embedding -> BN."""
+    """Linear GDConv (global depthwise 7x7 on the last feature map) -> linear 1x1 to the embedding -> BN.
+
+    With ``gdc_linear_kpu`` the 1x1 projection runs on the GDConv output repeated to 4x4 (then cropped
+    to 1x1): the same function and weights (layer names match, so weights transfer), but on the KPU.
+    """
     if config.embedding_head not in EMBEDDING_HEADS:
         raise ValueError(f"embedding_head {config.embedding_head!r}: choose one of {EMBEDDING_HEADS}")
     spatial = int(x.shape[1])
     x = depthwise_block(x, spatial, 1, config, "gdconv", linear=True, padding="valid")
+    on_kpu = config.embedding_head == "gdc_linear_kpu"
+    if on_kpu:
+        # nncase 1.1 runs a conv on a 1x1 map in float on the CPU (256 KB of float weights); on a
+        # KPU-sized map of identical pixels it runs quantized on the KPU, and any pixel is the result.
+        x = layers.UpSampling2D(KPU_MIN_SIZE, name="embedding_repeat")(x)
     x = layers.Conv2D(config.embedding_size, 1, use_bias=False, name="embedding_conv")(x)
     x = _bn(config, "embedding_bn")(x)
+    if on_kpu:
+        x = layers.Cropping2D(((0, KPU_MIN_SIZE - 1), (0, KPU_MIN_SIZE - 1)), name="embedding_crop")(x)
     return layers.Flatten(name="embedding")(x)
 
 
