@@ -178,3 +178,22 @@ def test_cli_reports_bad_calibration_clearly(exported, tmp_path, capsys):
                  "--out", str(tmp_path / "out"), "--calibrate-method", "no_clip"])
     assert code == 2
     assert "no face images" in capsys.readouterr().err
+
+
+def test_placement_resolves_names_shared_through_deduplicated_constants():
+    from mobilefacenet_k210.export.placement import _conv_candidates, resolve
+
+    # Real nncase 1.1 node names of the full model: TFLite de-duplicated the zero bias of every 128-channel
+    # conv under embedding_conv's name, and conv_last's constant under gdconv's.
+    nodes = [
+        ("kpu", "m/block_5_project_bn/FusedBatchNormV3;m/embedding_conv/Conv2D;m/block_5_project/Conv2D/conv"),
+        ("kpu", "m/conv_last_relu/Relu;m/conv_last_bn/FusedBatchNormV3;m/gdconv/depthwise;m/conv_last/Conv2D/conv"),
+        ("cpu", "m/gdconv_bn/FusedBatchNormV3;m/gdconv/depthwise1_0"),
+        ("cpu", "m/embedding_bn/FusedBatchNormV3;m/embedding_conv/Conv2D/conv"),
+        ("kpu", "m/block_1_add/add/binary/concat"),
+    ]
+    placed, ambiguous = resolve([(device, _conv_candidates(name)) for device, name in nodes])
+    assert placed == {"block_5_project": "kpu", "conv_last": "kpu", "gdconv": "cpu", "embedding_conv": "cpu"}
+    assert ambiguous == []
+    placed, ambiguous = resolve([("kpu", ["a", "b"]), ("cpu", ["a", "b"])])
+    assert placed == {} and ambiguous == ["a", "b"]

@@ -129,6 +129,7 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
             "compile_seconds": info["compile_seconds"], "options_skipped": info["options_skipped"],
             "memory_total_bytes": info["memory"].get("total"), "memory_data_bytes": info["memory"].get("data"),
             "kpu_modules": placed["kpu_modules"], "kpu_ops": placed["kpu_ops"], "cpu_ops": placed["cpu_ops"],
+            "ambiguous_layers": placed["ambiguous_layers"],
             **macs,
             "holdout_samples": len(held_images), "holdout_ids": held_ids,
             "files": files, "tflite_bytes": files[TFLITE_FILE], "tflite_int8_bytes": files.get(TFLITE_INT8_FILE),

@@ -71,15 +71,42 @@ def read_graph_nodes(path: Union[str, Path]) -> List[Tuple[str, str]]:
     return nodes
 
 
-def _conv_layers(node_name: str) -> List[str]:
-    """Keras layer names whose convolution op (``.../<layer>/Conv2D*`` or ``/depthwise``) this node holds."""
+def _conv_candidates(node_name: str) -> List[str]:
+    """Keras layers whose convolution op (``.../<layer>/Conv2D*`` or ``/depthwise*``) is named in this node.
+
+    TFLite joins the names of everything fused into a tensor with ';', including constants it
+    de-duplicated across layers (an all-zero bias of 128 values carries ``embedding_conv/Conv2D`` into
+    every 128-channel projection), so a node may name several convolutions: see :func:`resolve`.
+    """
     layers = []
     for piece in node_name.split(";"):
         parts = piece.split("/")
         for i in range(len(parts) - 1):
-            if parts[i + 1].startswith(("Conv2D", "depthwise")):
+            if parts[i + 1].startswith(("Conv2D", "depthwise")) and parts[i] not in layers:
                 layers.append(parts[i])
     return layers
+
+
+def resolve(nodes: List[Tuple[str, List[str]]]) -> Tuple[Dict[str, str], List[str]]:
+    """Assign each Keras conv layer to the one node that computes it: (layer -> device, ambiguous layers).
+
+    ``nodes`` holds (device, candidate layers) per conv node. A node naming a single layer claims it;
+    claimed layers are struck from the other nodes' candidates, and so on until nothing changes.
+    Layers still shared by several nodes after that are returned as ambiguous.
+    """
+    pending = [(device, set(candidates)) for device, candidates in nodes if candidates]
+    placed: Dict[str, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for device, candidates in pending:
+            candidates.difference_update(placed)
+            if len(candidates) == 1:
+                placed[candidates.pop()] = device
+                changed = True
+        pending = [(d, c) for d, c in pending if c]
+    ambiguous = sorted(set().union(*(c for _, c in pending)) if pending else set())
+    return placed, ambiguous
 
 
 def read_placement(dump_dir: Union[str, Path]) -> Dict[str, Any]:
@@ -89,13 +116,13 @@ def read_placement(dump_dir: Union[str, Path]) -> Dict[str, Any]:
     if not main.is_file():
         raise PlacementError(f"{main}: nncase wrote no final IR graph (was dump_ir on?)")
     kpu_ops, cpu_ops = Counter(), Counter()
-    kpu_layers, cpu_layers = set(), set()
+    conv_nodes: List[Tuple[str, List[str]]] = []
     for op, name in read_graph_nodes(main):
         if op in BOOKKEEPING_OPS:
             continue
         cpu_ops[op] += 1
         if op in CONV_OPS:
-            cpu_layers.update(_conv_layers(name))
+            conv_nodes.append(("cpu", _conv_candidates(name)))
     modules = sorted(final.glob("k210_*.nnir.pb"))
     for module in modules:
         for op, name in read_graph_nodes(module):
@@ -103,10 +130,12 @@ def read_placement(dump_dir: Union[str, Path]) -> Dict[str, Any]:
                 continue
             kpu_ops[op] += 1
             if op in KPU_OPS:
-                kpu_layers.update(_conv_layers(name))
+                conv_nodes.append(("kpu", _conv_candidates(name)))
+    placed, ambiguous = resolve(conv_nodes)
     return {"kpu_modules": len(modules), "kpu_ops": dict(sorted(kpu_ops.items())),
-            "cpu_ops": dict(sorted(cpu_ops.items())), "kpu_layers": sorted(kpu_layers),
-            "cpu_layers": sorted(cpu_layers)}
+            "cpu_ops": dict(sorted(cpu_ops.items())),
+            "kpu_layers": sorted(k for k, v in placed.items() if v == "kpu"),
+            "cpu_layers": sorted(k for k, v in placed.items() if v == "cpu"), "ambiguous_layers": ambiguous}
 
 
 def mac_share(placement: Dict[str, Any], layer_macs: Dict[str, int]) -> Dict[str, Any]:

@@ -73,6 +73,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
               f"- KPU operators: {report['kpu_ops']} in {report['kpu_modules']} KPU regions",
               f"- CPU operators: {report['cpu_ops']}",
               f"- convolutions on the CPU: {report['cpu_conv_layers'] or 'none'}"]
+    if report.get("ambiguous_layers"):
+        lines.append(f"- layers nncase's names do not pin to one node (counted as CPU): {report['ambiguous_layers']}")
     if report.get("unplaced_layers"):
         lines.append(f"- layers not found in nncase's graph (counted as CPU): {report['unplaced_layers']}")
     mem = report.get("memory", {})
