@@ -1,0 +1,153 @@
+"""InsightFace interop: ``.lst`` + ``property`` files from aligned folders, and merging shard sets.
+
+InsightFace lists a dataset as ``.lst`` lines ``1<TAB>PATH<TAB>LABEL`` (1 = already aligned) beside a
+``property`` file ``num_classes,112,112``; its ``dataset_merge`` joins sets by offsetting labels.
+``mfk210 lst`` writes both from a folder of aligned crops (the builder reads ``.lst`` back);
+``mfk210 merge`` joins shard folders built by this package into one, labels offset in input order.
+"""
+import csv
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Union
+
+from mobilefacenet_k210.data import builder, tfrecord
+
+
+def write_lst(aligned_dir: Union[str, Path], out_lst: Union[str, Path]) -> Dict[str, Any]:
+    """Write ``out_lst`` (absolute paths, label = identity folder's sorted position) and ``property``
+    beside it. Files are listed as found (not decoded); hidden and nested entries are skipped."""
+    aligned_dir = Path(aligned_dir).resolve()
+    if not aligned_dir.is_dir():
+        raise FileNotFoundError(f"{aligned_dir}: no such folder of aligned identity folders")
+    tasks, skipped = builder.scan_folder(aligned_dir, aligned=True)
+    if not tasks:
+        raise ValueError(f"{aligned_dir}: no identity folder with image files")
+    out_lst = Path(out_lst)
+    out_lst.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"1\t{Path(p.path).resolve()}\t{label}\n" for label, t in enumerate(tasks) for p in t.photos]
+    builder._write_text_atomic(out_lst, "".join(lines))
+    prop = out_lst.parent / builder.PROPERTY_FILE
+    builder.write_property(prop, len(tasks))
+    return {"lst": str(out_lst), "property": str(prop), "num_classes": len(tasks), "images": len(lines),
+            "skipped": len(skipped)}
+
+
+def read_property(path: Union[str, Path]) -> List[int]:
+    """``num_classes,height,width`` of an InsightFace property file."""
+    text = Path(path).read_text(encoding="utf-8").strip()
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{path}: expected 'num_classes,112,112', got {text!r}") from None
+    if len(values) != 3:
+        raise ValueError(f"{path}: expected 'num_classes,112,112', got {text!r}")
+    return values
+
+
+def read_labels(shards_dir: Union[str, Path]) -> List[str]:
+    """Identity names by label from ``labels.txt``."""
+    path = Path(shards_dir) / tfrecord.LABELS_FILE
+    if not path.is_file():
+        raise tfrecord.ShardError(f"{path}: missing labels.txt")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def merge(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path]) -> Dict[str, Any]:
+    """Merge shard folders into ``out_dir``: labels of input ``i`` are offset by the classes before
+    it; an identity name found in more than one input is prefixed with its folder's name. Every
+    record is rewritten (new label and name) into renumbered shards; metadata, labels.txt,
+    property and rejected.csv are written anew. Returns the new metadata."""
+    from tqdm import tqdm
+
+    import tensorflow as tf
+
+    from mobilefacenet_k210 import __version__
+
+    if len(inputs) < 2:
+        raise ValueError("merge needs at least two shard folders")
+    out_dir = Path(out_dir)
+    sets = []
+    for d in inputs:
+        d = Path(d)
+        meta = tfrecord.load_metadata(d)
+        names = read_labels(d)
+        if len(names) != meta["num_classes"]:
+            raise tfrecord.ShardError(f"{d}: labels.txt has {len(names)} names, metadata says {meta['num_classes']}")
+        sets.append((d, meta, names))
+    seen: Dict[str, int] = {}
+    for _, _, names in sets:
+        for n in set(names):
+            seen[n] = seen.get(n, 0) + 1
+    builder.prepare_out_dir(out_dir)
+    if (out_dir / tfrecord.METADATA_FILE).exists():
+        (out_dir / tfrecord.METADATA_FILE).unlink()
+    all_names: List[str] = []
+    class_counts: Dict[str, int] = {}
+    class_counts_val: Dict[str, int] = {}
+    plan = []  # (split, input dir, shard file, offset, renamed names)
+    for d, meta, names in sets:
+        offset = len(all_names)
+        renamed = [f"{d.name}/{n}" if seen[n] > 1 else n for n in names]
+        all_names.extend(renamed)
+        for label, count in meta.get("class_counts", {}).items():
+            class_counts[str(int(label) + offset)] = count
+        for label, count in meta.get("class_counts_val", {}).items():
+            class_counts_val[str(int(label) + offset)] = count
+        for shard in meta["shards"]:
+            plan.append((shard["split"], d, shard["file"], offset, renamed))
+    shards = []
+    written = set()
+    total = sum(s["records"] for _, meta, _ in sets for s in meta["shards"])
+    bar = tqdm(total=total, desc="merge", unit="rec")
+    for split in tfrecord.SPLITS:
+        mine = [p for p in plan if p[0] == split]
+        for i, (_, d, file, offset, renamed) in enumerate(mine):
+            def records(path=d / file, offset=offset, renamed=renamed):
+                for raw in tf.data.TFRecordDataset(str(path)):
+                    rec = tfrecord.decode_record(raw.numpy())
+                    label = rec[tfrecord.LABEL] + offset
+                    bar.update(1)
+                    yield tfrecord.encode_example(rec[tfrecord.IMAGE], label, renamed[rec[tfrecord.LABEL]],
+                                                  rec[tfrecord.SOURCE], rec[tfrecord.AUGMENTATION])
+
+            name = tfrecord.shard_name(split, i, len(mine))
+            shards.append({**tfrecord.write_shard(out_dir / name, records()), "split": split})
+            written.add(name)
+    bar.close()
+    for old in out_dir.glob("*.tfrecord"):
+        if old.name not in written and old.name.split("-")[0] in tfrecord.SPLITS:
+            old.unlink()
+    rows = []
+    for d, _, _ in sets:
+        rej = d / tfrecord.REJECTED_FILE
+        if rej.is_file():
+            with open(rej, newline="", encoding="utf-8") as f:
+                rows.extend((f"{d.name}/{r['path']}", r["reason"]) for r in csv.DictReader(f))
+    builder.write_rejected(out_dir / tfrecord.REJECTED_FILE, rows)
+    builder.write_labels(out_dir / tfrecord.LABELS_FILE, all_names)
+    builder.write_property(out_dir / builder.PROPERTY_FILE, len(all_names))
+    splits = {s: sum(sh["records"] for sh in shards if sh["split"] == s) for s in tfrecord.SPLITS}
+    aug: Dict[str, int] = {}
+    for _, meta, _ in sets:
+        for tag, n in meta.get("augmentation", {}).items():
+            aug[tag] = aug.get(tag, 0) + n
+    meta_out = {
+        "schema_version": tfrecord.SCHEMA_VERSION,
+        "num_classes": len(all_names),
+        "class_counts": class_counts,
+        "class_counts_val": class_counts_val,
+        "splits": splits,
+        "total_records": sum(splits.values()),
+        "augmentation": dict(sorted(aug.items())),
+        "shards": shards,
+        "rejected": len(rows),
+        "policy": {"merged": [m.get("policy") for _, m, _ in sets]},
+        "build_config": {"merged_from": [{"dir": str(d), "num_classes": m["num_classes"],
+                                          "label_offset": sum(len(n) for _, _, n in sets[:i]),
+                                          "build_config": m.get("build_config")}
+                                         for i, (d, m, _) in enumerate(sets)]},
+        "package_version": __version__,
+        "image_size": [112, 112, 3],
+        "files": {"labels": tfrecord.LABELS_FILE, "rejected": tfrecord.REJECTED_FILE, "property": builder.PROPERTY_FILE},
+    }
+    tfrecord.write_json_atomic(out_dir / tfrecord.METADATA_FILE, meta_out)
+    return meta_out
