@@ -265,3 +265,15 @@ def test_beam_direct_runner_equals_local(tmp_path, orl_small):
     assert (tmp_path / "local" / "labels.txt").read_text() == (tmp_path / "beam" / "labels.txt").read_text()
     meta = tfrecord.load_metadata(tmp_path / "beam")
     assert meta["class_counts"] == tfrecord.load_metadata(tmp_path / "local")["class_counts"]
+
+
+def test_lst_labels_keep_their_numeric_order(tmp_path):
+    """A .lst with labels 0..11 keeps label L as output label L (not "10" before "2")."""
+    aligned = _write_aligned(tmp_path / "aligned", [1] * 12)
+    interop.write_lst(aligned, tmp_path / "all.lst")
+    build(tmp_path / "all.lst", tmp_path / "out", load_build_config(policy="none", workers=1, val_fraction=0.0),
+          progress=False)
+    assert (tmp_path / "out" / "labels.txt").read_text().splitlines() == [str(i) for i in range(12)]
+    for raw_rec in _records(tmp_path / "out")["train"]:
+        rec = tfrecord.decode_record(raw_rec)
+        assert rec[tfrecord.SOURCE].split("/")[-2] == f"id{rec[tfrecord.LABEL]:02d}"

@@ -109,6 +109,7 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
     photos = sum(len(t.photos) for t in tasks)
     # Beam cannot know the record count before it runs: size shards from the input photo count.
     train_shards = max(1, math.ceil(photos / cfg.records_per_shard))
+    position = {t.name: i for i, t in enumerate(tasks)}  # labels follow the input order, as in the local runner
     batches = [(t.name, chunk) for t in tasks for chunk in builder.chunks(t.photos, cfg.detect_batch_size)]
     options = PipelineOptions(cfg.beam_options or ["--runner=DirectRunner"])
     with beam.Pipeline(options=options) as p:
@@ -123,7 +124,7 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
                  | "Kept" >> beam.Filter(lambda o: not o.dropped and bool(o.records))
                  | "Name" >> beam.Map(lambda o: o.name)
                  | "Names" >> beam.combiners.ToList()
-                 | "Labels" >> beam.Map(lambda ns: {n: i for i, n in enumerate(sorted(ns))}))
+                 | "Labels" >> beam.Map(lambda ns: {n: i for i, n in enumerate(sorted(ns, key=position.get))}))
         examples = outs | "Encode" >> beam.FlatMap(_examples, labels=beam.pvalue.AsSingleton(names))
         for split in tfrecord.SPLITS:
             if split == "val" and cfg.val_fraction <= 0:

@@ -511,8 +511,9 @@ def build_metadata(cfg: BuildConfig, names: Sequence[str], class_counts: Dict[in
 
 
 def kept_names(summaries: Sequence[Dict[str, Any]]) -> List[str]:
-    """Identities that survive the policy, sorted: their position is their label."""
-    return sorted(s["name"] for s in summaries if not s["dropped"] and sum(s["records"].values()) > 0)
+    """Identities that survive the policy, in input order (folder names sorted, or ``.lst`` labels
+    ascending): their position is their label."""
+    return [s["name"] for s in summaries if not s["dropped"] and sum(s["records"].values()) > 0]
 
 
 def all_rejected(scan_rejected: Sequence[Tuple[str, str]], summaries: Sequence[Dict[str, Any]],
