@@ -130,8 +130,9 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
         cmd = [sys.executable, "-m", "mobilefacenet_k210.export.compile_worker", str(Path(tmp) / "job.json")]
         start = time.perf_counter()
         try:
+            # cwd: without a dump_dir nncase still writes memory_usage.txt into the current folder.
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s,
-                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                                  cwd=tmp, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         except subprocess.TimeoutExpired:
             raise KmodelError(f"{tflite_path}: nncase did not finish compiling within {timeout_s:.0f} s") from None
         seconds = time.perf_counter() - start
