@@ -306,7 +306,7 @@ class EmbeddingCheckpoints(tf.keras.callbacks.Callback):
 
 
 class EpochLog(tf.keras.callbacks.Callback):
-    """Adds ``lr`` and ``images_per_s`` to the logs and writes one line per epoch to the console and train.log."""
+    """Adds ``lr`` and ``images_per_s`` (training steps only) to the logs and writes one line per epoch to the console and train.log."""
 
     def __init__(self, log: logging.Logger, title: str, epochs: int, batch_size: int, schedule: WarmupPiecewise,
                  steps_per_epoch: int, start_step: int, progress: bool):
@@ -317,6 +317,7 @@ class EpochLog(tf.keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0, self.done = time.perf_counter(), 0
+        self.t_steps = self.t0
         if self.progress:
             from tqdm import tqdm
 
@@ -326,6 +327,7 @@ class EpochLog(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.done += 1
+        self.t_steps = time.perf_counter()
         if self.bar is not None:
             self.bar.update(1)
 
@@ -335,7 +337,7 @@ class EpochLog(tf.keras.callbacks.Callback):
         seconds = time.perf_counter() - self.t0
         if logs is not None:
             logs["lr"] = float(self.schedule(self.model.optimizer.iterations))
-            logs["images_per_s"] = self.done * self.batch_size / max(seconds, 1e-9)
+            logs["images_per_s"] = self.done * self.batch_size / max(self.t_steps - self.t0, 1e-9)
         shown = " ".join(f"{k} {v:.4g}" for k, v in sorted((logs or {}).items())
                          if k not in ("images_per_s",) and "/" not in k)
         self.log.info("%s epoch %d/%d: %s | %.1f s, %.0f img/s", self.title, epoch + 1, self.epochs, shown,
@@ -343,13 +345,21 @@ class EpochLog(tf.keras.callbacks.Callback):
 
 
 class LossPlot(tf.keras.callbacks.Callback):
-    """Redraw ``loss.png`` (loss, accuracy, verification accuracy over all phases) after every epoch."""
+    """Redraw ``loss.png`` (loss, accuracy, verification accuracy over all phases) as training goes.
 
-    def __init__(self, run_dir: Path):
+    At most every ``every_s`` seconds (drawing costs about a second) and at the end of the phase.
+    """
+
+    def __init__(self, run_dir: Path, every_s: float = 60.0):
         super().__init__()
-        self.run_dir = run_dir
+        self.run_dir, self.every_s, self.last = run_dir, every_s, time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        if time.perf_counter() - self.last >= self.every_s:
+            plot_history(self.run_dir)
+            self.last = time.perf_counter()
+
+    def on_train_end(self, logs=None):
         plot_history(self.run_dir)
 
 
@@ -487,12 +497,14 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
     callbacks += [
         EpochLog(log, title, phase.epochs, batch, make_schedule(phase, steps), steps, start_step, progress and chief),
         EmbeddingCheckpoints(embedding, export_copy, run_dir, state, index, monitor, mode, chief, log),
-        tf.keras.callbacks.CSVLogger(str(run_dir / "logs" / f"phase{index}.csv"), append=True),
-        tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / f"phase{index}"), write_graph=False,
-                                       profile_batch=0),
     ]
     if chief:
-        callbacks.append(LossPlot(run_dir))
+        callbacks += [
+            tf.keras.callbacks.CSVLogger(str(run_dir / "logs" / f"phase{index}.csv"), append=True),
+            tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / f"phase{index}"), write_graph=False,
+                                           profile_batch=0),
+            LossPlot(run_dir),
+        ]
     callbacks.append(ExactBackupAndRestore(backup_dir, config.backup_every_steps, steps))
     start = time.perf_counter()
     try:
