@@ -414,8 +414,11 @@ def _worker_init(cfg_dict: Dict[str, Any], work: str, threads: int, needs_detect
     """
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import cv2
+
         from mobilefacenet_k210.data.align import configure_threads
 
+        cv2.setNumThreads(threads)
         configure_threads(threads)
         cfg = config_lib.from_dict(BuildConfig, cfg_dict)
         aligner = make_aligner(cfg) if needs_detector else None
@@ -431,8 +434,11 @@ def _worker_init(cfg_dict: Dict[str, Any], work: str, threads: int, needs_detect
 def _worker_run(task: IdentityTask) -> Dict[str, Any]:
     if _WORKER.get("error"):
         raise BuildError(_WORKER["error"])
+    cpu = time.process_time()
     out = process_identity(task, _WORKER["cfg"], _WORKER["aligner"])
-    return cache_save(_WORKER["work"], task, out)
+    summary = cache_save(_WORKER["work"], task, out)
+    summary["cpu_seconds"] = time.process_time() - cpu  # this run's cost, not cached
+    return summary
 
 
 # --- global outputs --------------------------------------------------------------------------------
@@ -604,7 +610,9 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     Summary keys: ``photos``, ``faces``, ``rejected``, ``identities`` (input/kept/dropped),
     ``num_classes``, ``records`` (per split), ``shards``, ``seconds`` (wall, all of it),
     ``align_seconds`` (the per-identity phase after the workers are up), ``images_per_s``
-    (photos processed in this run / align_seconds), ``resumed_identities``, ``workers``, ``runner``.
+    (photos processed in this run / align_seconds), ``cpu_ms_per_image`` (worker CPU time per photo
+    in that phase: with ``align_seconds`` it tells a busy machine from a slow build),
+    ``resumed_identities``, ``workers``, ``runner``.
     """
     cfg = config or BuildConfig()
     validate_config(cfg)
@@ -657,19 +665,36 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
                 bar.update(len(task.photos))
         else:
             import multiprocessing as mp
+            import threading
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
 
             ctx = mp.get_context("spawn")  # fork after TensorFlow is loaded is unsafe
             barrier = ctx.Barrier(workers + 1, timeout=900)
-            with ctx.Pool(workers, initializer=_worker_init,
-                          initargs=(cfg_dict, str(work), threads, needs_detector, barrier)) as pool:
-                barrier.wait()
+            sizes = {t.name: len(t.photos) for t in todo}
+            # a dead worker (out of memory, killed) raises BrokenProcessPool instead of hanging the run
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(cfg_dict, str(work), threads, needs_detector, barrier)) as pool:
+                futures = [pool.submit(_worker_run, t) for t in todo]
+                try:
+                    barrier.wait()
+                except threading.BrokenBarrierError:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise BuildError(f"the {workers} worker processes did not start within 900 s; "
+                                     f"try --workers 1 to see the error") from None
                 t_align = time.perf_counter()
-                sizes = {t.name: len(t.photos) for t in todo}
-                for summary in pool.imap_unordered(_worker_run, todo, chunksize=1):
-                    summaries[summary["name"]] = summary
-                    bar.update(sizes[summary["name"]])
+                try:
+                    for future in as_completed(futures):
+                        summary = future.result()
+                        summaries[summary["name"]] = summary
+                        bar.update(sizes[summary["name"]])
+                except BrokenProcessPool:
+                    raise BuildError("a worker process died (out of memory or killed); the finished identities "
+                                     "are cached: rerun the same command to continue, with fewer --workers if "
+                                     "memory is short") from None
         bar.close()
     t_aligned = time.perf_counter()
+    cpu_seconds = sum(summaries[t.name].get("cpu_seconds", 0.0) for t in todo)
     ordered = [summaries[t.name] for t in tasks]
     meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(raw_dir))
     if not cfg.keep_work:
@@ -693,6 +718,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
         "startup_seconds": round(t_align - t_start, 3),
         "align_seconds": round(align_seconds, 3),
         "images_per_s": round(photos_todo / align_seconds, 2) if photos_todo and align_seconds > 0 else 0.0,
+        "cpu_ms_per_image": round(1000 * cpu_seconds / photos_todo, 2) if photos_todo else 0.0,
         "out_dir": str(out_dir),
     }
     return summary
