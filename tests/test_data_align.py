@@ -134,3 +134,17 @@ def test_detect_align_batch_of_real_faces(aligner):
     crops = aligner.detect_align(images)
     assert [c is None for c in crops] == [False] * 4 + [True]
     assert all(c.shape == (112, 112, 3) and c.dtype == np.uint8 for c in crops[:4])
+
+
+def test_large_photo_detected_downscaled_and_cropped_at_full_resolution(aligner):
+    """A photo above detect_max_side is detected on a smaller copy; the landmarks are scaled back, so
+    the crop matches the one from the original-size photo."""
+    import cv2
+    from skimage import data
+
+    image = data.astronaut()
+    big = cv2.resize(image, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    small_result, big_result = aligner.align([image])[0], aligner.align([big])[0]
+    assert big_result.crop is not None
+    assert np.abs(big_result.detection.landmarks / 4 - small_result.detection.landmarks).max() < 3
+    assert np.abs(big_result.crop.astype(int) - small_result.crop.astype(int)).mean() < 12

@@ -180,7 +180,10 @@ def test_killed_build_resumes_to_identical_shards(tmp_path):
     assert not (tmp_path / "killed" / "metadata.json").exists(), "the build finished before it was killed"
     done = len(list(work.glob("*/*.json"))) - 1
     assert 3 <= done < 16
+    partial = tmp_path / "killed" / ".train-00000-of-00006.tfrecord.x1y2.tmp"  # as a kill in write_shard leaves
+    partial.write_bytes(b"half a shard")
     rerun = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert not partial.exists()
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     summary = json.loads(rerun.stdout[rerun.stdout.index("{"):])
     assert summary["resumed_identities"] >= done

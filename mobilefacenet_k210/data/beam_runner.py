@@ -100,6 +100,7 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
     meta_path = out_dir / tfrecord.METADATA_FILE
     if meta_path.exists():
         meta_path.unlink()
+    builder.remove_partial_files(out_dir)
     for old in out_dir.glob("*-of-*.tfrecord"):
         if old.name.split("-")[0] in tfrecord.SPLITS:
             old.unlink()

@@ -590,6 +590,13 @@ def _take(records: Iterator[bytes], size: int, bar: Any) -> Iterator[bytes]:
         yield rec
 
 
+def remove_partial_files(out_dir: Path) -> None:
+    """Delete temporary files a killed run left behind (``.<name>.<random>.tmp``, never valid output)."""
+    for tmp in out_dir.glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+
+
 def prepare_out_dir(out_dir: Path) -> None:
     """Create OUT_DIR and prove it is writable, or stop with what to do."""
     try:
@@ -632,6 +639,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     meta_path = out_dir / tfrecord.METADATA_FILE
     if meta_path.exists():
         meta_path.unlink()  # the folder is incomplete until the new metadata is written
+    remove_partial_files(out_dir)
     work = out_dir / WORK_DIR / config_key(cfg)
     work.mkdir(parents=True, exist_ok=True)
     tfrecord.write_json_atomic(work / "config.json", config_lib.to_dict(cfg))
