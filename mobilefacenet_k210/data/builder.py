@@ -299,15 +299,20 @@ def align_photos(photos: Sequence[Photo], aligner: Any) -> List[PhotoResult]:
             raise ValueError("raw photos need a FaceAligner")
         try:
             aligned = aligner.align(raw_imgs)
-        except Exception as exc:  # keep going: the batch's photos are rejected, not the run
-            aligned = None
-            reason = f"face detection failed: {type(exc).__name__}: {exc}"
+        except Exception:  # one odd photo must not sink its batch: retry them one by one
+            aligned = [_align_one(aligner, img) for img in raw_imgs]
         for k, i in enumerate(raw_idx):
-            if aligned is None:
-                results[i] = PhotoResult(photos[i].source, None, reason)
-            else:
-                results[i] = PhotoResult(photos[i].source, aligned[k].crop, aligned[k].reason)
+            results[i] = PhotoResult(photos[i].source, aligned[k].crop, aligned[k].reason)
     return [r for r in results if r is not None]
+
+
+def _align_one(aligner: Any, image: np.ndarray) -> Any:
+    from mobilefacenet_k210.data.align import AlignResult
+
+    try:
+        return aligner.align([image])[0]
+    except Exception as exc:
+        return AlignResult(None, f"face detection failed: {type(exc).__name__}: {exc}")
 
 
 # --- per identity ----------------------------------------------------------------------------------
