@@ -357,10 +357,6 @@ def process_identity(task: IdentityTask, cfg: BuildConfig, aligner: Any) -> Iden
 
 
 # --- the resumable cache ---------------------------------------------------------------------------
-def _cache_stem(task: IdentityTask) -> str:
-    return hashlib.sha256(task.name.encode("utf-8")).hexdigest()[:24]
-
-
 def _atomic_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -374,10 +370,17 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
             os.remove(tmp)
 
 
+def _stem(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:24]
+
+
 def cache_save(work: Path, task: IdentityTask, out: IdentityOutput) -> Dict[str, Any]:
-    """Records first, then the summary (the summary's presence marks the identity done)."""
-    stem = _cache_stem(task)
-    _atomic_bytes(work / f"{stem}.pkl", pickle.dumps(out.records, protocol=4))
+    """Records (one file per split, so writing a split reads only its own) first, then the summary:
+    the summary's presence marks the identity done."""
+    stem = _stem(task.name)
+    for split in tfrecord.SPLITS:
+        records = [r for r in out.records if r[0] == split]
+        _atomic_bytes(work / f"{stem}.{split}.pkl", pickle.dumps(records, protocol=4))
     summary = {**out.summary(), "fingerprint": task.fingerprint()}
     tfrecord.write_json_atomic(work / f"{stem}.json", summary)
     return summary
@@ -385,9 +388,9 @@ def cache_save(work: Path, task: IdentityTask, out: IdentityOutput) -> Dict[str,
 
 def cache_load_summary(work: Path, task: IdentityTask) -> Optional[Dict[str, Any]]:
     """The cached summary of a finished identity, or ``None`` (missing, stale or damaged)."""
-    stem = _cache_stem(task)
-    js, pk = work / f"{stem}.json", work / f"{stem}.pkl"
-    if not (js.is_file() and pk.is_file()):
+    stem = _stem(task.name)
+    js = work / f"{stem}.json"
+    if not js.is_file() or not all((work / f"{stem}.{s}.pkl").is_file() for s in tfrecord.SPLITS):
         return None
     try:
         summary = json.loads(js.read_text(encoding="utf-8"))
@@ -398,10 +401,9 @@ def cache_load_summary(work: Path, task: IdentityTask) -> Optional[Dict[str, Any
     return summary
 
 
-def cache_load_records(work: Path, name: str) -> List[Tuple[str, str, str, bytes]]:
-    """The cached records of one identity (written by this builder into its own work folder)."""
-    stem = hashlib.sha256(name.encode("utf-8")).hexdigest()[:24]
-    with open(work / f"{stem}.pkl", "rb") as f:
+def cache_load_records(work: Path, name: str, split: str) -> List[Tuple[str, str, str, bytes]]:
+    """The cached records of one identity and split (written by this builder into its own work folder)."""
+    with open(work / f"{_stem(name)}.{split}.pkl", "rb") as f:
         return pickle.load(f)
 
 
@@ -494,6 +496,7 @@ def build_metadata(cfg: BuildConfig, names: Sequence[str], class_counts: Dict[in
     from mobilefacenet_k210 import __version__
 
     splits = {s: sum(sh["records"] for sh in shards if sh["split"] == s) for s in tfrecord.SPLITS}
+    faces = {s["name"]: s["faces"] for s in summaries}
     aug: Dict[str, int] = {}
     for s in summaries:
         for tag, n in s["augmentation"].items():
@@ -503,7 +506,7 @@ def build_metadata(cfg: BuildConfig, names: Sequence[str], class_counts: Dict[in
         "num_classes": len(names),
         "class_counts": {str(i): class_counts[i]["train"] for i in range(len(names))},
         "class_counts_val": {str(i): class_counts[i]["val"] for i in range(len(names))},
-        "class_faces": {str(i): next(s["faces"] for s in summaries if s["name"] == n) for i, n in enumerate(names)},
+        "class_faces": {str(i): faces[n] for i, n in enumerate(names)},
         "splits": splits,
         "total_records": sum(splits.values()),
         "augmentation": dict(sorted(aug.items())),
@@ -564,9 +567,8 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
 
         def stream(split: str = split) -> Iterator[bytes]:
             for n in order:
-                for rec_split, source, tag, jpeg in cache_load_records(work, n):
-                    if rec_split == split:
-                        yield tfrecord.encode_example(jpeg, label[n], n, source, tag)
+                for _, source, tag, jpeg in cache_load_records(work, n, split):
+                    yield tfrecord.encode_example(jpeg, label[n], n, source, tag)
 
         records = stream()
         bar = tqdm(total=sum(sizes), desc=f"write {split}", unit="rec", leave=False)
