@@ -25,7 +25,7 @@ class ModelConfig:
     activation: str = "relu"  # relu or relu6: PReLU needs more RAM than the K210 has
     bn_momentum: float = 0.9  # Keras' 0.99 leaves inference statistics untrained on small data
     bn_epsilon: float = 1e-3
-    embedding_head: str = "gdc_linear"  # see model.mobilefacenet.EMBEDDING_HEADS
+    embedding_head: str = "gdc_linear_kpu"  # see model.mobilefacenet.EMBEDDING_HEADS (same weights as the paper's gdc_linear)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -90,10 +90,11 @@ def test_round_trip_writes_v5_kmodel_and_report(exported):
 
 def test_round_trip_places_convolutions_on_the_kpu(exported):
     result = exported["report"]
-    # Every conv but the 7x7 GDConv and the projection on its 1x1 output runs on the KPU.
-    assert result["kpu_ops"]["KPUConv2D"] >= 48
-    assert set(result["cpu_conv_layers"]) <= {"gdconv", "embedding_conv"}
-    assert not result["unplaced_layers"]
+    # Every conv but the 7x7 GDConv runs on the KPU, the projection too (default gdc_linear_kpu head), and
+    # each of the 12 residual adds becomes one more KPU conv.
+    assert result["kpu_ops"]["KPUConv2D"] == 49 + 12
+    assert set(result["cpu_conv_layers"]) == {"gdconv"}
+    assert not result["unplaced_layers"] and not result["ambiguous_layers"]
     assert 0.98 < result["kpu_mac_share"] <= 1.0
     assert result["macs_kpu"] + result["macs_cpu"] == result["macs_total"]
 

@@ -34,8 +34,24 @@ def test_default_shapes_and_layer_names(default_model):
 def test_default_model_is_k210_legal(default_model):
     findings = k210.check_model(default_model)
     assert not k210.errors(findings)
-    # Only the GDConv and the projection on its 1x1 output fall back to the CPU.
-    assert {f.layer for f in findings} <= {"gdconv", "embedding_conv"}
+    # Only the 7x7 GDConv falls back to the CPU (the default head runs the projection on a 4x4 map).
+    assert {f.layer for f in findings} == {"gdconv"}
+
+
+def test_kpu_head_is_the_papers_head_with_the_same_weights():
+    import numpy as np
+
+    paper = MobileFaceNet(ModelConfig(width_multiplier=0.25, embedding_head="gdc_linear"))
+    kpu = MobileFaceNet(ModelConfig(width_multiplier=0.25, embedding_head="gdc_linear_kpu"))
+    assert count_params(paper) == count_params(kpu)
+    for layer in kpu.layers:
+        if layer.weights:
+            layer.set_weights([w * 0.5 + 0.1 for w in paper.get_layer(layer.name).get_weights()])
+            paper.get_layer(layer.name).set_weights(layer.get_weights())
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)).astype(np.float32)
+    np.testing.assert_allclose(paper.predict(x, verbose=0), kpu.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    assert kpu.get_layer("embedding_conv").input_shape[1:3] == (k210.KPU_MIN_SIZE, k210.KPU_MIN_SIZE)
+    assert "embedding_conv" in {f.layer for f in k210.check_model(paper)}
 
 
 def test_width_multiplier_and_embedding_size():
