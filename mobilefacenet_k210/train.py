@@ -470,6 +470,7 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
     else:
         log.info("%s: %d epochs x %d steps of %d images, %s lr %g", title, phase.epochs, steps, batch,
                  phase.optimizer, phase.lr)
+    tf.keras.utils.set_random_seed(config.seed * 1009 + index)  # same initial head whether resumed or not
     with strategy.scope():
         embedding = MobileFaceNet(config.model)
         if index > 0 and phase.init == "previous":
@@ -535,7 +536,6 @@ def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, P
         data = pipeline.DataInfo(data_dir)
         pipeline.check_shards(data.train_files + data.val_files, data.meta)
         state = _load_state(run_dir, config, data, allow_config_change, log)
-        tf.keras.utils.set_random_seed(config.seed)
         if config.deterministic_ops:
             tf.config.experimental.enable_op_determinism()
         strategy = make_strategy(config.strategy)

@@ -10,6 +10,8 @@ from mobilefacenet_k210.config import PipelineConfig
 from mobilefacenet_k210.data import pipeline, tfrecord
 
 CFG = PipelineConfig(shuffle_buffer=64, cycle_length=4)
+AUGMENTED = PipelineConfig(shuffle_buffer=64, cycle_length=4, crop_pad=4, rotate_degrees=10, zoom=0.1,
+                           brightness=0.1, contrast=0.1)
 
 
 def _batches(ds):
@@ -45,9 +47,9 @@ def test_pipeline_mixes_labels_and_shards_better_than_the_seed_stream(tiny_shard
 
 def test_same_seed_same_batches_and_resume_sees_the_tail(tiny_shards):
     data = pipeline.DataInfo(tiny_shards(num_classes=8, per_class=6, num_shards=4))
-    full = _batches(pipeline.train_dataset(data, 8, 64, CFG, seed=3, epochs=3, steps_per_epoch=4))
-    again = _batches(pipeline.train_dataset(data, 8, 64, CFG, seed=3, epochs=3, steps_per_epoch=4))
-    resumed = _batches(pipeline.train_dataset(data, 8, 64, CFG, seed=3, epochs=3, steps_per_epoch=4,
+    full = _batches(pipeline.train_dataset(data, 8, 64, AUGMENTED, seed=3, epochs=3, steps_per_epoch=4))
+    again = _batches(pipeline.train_dataset(data, 8, 64, AUGMENTED, seed=3, epochs=3, steps_per_epoch=4))
+    resumed = _batches(pipeline.train_dataset(data, 8, 64, AUGMENTED, seed=3, epochs=3, steps_per_epoch=4,
                                               start_epoch=1, start_step=2))
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(full, again))
     assert len(resumed) == len(full) - 6

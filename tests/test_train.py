@@ -68,6 +68,7 @@ def test_softmax_then_arcface_carries_the_backbone_and_keeps_the_best_by_verific
     bins = _pairs_bin(tmp_path / "pairs.bin")
     config = load_train_config(None, [
         "model.width_multiplier=0.25", "model.embedding_size=32", "pipeline.shuffle_buffer=32",
+        "pipeline.validation=false",
         "phases.0.epochs=2", "phases.0.batch_size=8",
         # an ArcFace phase that cannot move the weights: what it ends with is what it started from
         "phases.1.epochs=1", "phases.1.batch_size=8", "phases.1.lr=1e-12", "phases.1.weight_decay=0",
@@ -148,7 +149,7 @@ train.train(config, sys.argv[2], sys.argv[3], progress=False)
 
 def test_mirrored_strategy_over_two_logical_cpus_runs_an_epoch(tiny_shards, tmp_path):
     data = tiny_shards(num_classes=4, per_class=4, num_shards=2, size=64)
-    config = _write_config(tmp_path / "tiny.yaml", {**TINY, "deterministic_ops": False})
+    config = _write_config(tmp_path / "tiny.yaml", {**TINY, "deterministic_ops": False, "backup_every_steps": 100})
     proc = subprocess.run([sys.executable, "-c", MIRRORED, str(config), str(data), str(tmp_path / "run")],
                           capture_output=True, text=True, env=ENV, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -156,3 +157,14 @@ def test_mirrored_strategy_over_two_logical_cpus_runs_an_epoch(tiny_shards, tmp_
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["phases"][0]["optimizer_iterations"] == 2
     assert load_embedding_model(tmp_path / "run").output_shape == (None, 32)
+
+
+@pytest.mark.parametrize("name", ["demo_cpu.yaml", "seed_full.yaml"])
+def test_ready_configs_load_validate_and_take_overrides(name):
+    path = Path(__file__).resolve().parent.parent / "configs" / name
+    config = load_train_config(path, ["phases.1.epochs=3", "seed=7"])
+    train.validate_config(config)
+    assert [p.head for p in config.phases] == ["softmax", "arcface"]
+    assert config.phases[1].epochs == 3 and config.seed == 7
+    with pytest.raises(ValueError, match="head"):
+        train.validate_config(load_train_config(path, ["phases.0.head=sphereface"]))

@@ -120,10 +120,30 @@ def decode_image(record: tf.Tensor, image_size: int) -> Tuple[tf.Tensor, tf.Tens
     return image, tf.cast(ex[tfrecord.LABEL], tf.int32)
 
 
+def _rotate_zoom(image: tf.Tensor, seed: tf.Tensor, degrees: float, zoom: float) -> tf.Tensor:
+    """Rotate by a random angle within +-degrees and scale within 1 +- zoom about the centre (reflect fill)."""
+    size = float(image.shape[0])
+    limits = tf.constant([math.radians(degrees), zoom], tf.float32)
+    angle, z = tf.unstack(tf.random.stateless_uniform([2], seed, -1.0, 1.0) * limits)
+    z = 1.0 + z
+    cos, sin, c = tf.cos(angle) / z, tf.sin(angle) / z, (size - 1.0) / 2.0
+    # output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2)
+    transform = tf.stack([cos, -sin, c - cos * c + sin * c, sin, cos, c - sin * c - cos * c, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None], transforms=transform[None],
+        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+    return tf.ensure_shape(out[0], image.shape)
+
+
 def augment(image: tf.Tensor, seed: tf.Tensor, config: PipelineConfig) -> tf.Tensor:
-    """Normalize a uint8 crop, with the configured random flip/shift/brightness/contrast (stateless)."""
+    """Normalize a uint8 crop, with the configured random flip/shift/rotation/zoom/brightness/contrast.
+
+    All draws are stateless, from ``seed``: the same record in the same epoch gets the same augmentation.
+    """
     size = image.shape[0]
-    seeds = tf.random.experimental.stateless_split(seed, 4)
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    if config.rotate_degrees > 0 or config.zoom > 0:
+        image = _rotate_zoom(image, seeds[4], config.rotate_degrees, config.zoom)
     if config.crop_pad > 0:
         padded = tf.pad(image, [[config.crop_pad] * 2, [config.crop_pad] * 2, [0, 0]], mode="REFLECT")
         image = tf.image.stateless_random_crop(padded, [size, size, 3], seed=seeds[0])
