@@ -151,7 +151,8 @@ class PipelineConfig:
     Shards are listed from ``metadata.json``, their order reshuffled every epoch, read
     ``cycle_length`` at a time by ``interleave`` and mixed again through a ``shuffle_buffer``.
     Augmentation at read time: horizontal flip, and optionally a random shift (``crop_pad``
-    pixels of padding, then a random crop back to size), brightness and contrast jitter.
+    pixels of padding, then a random crop back to size), rotation and zoom about the centre
+    (faces in the demo photos turn and tilt), brightness and contrast jitter.
     """
 
     shuffle_buffer: int = 16384
@@ -159,6 +160,8 @@ class PipelineConfig:
     block_length: int = 1  # consecutive records taken from one shard before moving on
     flip: bool = True
     crop_pad: int = 0
+    rotate_degrees: float = 0.0  # random in-plane rotation within +-rotate_degrees
+    zoom: float = 0.0  # random scale factor within [1 - zoom, 1 + zoom]
     brightness: float = 0.0  # max delta, in normalized units (1.0 = 128 grey levels)
     contrast: float = 0.0  # factor drawn from [1 - contrast, 1 + contrast]
     validation: bool = True  # evaluate the head on the "val" split every epoch when it has records
