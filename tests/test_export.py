@@ -36,18 +36,18 @@ def write_faces(folder: Path, faces: np.ndarray) -> Path:
     return folder
 
 
-def tiny_model(input_size: int = 112, seed: int = 0):
+def tiny_model(input_size: int = 112, seed: int = 0, fit_batchnorm: bool = True):
     """A tiny MobileFaceNet whose BatchNorm statistics are fitted on synthetic faces, so activations have
     realistic scales (untrained statistics make every activation vanish and quantization meaningless)."""
     import tensorflow as tf
 
     from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
 
-    tf.keras.utils.set_random_seed(seed)
+    tf.random.set_seed(seed)
     config = ModelConfig(**{**TINY.__dict__, "input_size": input_size})
     model = MobileFaceNet(config)
     faces = preprocessing.normalize(synthetic_faces(16, seed + 100, input_size))
-    for _ in range(40):
+    for _ in range(40 if fit_batchnorm else 0):
         model(faces, training=True)
     return model
 
@@ -136,7 +136,7 @@ def test_missing_model_file(tmp_path):
 def test_wrong_input_size(tmp_path):
     from mobilefacenet_k210.model.io import save_embedding_model
 
-    path = save_embedding_model(tiny_model(input_size=96), tmp_path / "run")
+    path = save_embedding_model(tiny_model(input_size=96, fit_batchnorm=False), tmp_path / "run")
     calib = write_faces(tmp_path / "calib", synthetic_faces(2, 0))
     with pytest.raises(ValueError, match="96x96x3.*112x112"):
         export_model(path, calib, tmp_path / "out")
@@ -198,3 +198,15 @@ def test_placement_resolves_names_shared_through_deduplicated_constants():
     assert ambiguous == []
     placed, ambiguous = resolve([("kpu", ["a", "b"]), ("cpu", ["a", "b"])])
     assert placed == {} and ambiguous == ["a", "b"]
+
+
+def test_nncase_crash_becomes_a_clear_error(exported, tmp_path):
+    # nncase 1.1 segfaults when preprocess is on but input_shape/input_layout are not set: the
+    # compiler runs in a child process, so the caller gets an error instead of dying.
+    options = kmodel.compile_options(112, None)
+    del options["input_shape"], options["input_layout"]
+    job = {"tflite": str(exported["out"] / "model.tflite"), "kmodel": str(tmp_path / "crash.kmodel"),
+           "result": str(tmp_path / "result.json"), "calibrate_method": "no_clip", "compile_options": options}
+    with pytest.raises(kmodel.KmodelError, match="model.tflite: nncase crashed with SIGSEGV"):
+        kmodel.run_compile_job(job, tmp_path, 120, "model.tflite")
+    assert not (tmp_path / "crash.kmodel").exists()

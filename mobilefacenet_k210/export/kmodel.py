@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -102,6 +102,37 @@ def _memory_summary(text: str) -> Dict[str, int]:
     return memory
 
 
+def run_compile_job(job: Dict[str, Any], workdir: Union[str, Path], timeout_s: Optional[float],
+                    what: str) -> Tuple[Dict[str, Any], str, float]:
+    """Run one compile job (see ``compile_worker``) in a child process -> (its result, its output, seconds).
+
+    A crash (nncase segfaults on some inputs), a failure or a timeout becomes a :class:`KmodelError`
+    naming ``what`` and quoting nncase's last output; the caller survives.
+    """
+    job_file = Path(workdir) / "job.json"
+    job_file.write_text(json.dumps(job))
+    cmd = [sys.executable, "-m", "mobilefacenet_k210.export.compile_worker", str(job_file)]
+    start = time.perf_counter()
+    try:
+        # cwd: without a dump_dir nncase still writes memory_usage.txt into the current folder.
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s,
+                              cwd=workdir, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    except subprocess.TimeoutExpired:
+        raise KmodelError(f"{what}: nncase did not finish compiling within {timeout_s:.0f} s") from None
+    seconds = time.perf_counter() - start
+    log = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        if proc.returncode < 0:
+            try:
+                why = f"crashed with {signal.Signals(-proc.returncode).name}"
+            except ValueError:
+                why = f"was killed by signal {-proc.returncode}"
+        else:
+            why = f"failed (exit status {proc.returncode})"
+        raise KmodelError(f"{what}: nncase {why} while compiling to the K210; its last output:\n" + log[-3000:])
+    return json.loads(Path(job["result"]).read_text()), log, seconds
+
+
 def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
                    calibration: Optional[np.ndarray] = None, calibrate_method: str = "no_clip",
                    w_quant_type: str = "uint8", use_mse_quant_w: bool = False,
@@ -126,28 +157,7 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
         if calibration is not None:
             job["calibration"] = str(Path(tmp) / "calibration.npy")
             np.save(job["calibration"], calibration_tensor(calibration, input_size))
-        (Path(tmp) / "job.json").write_text(json.dumps(job))
-        cmd = [sys.executable, "-m", "mobilefacenet_k210.export.compile_worker", str(Path(tmp) / "job.json")]
-        start = time.perf_counter()
-        try:
-            # cwd: without a dump_dir nncase still writes memory_usage.txt into the current folder.
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s,
-                                  cwd=tmp, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        except subprocess.TimeoutExpired:
-            raise KmodelError(f"{tflite_path}: nncase did not finish compiling within {timeout_s:.0f} s") from None
-        seconds = time.perf_counter() - start
-        log = proc.stdout.decode("utf-8", "replace")
-        if proc.returncode != 0:
-            if proc.returncode < 0:
-                try:
-                    why = f"crashed with {signal.Signals(-proc.returncode).name}"
-                except ValueError:
-                    why = f"was killed by signal {-proc.returncode}"
-            else:
-                why = f"failed (exit status {proc.returncode})"
-            raise KmodelError(f"{tflite_path}: nncase {why} while compiling to the K210; its last output:\n"
-                              + log[-3000:])
-        result = json.loads(Path(job["result"]).read_text())
+        result, log, seconds = run_compile_job(job, tmp, timeout_s, str(tflite_path))
     info = {
         **nncase_version(),
         "kmodel_version": read_kmodel_version(kmodel_path),
