@@ -679,7 +679,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     todo.sort(key=lambda t: (-len(t.photos), t.name))
     cfg_dict = config_lib.to_dict(cfg)
     t_start = time.perf_counter()
-    t_align = t_start
+    t_align = t_aligned = t_start
     if todo:
         bar = tqdm(total=photos_todo, desc="align", unit="img", disable=not progress, smoothing=0.1)
         if workers == 1:
@@ -688,6 +688,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
             for task in todo:
                 summaries[task.name] = _worker_run(task)
                 bar.update(len(task.photos))
+            t_aligned = time.perf_counter()
         else:
             import multiprocessing as mp
             import threading
@@ -698,13 +699,13 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
             barrier = ctx.Barrier(workers + 1, timeout=900)
             sizes = {t.name: len(t.photos) for t in todo}
             # a dead worker (out of memory, killed) raises BrokenProcessPool instead of hanging the run
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(cfg_dict, str(work), threads, needs_detector, barrier)) as pool:
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                       initargs=(cfg_dict, str(work), threads, needs_detector, barrier))
+            try:
                 futures = [pool.submit(_worker_run, t) for t in todo]
                 try:
                     barrier.wait()
                 except threading.BrokenBarrierError:
-                    pool.shutdown(wait=False, cancel_futures=True)
                     raise BuildError(f"the {workers} worker processes did not start within 900 s; "
                                      f"try --workers 1 to see the error") from None
                 t_align = time.perf_counter()
@@ -717,8 +718,11 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
                     raise BuildError("a worker process died (out of memory or killed); the finished identities "
                                      "are cached: rerun the same command to continue, with fewer --workers if "
                                      "memory is short") from None
+                t_aligned = time.perf_counter()
+            finally:
+                # no waiting: the workers tear TensorFlow down (seconds) while the shards are written
+                pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
-    t_aligned = time.perf_counter()
     cpu_seconds = sum(summaries[t.name].get("cpu_seconds", 0.0) for t in todo)
     ordered = [summaries[t.name] for t in tasks]
     meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(raw_dir))
