@@ -241,6 +241,13 @@ def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray, progress: bool
     import nncase
 
     data = _kmodel_bytes(kmodel)
+    installed = nncase_version()
+    if not isinstance(kmodel, (bytes, bytearray, memoryview)) and info_path(kmodel).is_file():
+        made_by = kmodel_info(kmodel).get("nncase_version")
+        if made_by and made_by != installed["nncase_version"]:
+            raise KmodelError(f"{kmodel}: made by nncase {made_by}, but nncase {installed['nncase_version']} is "
+                              "installed; a kmodel runs only on the runtime of its own version "
+                              f"(`make setup NNCASE={made_by}`)")
     version = read_kmodel_version(data)
     if version != k210.KMODEL_VERSION:
         raise KmodelError(f"kmodel v{version}: the nncase 1.x simulator runs only v{k210.KMODEL_VERSION}")
@@ -251,7 +258,7 @@ def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray, progress: bool
     try:
         simulator.load_model(data)
     except Exception as exc:
-        raise KmodelError(f"nncase {nncase_version()['nncase_runtime']} cannot load this kmodel (made by another "
+        raise KmodelError(f"nncase {installed['nncase_runtime']} cannot load this kmodel (made by another "
                           f"nncase version?): {exc}") from None
     expected = 3 * images.shape[1] * images.shape[2]
     size = simulator.get_input_desc(0).size
@@ -265,6 +272,7 @@ def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray, progress: bool
         try:
             simulator.run()
         except Exception as exc:
-            raise KmodelError(f"nncase simulator failed to run the kmodel: {exc}") from None
+            raise KmodelError(f"nncase {installed['nncase_runtime']} simulator failed to run the kmodel ({exc}); "
+                              "a kmodel made by another nncase version fails like this") from None
         outputs.append(np.asarray(simulator.get_output_tensor(0).to_numpy(), np.float32).reshape(-1))
     return np.stack(outputs)
