@@ -78,6 +78,7 @@ def test_aligned_build_round_trip(tmp_path):
     assert summary["images_per_s"] > 0 and summary["seconds"] > 0
     assert (out / "labels.txt").read_text().splitlines() == ["id01", "id02", "id03"]
     assert (out / "property").read_text().strip() == "3,112,112"
+    assert (out / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / builder.WORK_DIR).exists()
     for key in ("class_counts", "splits", "shards", "policy", "build_config", "package_version"):
         assert key in meta

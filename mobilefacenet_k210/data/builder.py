@@ -40,6 +40,7 @@ from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
 WORK_DIR = ".work"
 PROPERTY_FILE = "property"
+CONTACT_SHEET = "contact_sheet.png"
 # Config fields that do not change the records: they stay out of the cache key.
 NOT_IN_KEY = ("runner", "workers", "keep_work", "beam_options")
 
@@ -530,7 +531,8 @@ def build_metadata(cfg: BuildConfig, names: Sequence[str], class_counts: Dict[in
         "input": input_path,
         "package_version": __version__,
         "image_size": [INPUT_SIZE, INPUT_SIZE, 3],
-        "files": {"labels": tfrecord.LABELS_FILE, "rejected": tfrecord.REJECTED_FILE, "property": PROPERTY_FILE},
+        "files": {"labels": tfrecord.LABELS_FILE, "rejected": tfrecord.REJECTED_FILE, "property": PROPERTY_FILE,
+                  "contact_sheet": CONTACT_SHEET},
     }
 
 
@@ -595,9 +597,28 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
             old.unlink()
     write_labels(out_dir / tfrecord.LABELS_FILE, names)
     write_property(out_dir / PROPERTY_FILE, len(names))
+    write_contact_sheet(out_dir, work, names, cfg)
     meta = build_metadata(cfg, names, class_counts, shards, summaries, len(rejected), input_path)
     tfrecord.write_json_atomic(out_dir / tfrecord.METADATA_FILE, meta)
     return meta
+
+
+def write_contact_sheet(out_dir: Path, work: Path, names: Sequence[str], cfg: BuildConfig,
+                        identities: int = 8, per_identity: int = 8) -> Path:
+    """``contact_sheet.png``: seeded random crops of seeded random identities, captioned with their
+    tag and split, drawn from the cache (no pass over the shards; ``mfk210 inspect`` draws others)."""
+    from mobilefacenet_k210.data.inspect import contact_sheet
+
+    rng = np.random.default_rng(stable_seed(cfg.seed, "contact-sheet"))
+    picked = sorted(rng.choice(len(names), size=min(identities, len(names)), replace=False).tolist())
+    samples = {}
+    for label in picked:
+        recs = [r for split in tfrecord.SPLITS for r in cache_load_records(work, names[label], split)]
+        chosen = rng.choice(len(recs), size=min(per_identity, len(recs)), replace=False)
+        samples[names[label]] = [{"jpeg": recs[i][3], "tag": recs[i][2], "split": recs[i][0], "label": label}
+                                 for i in sorted(chosen.tolist())]
+    title = f"{out_dir.name}: {len(names)} classes, policy {cfg.policy.name}"
+    return contact_sheet(samples, out_dir / CONTACT_SHEET, title)
 
 
 def _take(records: Iterator[bytes], size: int, bar: Any) -> Iterator[bytes]:
