@@ -218,7 +218,28 @@ class FaceAligner:
                         continue
                     box = np.array([max(box[0], 0), max(box[1], 0), min(box[2], w - 1), min(box[3], h - 1)])
                     out[i].append(Detection(box=box, landmarks=marks, confidence=float(row[5])))
+        for i, faces in enumerate(out):
+            if not faces:  # the padding can shift MTCNN's pyramid past a face: try the photo alone, unpadded
+                out[i] = self._detect_single(np.asarray(images[i]))
         return out
+
+    def _detect_single(self, image: np.ndarray) -> List[Detection]:
+        """All faces of one photo detected on its own (downscaled if large, never padded)."""
+        import cv2
+
+        h, w = image.shape[:2]
+        s = min(1.0, self.detect_max_side / float(max(h, w)))
+        small = image if s == 1.0 else cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
+                                                  interpolation=cv2.INTER_AREA)
+        rows = self._mtcnn.detect_faces(small.astype(np.float32), output_type="numpy", box_format="xyxy",
+                                        min_face_size=self.pyramid_min_face)
+        faces = []
+        for row in np.asarray(rows, dtype=np.float64).reshape(-1, 16):
+            box = row[1:5] / s
+            box = np.array([max(box[0], 0), max(box[1], 0), min(box[2], w - 1), min(box[3], h - 1)])
+            marks = np.stack([row[6:11], row[11:16]], axis=1) / s
+            faces.append(Detection(box=box, landmarks=marks, confidence=float(row[5])))
+        return faces
 
     def choose(self, faces: List[Detection], shape: Tuple[int, ...]) -> Optional[Detection]:
         """The face the ``select`` rule picks among ``faces`` of a photo of ``shape``."""
