@@ -384,8 +384,47 @@ def run_inspect(args) -> int:
     return 0
 
 
+# --- demo / bench ---------------------------------------------------------------------------------
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on the ORL faces (what `make demo` runs)",
+                       description="Raw ORL photos -> MTCNN-aligned shards -> softmax then ArcFace training -> "
+                                   "10-fold verification -> TFLite/kmodel export with parity -> enroll/identify "
+                                   "-> board files; writes OUT/report.md. A rerun skips finished steps.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--config", help="DemoConfig YAML/JSON file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DemoConfig field")
+    p.set_defaults(handler=run_demo)
+
+
+def run_demo(args) -> int:
+    from mobilefacenet_k210 import config
+    from mobilefacenet_k210.demo import run_demo as run
+
+    run(args.out, config.load(config.DemoConfig, args.config, args.set))
+    return 0
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure every target into OUT/results.json and OUT/results.md",
+                       description="Runs (or resumes) the demo, then measures the builder (1 vs 2 workers, "
+                                   "--aligned), tf.data vs training throughput, batch mixing, and the test "
+                                   "suite's time; compares each figure with its target.")
+    p.add_argument("--out", default="bench")
+    p.add_argument("--demo-out", default="runs/demo")
+    p.add_argument("--train-config", default="configs/demo_cpu.yaml")
+    p.add_argument("--no-tests", action="store_true", help="skip timing the test suite")
+    p.set_defaults(handler=run_bench)
+
+
+def run_bench(args) -> int:
+    from mobilefacenet_k210.bench import run_bench as run
+
+    run(args.out, args.demo_out, args.train_config, tests=not args.no_tests)
+    return 0
+
+
 # --- registry -------------------------------------------------------------------------------------
-COMMANDS = [add_check, add_build_tfrecords, add_lst, add_merge, add_inspect, add_train, add_evaluate, add_export, add_kfpkg, add_flash, add_board_files, add_enroll, add_identify]
+COMMANDS = [add_check, add_build_tfrecords, add_lst, add_merge, add_inspect, add_train, add_evaluate, add_export, add_kfpkg, add_flash, add_board_files, add_enroll, add_identify, add_demo, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,178 @@
+"""`make bench`: every measurable target of the project, in one flat JSON file and one Markdown table.
+
+Figures that the demo already measured (accuracy, export parity) are read from its outputs instead
+of being recomputed; the demo is run (or resumed) first. Speed claims are ratios measured in the
+same run on the same machine (a shared CPU makes absolute times drift): 2 vs 1 builder workers,
+tf.data vs training consumption, our shuffling vs the seed's name-ordered stream.
+"""
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from mobilefacenet_k210.data.tfrecord import write_json_atomic
+
+PAPER_PARAMS = 0.99e6
+PAPER_MADDS = 221e6
+
+# figure -> (target text, check) ; a figure with no check is reported without pass/fail
+TARGETS: Dict[str, Tuple[str, Optional[Callable[[Dict[str, Any]], bool]]]] = {
+    "params": ("0.99M +-10% (paper)", lambda r: abs(r["params"] / PAPER_PARAMS - 1) <= 0.10),
+    "madds": ("221M +-10% (paper)", lambda r: abs(r["madds"] / PAPER_MADDS - 1) <= 0.10),
+    "kmodel_bytes": ("<= 1,500,000 (nncase 1.1)", lambda r: r["kmodel_bytes"] <= 1_500_000),
+    "kmodel_version": ("5", lambda r: r["kmodel_version"] == 5),
+    "kpu_mac_share": (">= 0.98", lambda r: r["kpu_mac_share"] >= 0.98),
+    "cosine_kmodel_mean": (">= 0.985", lambda r: r["cosine_kmodel_mean"] >= 0.985),
+    "cosine_kmodel_min": (">= 0.95", lambda r: r["cosine_kmodel_min"] >= 0.95),
+    "builder_img_per_s_1w": ("", None),
+    "builder_img_per_s_2w": ("", None),
+    "builder_speedup_2w": (">= 1.8 on 2 cores", lambda r: r["builder_speedup_2w"] >= 1.8),
+    "builder_aligned_img_per_s": ("well above the MTCNN path (>= 3x)",
+                                  lambda r: r["builder_aligned_img_per_s"] >= 3 * r["builder_img_per_s_2w"]),
+    "tfdata_img_per_s": ("", None),
+    "train_img_per_s": ("", None),
+    "tfdata_over_train": (">= 3", lambda r: r["tfdata_over_train"] >= 3),
+    "shuffle_mixing": ("more distinct labels per batch than the seed's stream",
+                       lambda r: r["shuffle_mixing"] > r["shuffle_mixing_seed_stream"]),
+    "shuffle_mixing_seed_stream": ("", None),
+    "orl_acc_keras": (">= 0.95", lambda r: r["orl_acc_keras"] >= 0.95),
+    "orl_acc_kmodel": ("", None),
+    "orl_acc_drop": ("<= 0.005", lambda r: r["orl_acc_drop"] <= 0.005),
+    "identify_kmodel": ("", None),
+    "tests_seconds": ("<= 1500 on 2 cores", lambda r: r["tests_seconds"] <= 1500),
+}
+
+
+def machine() -> str:
+    """CPU model and core count (all figures depend on it)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"model name\s*:\s*(.+)", text)
+        cpu = found.group(1).strip() if found else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def model_figures() -> Dict[str, Any]:
+    """Parameters and multiply-adds of the default MobileFaceNet."""
+    from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
+    from mobilefacenet_k210.model.summary import count_macs, count_params
+
+    model = MobileFaceNet()
+    return {"params": count_params(model), "madds": count_macs(model)}
+
+
+def demo_figures(demo_out: Path) -> Dict[str, Any]:
+    """Accuracy and export parity from the demo (run or resumed here)."""
+    from mobilefacenet_k210.demo import run_demo
+
+    figures = run_demo(demo_out)
+    report = json.loads((demo_out / "export" / "report.json").read_text())
+    keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
+    out = {k: figures[k] for k in keep}
+    out.update({k: report[k] for k in ("kmodel_bytes", "kmodel_version", "kpu_mac_share", "cosine_kmodel_mean",
+                                       "cosine_kmodel_min", "nncase_version", "calibrate_method")})
+    return out
+
+
+def builder_figures(demo_out: Path, work: Path) -> Dict[str, Any]:
+    """Images/s of the MTCNN path with 1 and 2 workers on the same raw ORL photos, and of --aligned."""
+    from mobilefacenet_k210.config import BuildConfig
+    from mobilefacenet_k210.data import builder, policy
+
+    raw = demo_out / "raw" / "train"
+    rates = {}
+    for workers in (1, 2):
+        out = work / f"builder_{workers}w"
+        shutil.rmtree(out, ignore_errors=True)
+        cfg = BuildConfig(workers=workers, val_fraction=0.0, policy=policy.preset("none"))
+        rates[workers] = builder.build(raw, out, cfg)["images_per_s"]
+    out = work / "builder_aligned"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = BuildConfig(workers=2, aligned=True, val_fraction=0.0, policy=policy.preset("none"), records_per_shard=10)
+    aligned = builder.build(demo_out / "aligned" / "test", out, cfg)["images_per_s"]
+    return {"builder_img_per_s_1w": rates[1], "builder_img_per_s_2w": rates[2],
+            "builder_speedup_2w": rates[2] / rates[1], "builder_aligned_img_per_s": aligned,
+            "builder_photos": sum(1 for _ in raw.rglob("*.pgm"))}
+
+
+def input_figures(demo_out: Path, work: Path, train_config: str) -> Dict[str, Any]:
+    """tf.data delivery vs training consumption (same batch size), and batch mixing vs the seed's stream."""
+    from mobilefacenet_k210 import config as config_lib
+    from mobilefacenet_k210.data import pipeline
+    from mobilefacenet_k210.train import measure_train_throughput
+
+    cfg = config_lib.load_train_config(train_config)
+    batch = cfg.phases[0].batch_size
+    data = demo_out / "shards"
+    tfdata = pipeline.measure_throughput(data, batch_size=batch, config=cfg.pipeline)["images_per_s"]
+    trained = measure_train_throughput(cfg, 0, num_classes=27, batch_size=batch)["images_per_s"]
+    mixing = pipeline.shuffle_mixing(work / "builder_aligned", batch_size=32, num_batches=20)
+    return {"tfdata_img_per_s": tfdata, "train_img_per_s": trained, "tfdata_over_train": tfdata / trained,
+            "shuffle_mixing": mixing["pipeline"]["distinct_labels_per_batch"],
+            "shuffle_mixing_seed_stream": mixing["baseline"]["distinct_labels_per_batch"],
+            "shuffle_mixing_random": mixing["random"]["distinct_labels_per_batch"]}
+
+
+def test_figures(root: Path) -> Dict[str, Any]:
+    """Wall time of the whole test suite, as `make test` runs it."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=root,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    tail = proc.stdout.strip().splitlines()[-1:] or [""]
+    return {"tests_seconds": seconds, "tests_summary": tail[0], "tests_exit": proc.returncode}
+
+
+def render_markdown(results: Dict[str, Any]) -> str:
+    """Figure | value | target | pass | machine."""
+    lines = ["# mobilefacenet_k210 benchmark", "",
+             f"Measured {results['date']} on {results['machine']}; nncase {results.get('nncase_version', '?')}.", "",
+             "| figure | value | target | pass |", "|---|---|---|---|"]
+    for key, (target, check) in TARGETS.items():
+        if key not in results:
+            lines.append(f"| {key} | not measured | {target} | - |")
+            continue
+        value = results[key]
+        shown = f"{value:,.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+        verdict = "-" if check is None else ("pass" if check(results) else "**fail**")
+        lines.append(f"| {key} | {shown} | {target} | {verdict} |")
+    lines += ["", f"Tests: {results.get('tests_summary', '-')}", ""]
+    return "\n".join(lines)
+
+
+def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "runs/demo",
+              train_config: str = "configs/demo_cpu.yaml", tests: bool = True,
+              root: Union[str, Path] = ".") -> Dict[str, Any]:
+    """Measure everything; write ``out/results.json`` and ``out/results.md``; return the figures."""
+    out, demo_out = Path(out), Path(demo_out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    stages: List[Tuple[str, Callable[[], Dict[str, Any]]]] = [
+        ("model", model_figures),
+        ("demo", lambda: demo_figures(demo_out)),
+        ("builder", lambda: builder_figures(demo_out, work)),
+        ("input", lambda: input_figures(demo_out, work, train_config)),
+    ]
+    if tests:
+        stages.append(("tests", lambda: test_figures(Path(root))))
+    for i, (name, fn) in enumerate(stages, 1):
+        print(f"\n[bench {i}/{len(stages)}] {name}", flush=True)
+        t0 = time.perf_counter()
+        results.update(fn())
+        results[f"bench_{name}_seconds"] = time.perf_counter() - t0
+        write_json_atomic(out / "results.json", results)
+    md = render_markdown(results)
+    (out / "results.md.tmp").write_text(md, encoding="utf-8")
+    os.replace(out / "results.md.tmp", out / "results.md")
+    print("\n" + md)
+    return results
