@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+from mobilefacenet_k210 import preprocessing
 from mobilefacenet_k210.config import HEADS, ConfigError, PhaseConfig, TrainConfig, to_dict
 from mobilefacenet_k210.data import pipeline, tfrecord
 from mobilefacenet_k210.model import heads
@@ -580,7 +581,7 @@ def measure_train_throughput(config: TrainConfig, phase_index: int = 0, num_clas
     batch = phase_batch_size(phase)
     size = config.model.input_size
     rng = np.random.default_rng(0)
-    images = pipeline.preprocessing.normalize(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+    images = preprocessing.normalize(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     labels = (np.arange(batch) // max(1, phase.images_per_identity if phase.head == "triplet" else 1)) % num_classes
     ds = tf.data.Dataset.from_tensors(((images, labels.astype(np.int32)), labels.astype(np.int32))).repeat()
     with precision_policy("mixed_float16" if config.mixed_precision else "float32"):
