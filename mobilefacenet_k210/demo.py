@@ -171,7 +171,7 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
         from mobilefacenet_k210.evaluate import evaluate as evaluate_fn
 
         models = [str(out / "train"), str(out / "export" / "model.kmodel")]
-        cfg = EvalConfig(models=models, bins=[str(out / "test.bin")], flip=False, compare=models,
+        cfg = EvalConfig(models=models, bins=[str(out / "test.bin")], flip=True, compare=models,
                          json=str(out / "evaluate" / "results.json"), out=str(out / "evaluate"))
         return evaluate_fn(cfg)
 

@@ -286,7 +286,8 @@ class EmbeddingCheckpoints(tf.keras.callbacks.Callback):
             return True
         if self.monitor != VERIFICATION and best.get("phase") != self.phase_index:
             return True  # fallback scores of different heads are not comparable: best of the last phase
-        return value > best["value"] if self.mode == "max" else value < best["value"]
+        # a tie goes to the later epoch: it has trained longer, and small selection sets saturate
+        return value >= best["value"] if self.mode == "max" else value <= best["value"]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

@@ -497,3 +497,14 @@ def _embed(model, images):
     from mobilefacenet_k210.evaluate.backends import KerasBackend
 
     return KerasBackend(model).embed(images, batch_size=16, flip=True, progress=False)
+
+
+def test_bin_sets_embed_each_distinct_photo_once():
+    from mobilefacenet_k210.evaluate import distinct_images
+
+    rng = np.random.default_rng(0)
+    photos = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    rows = photos[[0, 1, 0, 2, 2, 1]]
+    unique, index = distinct_images(rows)
+    assert len(unique) == 3
+    np.testing.assert_array_equal(unique[index], rows)

@@ -4,6 +4,7 @@
 form), ``pairs`` (your own photos), ``report`` (PNGs, table, JSON) and ``callback`` (the same
 measure during training). :func:`evaluate` runs what ``mfk210 evaluate`` asks for.
 """
+import hashlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
@@ -39,18 +40,34 @@ def _check_config(config: EvalConfig) -> List[str]:
     return models
 
 
+def distinct_images(images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The distinct crops of a pair-ordered array and, per row, the index of its crop among them.
+
+    A .bin repeats each photo in every pair it belongs to (LFW: 12,000 rows); embedding each photo
+    once matters for the kmodel, which runs in nncase's simulator at a few images per second.
+    """
+    first: Dict[bytes, int] = {}
+    index = np.empty(len(images), dtype=np.int64)
+    for i, image in enumerate(images):
+        index[i] = first.setdefault(hashlib.sha1(image.tobytes()).digest(), len(first))
+    keep = np.zeros(len(first), dtype=np.int64)
+    keep[index] = np.arange(len(images))
+    return images[keep], index
+
+
 def _image_sets(config: EvalConfig, echo: Callable[[str], None]) -> Iterator[Tuple[str, np.ndarray, Any, np.ndarray,
                                                                                    Dict[str, Any]]]:
     """Yield ``(set name, crops, index, issame, extra info)`` one set at a time (sets can be large).
 
-    Pair ``i`` is ``crops[index[2i]], crops[index[2i+1]]``; ``index`` is None for .bin sets, whose
-    crops are already in pair order, and maps the distinct photos of own sets (each embedded once).
+    Pair ``i`` is ``crops[index[2i]], crops[index[2i+1]]``: every set yields its distinct photos
+    (each embedded once) and the index that puts them back in pair order.
     """
     from mobilefacenet_k210.evaluate import bins, pairs, report
 
     for path in config.bins:
         images, issame = bins.load_bin(path)
-        yield report.set_name(path), images, None, issame, {"source": str(path)}
+        unique, index = distinct_images(images)
+        yield report.set_name(path), unique, index, issame, {"source": str(path), "distinct_images": len(unique)}
     for kind, source in (("pairs", config.pairs), ("folder", config.folder)):
         if not source:
             continue
