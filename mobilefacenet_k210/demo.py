@@ -246,6 +246,7 @@ def inspect_shards(out: Path) -> Dict[str, Any]:
     """Counts and the contact sheet of what training saw."""
     from mobilefacenet_k210.data import inspect
 
+    (out / "inspect").mkdir(parents=True, exist_ok=True)
     return inspect.inspect_shards(out / "shards", out / "inspect" / "contact_sheet.png")
 
 

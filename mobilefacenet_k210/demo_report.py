@@ -68,7 +68,8 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         f"selection, {faces['photos']['test']} held out. MTCNN aligned {shards['faces']} of {shards['photos']} "
         f"training photos ({shards['rejected']} rejected) at {shards['images_per_s']:.1f} photos/s. "
         f"The per-identity policy ({config.build_config}) kept {shards['identities']['kept']} of "
-        f"{shards['identities']['input']} identities and wrote {shards['records']} records.",
+        f"{shards['identities']['input']} identities and wrote {shards['records'].get('train', 0)} training records "
+        f"(originals and augmented copies).",
         "",
         _image(out, out / "inspect" / "contact_sheet.png", "contact sheet of the training shards"),
         "",
