@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from mobilefacenet_k210.data.tfrecord import write_json_atomic
+from mobilefacenet_k210 import atomic
 
 PAPER_PARAMS = 0.99e6
 PAPER_MADDS = 221e6
@@ -78,7 +78,7 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
     from mobilefacenet_k210.demo import run_demo
 
     figures = run_demo(demo_out)
-    report = json.loads((demo_out / "export" / "report.json").read_text())
+    report = json.loads((demo_out / "export" / "report.json").read_text(encoding="utf-8"))
     keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
     out = {k: figures[k] for k in keep}
     out.update({f"demo_{k}": report[k] for k in ("kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean",
@@ -192,9 +192,8 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
         t0 = time.perf_counter()
         results.update(fn())
         results[f"bench_{name}_seconds"] = time.perf_counter() - t0
-        write_json_atomic(out / "results.json", results)
+        atomic.write_json(out / "results.json", results)
     md = render_markdown(results)
-    (out / "results.md.tmp").write_text(md, encoding="utf-8")
-    os.replace(out / "results.md.tmp", out / "results.md")
+    atomic.write_text(out / "results.md", md)
     print("\n" + md)
     return results

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.config import DemoConfig
-from mobilefacenet_k210.data.tfrecord import write_json_atomic
 
 # rough minutes per step on 2 CPU cores, for the time estimate printed as the demo goes
 STEPS = [
@@ -56,7 +56,7 @@ class Demo:
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
-        write_json_atomic(record, {"result": result, "seconds": seconds})
+        atomic.write_json(record, {"result": result, "seconds": seconds})
         self.results[name], self.seconds[name] = result, seconds
         print(f"[{index + 1}/{len(STEPS)}] {name}: finished in {seconds:.0f} s", flush=True)
         return result
@@ -280,8 +280,6 @@ def write_report(demo: Demo, figures: Dict[str, Any]) -> Path:
 
     path = demo.path("report.md")
     text = render(demo.out, demo.config, demo.results, demo.seconds, figures)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, text)
     print(f"\nreport: {path}")
     return path

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -29,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from mobilefacenet_k210 import preprocessing
+from mobilefacenet_k210 import atomic, preprocessing
 from mobilefacenet_k210.config import HEADS, ConfigError, PhaseConfig, TrainConfig, to_dict
 from mobilefacenet_k210.data import pipeline, tfrecord
 from mobilefacenet_k210.model import heads
@@ -111,9 +110,9 @@ def _load_state(run_dir: Path, config: TrainConfig, data: pipeline.DataInfo, all
                                   f"{', ...' if len(diff) > 8 else ''}); rerun with the same config, use a new "
                                   "--out folder, or pass --allow-config-change to resume anyway")
             log.warning("resuming with a changed config (--allow-config-change): %s", lines)
-            tfrecord.write_json_atomic(saved_path, identity)
+            atomic.write_json(saved_path, identity)
     else:
-        tfrecord.write_json_atomic(saved_path, identity)
+        atomic.write_json(saved_path, identity)
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
         return json.loads(state_path.read_text(encoding="utf-8"))
@@ -121,7 +120,7 @@ def _load_state(run_dir: Path, config: TrainConfig, data: pipeline.DataInfo, all
 
 
 def _save_state(run_dir: Path, state: Dict[str, Any]) -> None:
-    tfrecord.write_json_atomic(run_dir / STATE_FILE, state)
+    atomic.write_json(run_dir / STATE_FILE, state)
 
 
 # --- distribution, precision, optimizer -----------------------------------------------------------
@@ -412,17 +411,7 @@ def plot_history(run_dir: Union[str, Path]) -> Optional[Path]:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    target = Path(run_dir) / PLOT_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".loss.", suffix=".png", dir=run_dir)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, target)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
+    return atomic.save_figure(fig, Path(run_dir) / PLOT_FILE, dpi=100)
 
 
 # --- the run --------------------------------------------------------------------------------------

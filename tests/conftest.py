@@ -13,6 +13,7 @@ def write_tiny_shards(root: Path, num_classes: int = 8, per_class: int = 6, num_
     """
     import cv2
 
+    from mobilefacenet_k210 import atomic
     from mobilefacenet_k210.data import tfrecord
 
     rng = np.random.default_rng(seed)
@@ -33,7 +34,7 @@ def write_tiny_shards(root: Path, num_classes: int = 8, per_class: int = 6, num_
     if val:
         entry = tfrecord.write_shard(root / tfrecord.shard_name("val", 0, 1), val)
         shards.append({**entry, "split": "val"})
-    tfrecord.write_json_atomic(root / tfrecord.METADATA_FILE, {
+    atomic.write_json(root / tfrecord.METADATA_FILE, {
         "schema_version": tfrecord.SCHEMA_VERSION, "num_classes": num_classes,
         "class_counts": {str(c): per_class for c in range(num_classes)},
         "splits": {"train": len(train), "val": len(val)}, "shards": shards,

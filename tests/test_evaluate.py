@@ -184,7 +184,7 @@ def test_bin_written_and_read_back_is_identical(tmp_path):
     back, labels = bins.load_bin(path, progress=False)
     assert back.dtype == np.uint8 and np.array_equal(back, images)
     assert labels.dtype == bool and np.array_equal(labels, issame)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     smooth = np.repeat(np.repeat(rng.integers(0, 256, (12, 14, 14, 3), dtype=np.uint8), 8, 1), 8, 2)
     jpg, _ = bins.load_bin(bins.write_bin(tmp_path / "jpg.bin", smooth, issame, fmt="jpg"), progress=False)

@@ -6,14 +6,12 @@ alignment template is ``preprocessing.ARCFACE_TEMPLATE``, and the kmodel is chec
 compiler vs runtime) exactly as for a ``.kfpkg``. Copy the output folder's files to the SD card root.
 """
 import json
-import os
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from mobilefacenet_k210 import k210, preprocessing
+from mobilefacenet_k210 import atomic, k210, preprocessing
 from mobilefacenet_k210.board import gallery as board_gallery
 from mobilefacenet_k210.board import kfpkg
 from mobilefacenet_k210.board.score import threshold_from_eval
@@ -28,13 +26,6 @@ CONFIG_FORMAT = "mfk210-board-config"
 def script_source() -> str:
     """The CanMV MicroPython script shipped as package data."""
     return resources.files("mobilefacenet_k210.board").joinpath(SCRIPT).read_text(encoding="utf-8")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def board_config(kmodel_check: Dict[str, Any], threshold: Dict[str, Any], config: BoardConfig,
@@ -99,19 +90,17 @@ def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json
         cfg["embedding_size"] = int(embedding_size)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    _write_atomic(out / SCRIPT, script_source().encode("utf-8"))
+    atomic.write_text(out / SCRIPT, script_source())
     written.append(out / SCRIPT)
-    _write_atomic(out / CONFIG_NAME, (json.dumps(cfg, indent=1) + "\n").encode("utf-8"))
+    atomic.write_text(out / CONFIG_NAME, json.dumps(cfg, indent=1) + "\n")
     written.append(out / CONFIG_NAME)
     if people is not None:
-        _write_atomic(out / GALLERY_NAME, (json.dumps(people) + "\n").encode("utf-8"))
+        atomic.write_text(out / GALLERY_NAME, json.dumps(people) + "\n")  # compact: the board parses it
         written.append(out / GALLERY_NAME)
     if flash_address is None:
         target = out / config.kmodel_name
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
-        os.close(fd)
-        shutil.copyfile(kmodel, tmp)
-        os.replace(tmp, target)
+        with atomic.atomic_path(target) as tmp:
+            shutil.copyfile(kmodel, tmp)
         written.append(target)
     return {"files": [str(p) for p in written], "config": cfg, "warnings": check["warnings"]}
 

@@ -9,13 +9,12 @@ board's formula ``(0.5 + 0.5 * cos) * 100`` and applies the threshold from our o
 The gallery JSON is the file the CanMV script reads from the SD card.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.board import score as board_score
 
 GALLERY_FORMAT = "mfk210-gallery"
@@ -82,15 +81,6 @@ def _embed(backend: Any, crops: np.ndarray, batch_size: int) -> np.ndarray:
     return l2_normalize(backend.embed(crops, batch_size=batch_size, flip=False)).astype(np.float32)
 
 
-def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[str, Path],
            aligned: bool = False, batch_size: int = 32, backend: Any = None,
            aligner: Any = None) -> Dict[str, Any]:
@@ -117,7 +107,7 @@ def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[st
     gallery = {"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "model": str(model),
                "backend": getattr(backend, "kind", "?"), "embedding_size": len(entries[0]["feature"]),
                "aligned_input": bool(aligned), "people": entries, "skipped": skipped}
-    _write_json_atomic(Path(out), gallery)
+    atomic.write_text(out, json.dumps(gallery, indent=1) + "\n")  # key order kept: format, version first
     return gallery
 
 

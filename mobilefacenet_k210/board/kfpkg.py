@@ -12,13 +12,11 @@ runtime embeds (a mismatch loads and then fails when run, so it is warned about 
 """
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from mobilefacenet_k210 import k210
+from mobilefacenet_k210 import atomic, k210
 
 KFPKG_VERSION = "0.1.0"
 """The ``version`` field kflash_gui and Sipeed's packages write; kflash itself does not read it."""
@@ -144,19 +142,11 @@ def build_kfpkg(kmodel: Union[str, Path], out: Union[str, Path], firmware: Optio
         raise KfpkgError(f"{out}: kflash recognizes a package only by the .kfpkg extension")
     plan = build_plan(kmodel, firmware, address, runtime)
     plan["kfpkg"] = str(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".kfpkg", dir=out.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for f in plan["files"]:
-                zf.write(f["source"], arcname=f["bin"])
-            zf.writestr(FLASH_LIST, flash_list_json(plan["files"]))
-            zf.writestr(PLAN_FILE, json.dumps(plan, indent=2) + "\n")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic.atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in plan["files"]:
+            zf.write(f["source"], arcname=f["bin"])
+        zf.writestr(FLASH_LIST, flash_list_json(plan["files"]))
+        zf.writestr(PLAN_FILE, json.dumps(plan, indent=2) + "\n")
     return plan
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple, Union
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210 import config as config_lib
 from mobilefacenet_k210.config import BuildConfig
 from mobilefacenet_k210.data import builder, tfrecord
@@ -154,7 +155,7 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
     builder.write_labels(out_dir / tfrecord.LABELS_FILE, names)
     builder.write_property(out_dir / builder.PROPERTY_FILE, len(names))
     meta = builder.build_metadata(cfg, names, class_counts, shards, ordered, len(rejected), str(raw_dir))
-    tfrecord.write_json_atomic(meta_path, meta)
+    atomic.write_json(meta_path, meta)
     if not cfg.keep_work:
         import shutil
 

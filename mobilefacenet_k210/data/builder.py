@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210 import config as config_lib
 from mobilefacenet_k210.config import BuildConfig
 from mobilefacenet_k210.data import policy as policy_lib
@@ -358,20 +359,6 @@ def process_identity(task: IdentityTask, cfg: BuildConfig, aligner: Any) -> Iden
 
 
 # --- the resumable cache ---------------------------------------------------------------------------
-def _atomic_bytes(path: Path, data: bytes, sync: bool = True) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _stem(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8")).hexdigest()[:24]
 
@@ -385,10 +372,10 @@ def cache_save(work: Path, task: IdentityTask, out: IdentityOutput) -> Dict[str,
         data = pickle.dumps([r for r in out.records if r[0] == split], protocol=4)
         # no fsync here (6 ms each): a kill cannot tear a renamed file, and after a power loss the
         # sizes recorded in the fsynced summary no longer match, so the identity is redone
-        _atomic_bytes(work / f"{stem}.{split}.pkl", data, sync=False)
+        atomic.write_bytes(work / f"{stem}.{split}.pkl", data, sync=False)
         sizes[split] = len(data)
     summary = {**out.summary(), "fingerprint": task.fingerprint(), "cache_bytes": sizes}
-    tfrecord.write_json_atomic(work / f"{stem}.json", summary)
+    atomic.write_json(work / f"{stem}.json", summary)
     return summary
 
 
@@ -460,10 +447,6 @@ def _worker_run(task: IdentityTask) -> Dict[str, Any]:
 
 
 # --- global outputs --------------------------------------------------------------------------------
-def _write_text_atomic(path: Path, text: str) -> None:
-    _atomic_bytes(path, text.encode("utf-8"))
-
-
 def write_rejected(path: Path, rows: Iterable[Tuple[str, str]]) -> None:
     """``rejected.csv``: one ``path,reason`` row per input entry that gave no face."""
     buf = io.StringIO()
@@ -471,17 +454,17 @@ def write_rejected(path: Path, rows: Iterable[Tuple[str, str]]) -> None:
     writer.writerow(["path", "reason"])
     for row in rows:
         writer.writerow(row)
-    _write_text_atomic(path, buf.getvalue())
+    atomic.write_text(path, buf.getvalue(), sync=True)
 
 
 def write_labels(path: Path, names: Sequence[str]) -> None:
     """``labels.txt``: line ``i`` is the identity name of label ``i``."""
-    _write_text_atomic(path, "".join(f"{n}\n" for n in names))
+    atomic.write_text(path, "".join(f"{n}\n" for n in names), sync=True)
 
 
 def write_property(path: Path, num_classes: int) -> None:
     """InsightFace's ``property`` file: ``num_classes,112,112``."""
-    _write_text_atomic(path, f"{num_classes},{INPUT_SIZE},{INPUT_SIZE}\n")
+    atomic.write_text(path, f"{num_classes},{INPUT_SIZE},{INPUT_SIZE}\n", sync=True)
 
 
 def shard_counts(total: int, per_shard: int) -> List[int]:
@@ -599,7 +582,7 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
     write_property(out_dir / PROPERTY_FILE, len(names))
     write_contact_sheet(out_dir, work, names, cfg)
     meta = build_metadata(cfg, names, class_counts, shards, summaries, len(rejected), input_path)
-    tfrecord.write_json_atomic(out_dir / tfrecord.METADATA_FILE, meta)
+    atomic.write_json(out_dir / tfrecord.METADATA_FILE, meta)
     return meta
 
 
@@ -680,7 +663,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     remove_partial_files(out_dir)
     work = out_dir / WORK_DIR / config_key(cfg)
     work.mkdir(parents=True, exist_ok=True)
-    tfrecord.write_json_atomic(work / "config.json", config_lib.to_dict(cfg))
+    atomic.write_json(work / "config.json", config_lib.to_dict(cfg))
 
     summaries: Dict[str, Dict[str, Any]] = {}
     todo: List[IdentityTask] = []

@@ -4,25 +4,13 @@ Reads every record of every shard listed in ``metadata.json`` (checking counts, 
 ``verify``), reports per-split counts, classes and the augmentation mix, and draws a contact sheet
 PNG of random crops of random identities, each captioned with its augmentation tag and split.
 """
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.data import tfrecord
-
-
-def _save_png_atomic(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def contact_sheet(samples: Dict[str, List[Dict[str, Any]]], path: Union[str, Path], title: str = "") -> Path:
@@ -50,9 +38,7 @@ def contact_sheet(samples: Dict[str, List[Dict[str, Any]]], path: Union[str, Pat
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save_png_atomic(fig, path)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=100)
 
 
 def inspect_shards(shards_dir: Union[str, Path], out_png: Optional[Union[str, Path]] = None, identities: int = 8,

@@ -9,6 +9,7 @@ import csv
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.data import builder, tfrecord
 
 
@@ -24,7 +25,7 @@ def write_lst(aligned_dir: Union[str, Path], out_lst: Union[str, Path]) -> Dict[
     out_lst = Path(out_lst)
     out_lst.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"1\t{Path(p.path).resolve()}\t{label}\n" for label, t in enumerate(tasks) for p in t.photos]
-    builder._write_text_atomic(out_lst, "".join(lines))
+    atomic.write_text(out_lst, "".join(lines), sync=True)
     prop = out_lst.parent / builder.PROPERTY_FILE
     builder.write_property(prop, len(tasks))
     return {"lst": str(out_lst), "property": str(prop), "num_classes": len(tasks), "images": len(lines),
@@ -149,5 +150,5 @@ def merge(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path]) -> Dict
         "image_size": [112, 112, 3],
         "files": {"labels": tfrecord.LABELS_FILE, "rejected": tfrecord.REJECTED_FILE, "property": builder.PROPERTY_FILE},
     }
-    tfrecord.write_json_atomic(out_dir / tfrecord.METADATA_FILE, meta_out)
+    atomic.write_json(out_dir / tfrecord.METADATA_FILE, meta_out)
     return meta_out

@@ -6,10 +6,10 @@ This module is the one contract between the builder (writes), the training pipel
 """
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
+
+from mobilefacenet_k210 import atomic
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -103,40 +103,14 @@ def write_shard(path: Union[str, Path], records: Iterable[bytes]) -> Dict[str, A
     import tensorflow as tf
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     count = 0
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
+    with atomic.atomic_path(path, sync=True) as tmp:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
             for rec in records:
                 writer.write(rec)
                 count += 1
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
         digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return {"file": path.name, "records": count, "sha256": digest}
-
-
-def write_json_atomic(path: Union[str, Path], data: Any) -> None:
-    """Write JSON under a temporary name and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_metadata(shards_dir: Union[str, Path]) -> Dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.config import EvalConfig, to_dict
 
 
@@ -151,14 +152,12 @@ def evaluate(config: EvalConfig, echo: Callable[[str], None] = print) -> Dict[st
     echo("")
     echo(table)
     if out:
-        files.append(str(report.write_text_atomic(out / "results.md", f"## Verification accuracy (%)\n\n{table}\n"
-                                                  f"## TAR at FAR (%)\n\n{tars}")))
+        files.append(str(atomic.write_text(out / "results.md", f"## Verification accuracy (%)\n\n{table}\n"
+                                           f"## TAR at FAR (%)\n\n{tars}")))
     payload = {"results": results, "compare": compare, "table": table, "tar_table": tars,
                "config": to_dict(config), "files": files}
     if config.json:
-        from mobilefacenet_k210.data.tfrecord import write_json_atomic
-
-        write_json_atomic(config.json, payload)
+        atomic.write_json(config.json, payload)
         files.append(str(config.json))
     for path in files:
         echo(f"wrote {path}")

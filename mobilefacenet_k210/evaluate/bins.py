@@ -8,14 +8,13 @@ file is refused before anything of it runs. The images are then decoded and chec
 ``INPUT_SIZE`` x ``INPUT_SIZE`` crops.
 """
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
 
@@ -151,13 +150,6 @@ def write_bin(path: Union[str, Path], images: np.ndarray, issame: Sequence[bool]
     if images.shape[0] != 2 * len(labels) or not labels:
         raise BinFileError(f"{path}: {images.shape[0]} images for {len(labels)} pairs; need two per pair")
     encoded = [encode_image(img, fmt, quality) for img in images]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bin", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((encoded, labels), f, protocol=4)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump((encoded, labels), f, protocol=4)
     return path

@@ -5,14 +5,13 @@ AgeDB-30, VGG2-FP (other sets after them, by name), one row per model, accuracy 
 ``mean ± std`` in percent; rows after the first also show the drop from the first row
 (e.g. Keras first, its kmodel second: the quantization loss).
 """
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 
+from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.evaluate.metrics import FAR_TARGETS, far_key
 
 KNOWN_SETS = {"lfw": "LFW", "cfp_ff": "CFP-FF", "cfp_fp": "CFP-FP", "agedb_30": "AgeDB-30", "vgg2_fp": "VGG2-FP"}
@@ -77,37 +76,9 @@ def tar_table(results: Results, far_targets: Sequence[float] = FAR_TARGETS) -> s
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: Union[str, Path], text: str) -> Path:
-    """Write a text file under a temporary name and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def _save_figure(fig, path: Union[str, Path]) -> Path:
-    """Save a matplotlib figure atomically as PNG and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Save a report figure (110 dpi, trimmed) atomically and close it."""
+    return atomic.save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _pyplot():

@@ -13,6 +13,8 @@ from typing import Any, Dict
 
 import numpy as np
 
+from mobilefacenet_k210 import atomic
+
 
 def set_options(target: Any, options: Dict[str, Any]) -> Dict[str, list]:
     """Set each option the installed nncase knows; report which were set and which it lacks.
@@ -50,10 +52,7 @@ def compile_job(job: Dict[str, Any]) -> Dict[str, Any]:
     start = time.perf_counter()
     compiler.compile()
     result["compile_seconds"] = time.perf_counter() - start
-    kmodel = compiler.gencode_tobytes()
-    tmp = Path(job["kmodel"]).with_name(f".tmp-{Path(job['kmodel']).name}")
-    tmp.write_bytes(kmodel)
-    tmp.replace(job["kmodel"])
+    atomic.write_bytes(job["kmodel"], compiler.gencode_tobytes())
     return result
 
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from mobilefacenet_k210 import k210, preprocessing
+from mobilefacenet_k210 import atomic, k210, preprocessing
 from mobilefacenet_k210.export.tflite import assert_float_tflite
 
 KMODEL_MAGIC = b"LDMK"  # the C constant 'KMDL' written little-endian
@@ -190,11 +190,7 @@ def info_path(kmodel_path: Union[str, Path]) -> Path:
 
 def write_info(kmodel_path: Union[str, Path], info: Dict[str, Any]) -> Path:
     """Write the record beside the kmodel, atomically."""
-    path = info_path(kmodel_path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
+    return atomic.write_json(info_path(kmodel_path), info)
 
 
 def kmodel_info(kmodel_path: Union[str, Path]) -> Dict[str, Any]:
@@ -204,7 +200,7 @@ def kmodel_info(kmodel_path: Union[str, Path]) -> Dict[str, Any]:
         raise KmodelError(f"{path}: no compile record beside {Path(kmodel_path).name} (it was not made by "
                           "`mfk210 export`, so its nncase version is unknown)")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise KmodelError(f"{path}: not valid JSON: {exc}") from None
 

@@ -1,9 +1,10 @@
 """The export report: ``report.json`` (machine-read by ``make bench``), ``report.md`` and a cosine histogram PNG."""
-import json
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import numpy as np
+
+from mobilefacenet_k210 import atomic
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -19,14 +20,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
 
 
-def write_json_atomic(path: Union[str, Path], data: Any) -> None:
-    """JSON to a temp name, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
-
-
 def plot_cosines(cosines: Dict[str, np.ndarray], path: Union[str, Path]) -> Path:
     """Histogram of per-face cosine (each backend vs Keras) as a PNG, written atomically."""
     import matplotlib
@@ -34,7 +27,6 @@ def plot_cosines(cosines: Dict[str, np.ndarray], path: Union[str, Path]) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     low = min(float(np.min(v)) for v in cosines.values())
     bins = np.linspace(min(low, 0.95), 1.0, 41)
@@ -46,11 +38,7 @@ def plot_cosines(cosines: Dict[str, np.ndarray], path: Union[str, Path]) -> Path
     ax.set_title("Export parity")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic.save_figure(fig, path, format="png")
 
 
 def _kb(n: Any) -> str:
@@ -97,7 +85,5 @@ def render_markdown(report: Dict[str, Any]) -> str:
 def write_report(report: Dict[str, Any], out_dir: Union[str, Path]) -> None:
     """Write ``report.json`` and ``report.md`` into ``out_dir``."""
     out_dir = Path(out_dir)
-    write_json_atomic(out_dir / REPORT_JSON, report)
-    tmp = out_dir / f".tmp-{REPORT_MD}"
-    tmp.write_text(render_markdown(report), encoding="utf-8")
-    tmp.replace(out_dir / REPORT_MD)
+    atomic.write_json(out_dir / REPORT_JSON, report)
+    atomic.write_text(out_dir / REPORT_MD, render_markdown(report))

@@ -8,7 +8,7 @@ from typing import Iterable, Union
 
 import numpy as np
 
-from mobilefacenet_k210 import preprocessing
+from mobilefacenet_k210 import atomic, preprocessing
 
 
 class TFLiteError(ValueError):
@@ -29,7 +29,7 @@ def convert_float(model, path: Union[str, Path]) -> Path:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([_batch1_function(model)], model)
-    return _write_atomic(path, converter.convert())
+    return atomic.write_bytes(path, converter.convert())
 
 
 def convert_int8(model, calibration: np.ndarray, path: Union[str, Path]) -> Path:
@@ -52,7 +52,7 @@ def convert_int8(model, calibration: np.ndarray, path: Union[str, Path]) -> Path
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return _write_atomic(path, converter.convert())
+    return atomic.write_bytes(path, converter.convert())
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -60,15 +60,6 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
     return images
-
-
-def _write_atomic(path: Union[str, Path], data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
 
 
 def _interpreter(path: Union[str, Path]):

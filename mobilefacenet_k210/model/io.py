@@ -4,10 +4,10 @@ A run keeps its embedding model at ``RUN_DIR/embedding/model.keras`` (heads neve
 command that takes ``--model`` accepts that file, the ``embedding/`` folder, the run folder, or any
 other ``.keras``/``.h5`` file or SavedModel folder.
 """
-import os
-import tempfile
 from pathlib import Path
 from typing import Union
+
+from mobilefacenet_k210 import atomic
 
 EMBEDDING_DIR = "embedding"
 EMBEDDING_FILE = "model.keras"
@@ -39,18 +39,11 @@ def save_embedding_model(model, path: Union[str, Path]) -> Path:
     """
     path = Path(path)
     target = path if path.suffix in (".keras", ".h5") else path / EMBEDDING_DIR / EMBEDDING_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic.atomic_path(target, suffix=target.suffix) as tmp:  # Keras picks the format by suffix
         if target.suffix == ".keras":
-            model.save(tmp)
+            model.save(str(tmp))
         else:
-            model.save(tmp, include_optimizer=False)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            model.save(str(tmp), include_optimizer=False)
     return target
 
 
