@@ -94,7 +94,7 @@ def export_figures(demo_out: Path, work: Path, train_config: str) -> Dict[str, A
     from mobilefacenet_k210.export.chain import export_model
 
     defaults = config_lib.ModelConfig()
-    cfg = config_lib.load_train_config(train_config, [
+    cfg = config_lib.load(config_lib.TrainConfig, train_config, [
         f"model.width_multiplier={defaults.width_multiplier}", f"model.embedding_size={defaults.embedding_size}",
         f"verification.select={demo_out / 'select.bin'}"])
     run = work / "train_default"
@@ -131,7 +131,7 @@ def input_figures(demo_out: Path, work: Path, train_config: str) -> Dict[str, An
     from mobilefacenet_k210.data import pipeline
     from mobilefacenet_k210.train import measure_train_throughput
 
-    cfg = config_lib.load_train_config(train_config)
+    cfg = config_lib.load(config_lib.TrainConfig, train_config)
     batch = cfg.phases[0].batch_size
     data = demo_out / "shards"
     tfdata = pipeline.measure_throughput(data, batch_size=batch, config=cfg.pipeline)["images_per_s"]

@@ -279,7 +279,7 @@ def add_train(sub) -> None:
 
 def run_train(args) -> int:
     from mobilefacenet_k210 import train
-    from mobilefacenet_k210.config import load_train_config
+    from mobilefacenet_k210.config import TrainConfig, load
 
     overrides = list(args.set)
     if args.strategy:
@@ -288,7 +288,7 @@ def run_train(args) -> int:
         overrides.append("mixed_precision=true")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    config = load_train_config(args.config, overrides)
+    config = load(TrainConfig, args.config, overrides)
     train.train(config, args.data, args.out, allow_config_change=args.allow_config_change,
                 progress=not args.no_progress)
     return 0

@@ -6,7 +6,8 @@ stage's own flags), so a run is fully described by a file plus its overrides.
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar, Union, get_args, get_origin,
+                    get_type_hints)
 
 T = TypeVar("T")
 
@@ -109,8 +110,26 @@ def read_file(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
+def _list_index(node: List[Any], part: str, item: str, where: str) -> int:
+    """The index ``part`` names in list ``node``: an entry, or ``len(node)`` to append one."""
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"override {item!r}: {where} is a list; {part!r} is not an index") from None
+    n = len(node)
+    if not -n <= index <= n:
+        valid = f"0..{n - 1} names an entry, {n} appends one" if n else "0 appends one"
+        raise ConfigError(f"override {item!r}: {where} has {n} entries, index {index} is out of range ({valid})")
+    return index
+
+
 def apply_overrides(data: Dict[str, Any], overrides: Optional[List[str]]) -> Dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML scalars) onto a nested mapping."""
+    """Apply ``key.sub=value`` strings (values parsed as YAML) onto a copy of a nested mapping.
+
+    A number names a list entry; the list's length appends one (``phases.2={head: triplet}`` or
+    ``phases.2.head=triplet`` on a two-phase list adds a third phase). A missing or null mapping
+    on the way is created.
+    """
     import yaml
 
     data = json.loads(json.dumps(data))
@@ -118,25 +137,75 @@ def apply_overrides(data: Dict[str, Any], overrides: Optional[List[str]]) -> Dic
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list):
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
-        last = parts[-1]
         value = yaml.safe_load(raw) if raw != "" else ""
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+        parts = key.strip().split(".")
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[:depth]) or "the config"
+            if isinstance(node, list):
+                index = _list_index(node, part, item, where)
+                if index == len(node):
+                    node.append(value if last else {})
+                elif last:
+                    node[index] = value
+                node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                elif node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            else:
+                raise ConfigError(f"override {item!r}: {where} is {node!r}, not a mapping or a list")
     return data
 
 
-def load(cls: Type[T], path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> T:
-    """Defaults of ``cls``, updated by the file at ``path`` (if any), then by ``overrides``."""
-    data = read_file(path) if path else {}
+def _nested_config(hint: Any) -> Optional[type]:
+    """The dataclass a field holds (directly or as ``Optional``), else ``None``."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if get_origin(hint) is Union:
+        return next((a for a in get_args(hint) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def merge(cls: type, base: Dict[str, Any], new: Mapping[str, Any]) -> Dict[str, Any]:
+    """Update ``base`` (a ``to_dict`` of ``cls``) with ``new`` in place, and return it.
+
+    A nested config (a dataclass field) is merged key by key, so a file can change one field of
+    ``model`` or ``policy``; any other value is replaced whole: a list (a file's ``phases`` is the
+    whole list) and a free-form mapping (``verification``, ``reduced_photos``: a file names all of
+    its entries). Unknown keys are kept for :func:`from_dict` to refuse.
+    """
+    hints = get_type_hints(cls)
+    for key, value in new.items():
+        nested = _nested_config(hints.get(key))
+        if nested is not None and isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge(nested, base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load(cls: Type[T], path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None,
+         flags: Optional[Mapping[str, Any]] = None,
+         presets: Optional[Mapping[str, Callable[[str], Any]]] = None) -> T:
+    """Defaults of ``cls``, then the file at ``path`` (if any), then ``flags``, then ``overrides``.
+
+    The defaults are spelled out first, so an override reaches what only exists as a default
+    (``--set phases.1.epochs=3``); the file and ``flags`` (a command's own options, ``None`` =
+    not given) are merged over them with :func:`merge`, and ``overrides`` (``--set KEY=VALUE``)
+    applied last. ``presets`` maps a field to a function from a name to its config, for fields
+    the file or a flag may give by name (the builder's ``policy: none``).
+    """
+    data = to_dict(cls())
+    layers = (read_file(path) if path else {}, {k: v for k, v in (flags or {}).items() if v is not None})
+    for layer in layers:
+        for key, make in (presets or {}).items():
+            if isinstance(layer.get(key), str):
+                layer[key] = to_dict(make(layer[key]))
+        merge(cls, data, layer)
     data = apply_overrides(data, overrides)
     return from_dict(cls, data, str(path) if path else cls.__name__)
 
@@ -228,23 +297,6 @@ class TrainConfig:
     backup_every_steps: int = 100
     steps_per_epoch: int = 0  # 0: train records // batch size
     deterministic_ops: bool = False  # tf.config.experimental.enable_op_determinism (bit-exact reruns, slower)
-
-
-def load_train_config(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> TrainConfig:
-    """Defaults of :class:`TrainConfig`, then the file, then ``--set`` overrides.
-
-    Unlike :func:`load`, the defaults are spelled out before overriding, so ``--set
-    phases.1.epochs=3`` reaches a phase that only exists as a default; a ``phases`` list given in
-    the file replaces the default list as a whole.
-    """
-    data = to_dict(TrainConfig())
-    for key, value in (read_file(path) if path else {}).items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict) and key != "verification":
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    data = apply_overrides(data, overrides)
-    return from_dict(TrainConfig, data, str(path) if path else "TrainConfig")
 
 
 @dataclasses.dataclass

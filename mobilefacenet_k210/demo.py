@@ -152,7 +152,8 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
     def train() -> Dict[str, Any]:
         from mobilefacenet_k210 import train as train_lib
 
-        cfg = config_lib.load_train_config(config.train_config, [f"verification.select={out / 'select.bin'}"])
+        cfg = config_lib.load(config_lib.TrainConfig, config.train_config,
+                              [f"verification.select={out / 'select.bin'}"])
         return train_lib.train(cfg, out / "shards", out / "train")
 
     demo.run("train", train)

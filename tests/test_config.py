@@ -83,3 +83,60 @@ def test_template_fits_the_crop():
     assert (t > 0).all() and (t < preprocessing.INPUT_SIZE).all()
     assert t[0, 0] < t[1, 0] and t[3, 0] < t[4, 0]  # left before right
     assert t[0, 1] < t[2, 1] < t[3, 1]  # eyes above nose above mouth
+
+
+# --- one loader: defaults, file, flags, overrides ---------------------------------------------------
+CONFIG_CLASSES = [config.ModelConfig, config.PipelineConfig, config.PhaseConfig, config.TrainConfig,
+                  config.PolicyConfig, config.BuildConfig, config.ExportConfig, config.EvalConfig,
+                  config.BoardConfig, config.DemoConfig]
+
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES, ids=lambda c: c.__name__)
+def test_every_config_loads_its_defaults(cls):
+    assert config.load(cls) == cls()
+
+
+def test_file_merges_nested_configs_and_replaces_lists_and_free_mappings(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("model: {embedding_size: 64}\nverification: {lfw: a.bin}\nphases: [{head: arcface}]\n")
+    c = config.load(config.TrainConfig, f, ["verification.cfp_fp=b.bin"])
+    assert c.model == config.ModelConfig(embedding_size=64)  # the other model fields keep their defaults
+    assert c.phases == [config.PhaseConfig(head="arcface")]  # the file's list, not merged with the default one
+    assert c.verification == {"lfw": "a.bin", "cfp_fp": "b.bin"}
+    f.write_text("reduced_photos: {s1: 2}\n")
+    assert config.load(config.DemoConfig, f).reduced_photos == {"s1": 2}  # a free-form mapping is replaced
+
+
+def test_override_reaches_and_appends_list_entries():
+    c = config.load(config.TrainConfig, None, ["phases.1.epochs=3"])
+    assert c.phases == [config.PhaseConfig(head="softmax", epochs=10),
+                        config.PhaseConfig(head="arcface", epochs=3, lr_steps=[10, 15])]
+    c = config.load(config.TrainConfig, None, ["phases.2={head: triplet}", "phases.3.head=cosface",
+                                               "phases.3.epochs=4"])
+    assert [(p.head, p.epochs) for p in c.phases] == [("softmax", 10), ("arcface", 20), ("triplet", 1), ("cosface", 4)]
+    assert c.phases[2] == config.PhaseConfig(head="triplet")
+    assert config.load(Outer, None, ["phases.0.lr=3", "inner.steps.0=5"]).phases == [Inner(3.0)]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("phases.3={head: triplet}", r"phases has 2 entries, index 3 is out of range \(0\.\.1 names an entry, 2 appends"),
+    ("phases.-3.epochs=1", "index -3 is out of range"),
+    ("phases.first.epochs=1", r"phases is a list; 'first' is not an index"),
+    ("seed.value=1", "seed is 0, not a mapping or a list"),
+    ("phases.0.lr_steps.1=2", r"phases\.0\.lr_steps has 0 entries, index 1 is out of range \(0 appends one\)"),
+])
+def test_bad_override_paths_are_config_errors(override, message):
+    with pytest.raises(config.ConfigError, match=message) as err:
+        config.load(config.TrainConfig, None, [override])
+    assert override in str(err.value)
+
+
+def test_flags_and_presets_come_between_file_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: file\nlimit: 3\ninner: fast\n")
+    presets = {"inner": lambda name: Inner(lr={"fast": 0.5, "slow": 0.01}[name])}
+    c = config.load(Outer, f, ["inner.steps=[1]"], flags={"name": "flag", "limit": None}, presets=presets)
+    assert c.name == "flag" and c.limit == 3  # a None flag was not given
+    assert c.inner == Inner(0.5, [1])  # the preset, then the override onto it
+    c = config.load(Outer, f, ["name=set"], flags={"name": "flag", "inner": "slow"}, presets=presets)
+    assert c.name == "set" and c.inner == Inner(0.01)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from mobilefacenet_k210 import train
-from mobilefacenet_k210.config import load_train_config
+from mobilefacenet_k210.config import TrainConfig, load
 from mobilefacenet_k210.model.io import load_embedding_model
 
 TINY = {
@@ -66,7 +66,7 @@ def _pairs_bin(path: Path, pairs: int = 20, seed: int = 0) -> Path:
 def test_softmax_then_arcface_carries_the_backbone_and_keeps_the_best_by_verification(tiny_shards, tmp_path):
     data = tiny_shards(num_classes=4, per_class=4, num_shards=2)
     bins = _pairs_bin(tmp_path / "pairs.bin")
-    config = load_train_config(None, [
+    config = load(TrainConfig, None, [
         "model.width_multiplier=0.25", "model.embedding_size=32", "pipeline.shuffle_buffer=32",
         "pipeline.validation=false",
         "phases.0.epochs=2", "phases.0.batch_size=8",
@@ -130,7 +130,7 @@ def test_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path)
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     assert not (victim_dir / "backup" / "phase1").exists()
 
-    changed = load_train_config(config, ["phases.1.epochs=5"])
+    changed = load(TrainConfig, config, ["phases.1.epochs=5"])
     with pytest.raises(train.ResumeError, match=r"phases\.1\.epochs.*--allow-config-change"):
         train.train(changed, data, victim_dir, progress=False)
 
@@ -141,8 +141,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from mobilefacenet_k210 import train
-from mobilefacenet_k210.config import load_train_config
-config = load_train_config(sys.argv[1], ["strategy=mirrored", "phases=[{head: arcface, epochs: 1, batch_size: 8}]"])
+from mobilefacenet_k210.config import TrainConfig, load
+config = load(TrainConfig, sys.argv[1], ["strategy=mirrored", "phases=[{head: arcface, epochs: 1, batch_size: 8}]"])
 train.train(config, sys.argv[2], sys.argv[3], progress=False)
 """
 
@@ -162,9 +162,9 @@ def test_mirrored_strategy_over_two_logical_cpus_runs_an_epoch(tiny_shards, tmp_
 @pytest.mark.parametrize("name", ["demo_cpu.yaml", "seed_full.yaml"])
 def test_ready_configs_load_validate_and_take_overrides(name):
     path = Path(__file__).resolve().parent.parent / "configs" / name
-    config = load_train_config(path, ["phases.1.epochs=3", "seed=7"])
+    config = load(TrainConfig, path, ["phases.1.epochs=3", "seed=7"])
     train.validate_config(config)
     assert [p.head for p in config.phases] == ["softmax", "arcface"]
     assert config.phases[1].epochs == 3 and config.seed == 7
     with pytest.raises(ValueError, match="head"):
-        train.validate_config(load_train_config(path, ["phases.0.head=sphereface"]))
+        train.validate_config(load(TrainConfig, path, ["phases.0.head=sphereface"]))

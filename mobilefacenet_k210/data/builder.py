@@ -113,33 +113,12 @@ class IdentityOutput:
 # --- config ----------------------------------------------------------------------------------------
 def load_build_config(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None,
                       **flags: Any) -> BuildConfig:
-    """Defaults, then the config file, then the CLI's own flags (``None`` = not given), then ``--set``.
-
-    ``policy`` may be given as a preset name (``seed``/``none``).
+    """Defaults, then the config file, then the CLI's own flags (``None`` = not given), then ``--set``;
+    validated. ``policy`` may be given as a preset name (``seed``/``none``) in the file or as a flag.
     """
-    data = config_lib.to_dict(BuildConfig())
-    if path:
-        _deep_update(data, config_lib.read_file(path))
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if key == "policy" and isinstance(value, str):
-            value = config_lib.to_dict(policy_lib.preset(value))
-        data[key] = value
-    data = config_lib.apply_overrides(data, overrides)
-    cfg = config_lib.from_dict(BuildConfig, data, str(path) if path else "BuildConfig")
+    cfg = config_lib.load(BuildConfig, path, overrides, flags=flags, presets={"policy": policy_lib.preset})
     validate_config(cfg)
     return cfg
-
-
-def _deep_update(base: Dict[str, Any], new: Dict[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        elif key == "policy" and isinstance(value, str):
-            base[key] = config_lib.to_dict(policy_lib.preset(value))
-        else:
-            base[key] = value
 
 
 def validate_config(cfg: BuildConfig) -> None:
