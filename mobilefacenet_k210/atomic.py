@@ -7,6 +7,9 @@ builder deletes ``.*.tmp`` leftovers). The rename is ``os.replace``, atomic on P
 within one folder. ``sync=True`` fsyncs the file before the rename, for the files whose presence
 marks work as done (shards, metadata, run state), so that a power loss cannot leave them empty.
 
+``read_json`` is the reading side for the package's own JSON files: a missing or broken file
+raises an error that names it and says what would have made it.
+
 Standard library only: ``export.compile_worker`` imports this module in the nncase child process.
 """
 import contextlib
@@ -93,3 +96,17 @@ def save_figure(fig: Any, path: Union[str, Path], **savefig_kwargs: Any) -> Path
     finally:
         plt.close(fig)
     return path
+
+
+def read_json(path: Union[str, Path], missing: str, error: type = ValueError) -> Any:
+    """Parse the JSON file ``path``; a missing or malformed file raises ``error`` naming it.
+
+    ``missing`` is said of a missing file, e.g. "no such gallery file (make one with `mfk210 enroll`)".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None

@@ -125,8 +125,17 @@ def _address(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an address (e.g. 0x300000)") from None
 
 
-def add_kfpkg(sub) -> None:
+def _add_flash_target(p, note: str = "") -> None:
+    """--address and --runtime, shared by kfpkg and flash: where the kmodel goes, which runtime it must match."""
     from mobilefacenet_k210 import k210
+
+    p.add_argument("--address", type=_address, default=k210.FLASH_MODEL_ADDRESS,
+                   help=f"flash address of the kmodel (default {k210.FLASH_MODEL_ADDRESS:#x}){note}")
+    p.add_argument("--runtime", choices=sorted(k210.RUNTIMES), default=k210.DEFAULT_RUNTIME,
+                   help=f"the firmware's nncase runtime the kmodel must match (default %(default)s){note}")
+
+
+def add_kfpkg(sub) -> None:
 
     p = sub.add_parser("kfpkg", help="pack a kmodel (and optionally a firmware) into a .kfpkg for kflash",
                        description="Check the kmodel for the board (kmodel v5, under CanMV's RAM limit, inside the "
@@ -135,10 +144,7 @@ def add_kfpkg(sub) -> None:
     p.add_argument("--kmodel", required=True, help="the .kmodel (its compile record <name>.kmodel.json beside it)")
     p.add_argument("--out", required=True, metavar="PKG.kfpkg", help="package to write")
     p.add_argument("--firmware", metavar="F.bin", help="also flash this firmware .bin at address 0")
-    p.add_argument("--address", type=_address, default=k210.FLASH_MODEL_ADDRESS,
-                   help=f"flash address of the kmodel (default {k210.FLASH_MODEL_ADDRESS:#x})")
-    p.add_argument("--runtime", choices=sorted(k210.RUNTIMES), default=k210.DEFAULT_RUNTIME,
-                   help="the firmware's nncase runtime the kmodel must match (default %(default)s)")
+    _add_flash_target(p)
     p.set_defaults(handler=run_kfpkg)
 
 
@@ -164,8 +170,7 @@ def add_flash(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--kfpkg", metavar="PKG.kfpkg", help="package from `mfk210 kfpkg`")
     what.add_argument("--kmodel", help="kmodel to pack on the fly at --address")
-    p.add_argument("--address", type=_address, default=k210.FLASH_MODEL_ADDRESS, help="with --kmodel")
-    p.add_argument("--runtime", choices=sorted(k210.RUNTIMES), default=k210.DEFAULT_RUNTIME, help="with --kmodel")
+    _add_flash_target(p, "; with --kmodel")
     p.add_argument("--dry-run", action="store_true", help="print the plan; touch no board")
     p.set_defaults(handler=run_flash)
 

@@ -114,12 +114,7 @@ def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[st
 def load_gallery(path: Union[str, Path]) -> Dict[str, Any]:
     """Read and check a gallery file written by :func:`enroll` (or by the board's button)."""
     path = Path(path)
-    if not path.is_file():
-        raise GalleryError(f"{path}: no such gallery file (make one with `mfk210 enroll`)")
-    try:
-        gallery = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise GalleryError(f"{path}: not JSON ({exc})") from None
+    gallery = atomic.read_json(path, "no such gallery file (make one with `mfk210 enroll`)", GalleryError)
     if not isinstance(gallery, dict) or gallery.get("format") != GALLERY_FORMAT:
         raise GalleryError(f"{path}: not an mfk210 gallery (format {GALLERY_FORMAT!r} expected)")
     people = gallery.get("people") or []

@@ -6,11 +6,12 @@ normalized features as ``(0.5 + 0.5 * cos) * 100``. For unit vectors ``d = 2 - 2
 ``cos = 1 - d / 2`` and ``score = 100 - 25 * d``: a distance threshold ``t`` becomes the score
 threshold ``100 - 25 t`` (a face matches when its score is above it), with no approximation.
 """
-import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
+
+from mobilefacenet_k210 import atomic
 
 
 def distance_to_score(distance: float) -> float:
@@ -40,12 +41,7 @@ def threshold_from_eval(path: Union[str, Path], name: Optional[str] = None) -> D
     sets, ``name`` picks one.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such evaluation file (write one with `mfk210 evaluate --json`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
+    data = atomic.read_json(path, "no such evaluation file (write one with `mfk210 evaluate --json`)")
     results = _results_with_threshold(data)
     if not results:
         raise ValueError(f"{path}: no 'best_threshold' in it; is it `mfk210 evaluate --json` output?")

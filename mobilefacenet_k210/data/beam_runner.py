@@ -162,20 +162,9 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
         shutil.rmtree(out_dir / builder.WORK_DIR, ignore_errors=True)
     seconds = time.perf_counter() - t0
     return {
-        "runner": "beam",
+        **builder.run_summary("beam", meta, ordered, out_dir, seconds, photos=photos, photos_processed=photos,
+                              resumed=0),
         "workers": None,
-        "photos": photos,
-        "photos_processed": photos,
-        "faces": sum(s["faces"] for s in ordered),
-        "rejected": meta["rejected"],
-        "identities": meta["identities"],
-        "num_classes": meta["num_classes"],
-        "records": meta["splits"],
-        "augmentation": meta["augmentation"],
-        "shards": len(meta["shards"]),
-        "resumed_identities": 0,
-        "seconds": round(seconds, 3),
         "pipeline_seconds": round(t_pipeline - t0, 3),
         "images_per_s": round(photos / (t_pipeline - t0), 2) if t_pipeline > t0 else 0.0,
-        "out_dir": str(out_dir),
     }

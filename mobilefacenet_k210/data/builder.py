@@ -610,6 +610,26 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 
 # --- the local runner ------------------------------------------------------------------------------
+def run_summary(runner: str, meta: Dict[str, Any], ordered: List[Dict[str, Any]], out_dir: Path,
+                seconds: float, photos: int, photos_processed: int, resumed: int) -> Dict[str, Any]:
+    """The summary keys both runners report, read from the metadata they wrote and the identity summaries."""
+    return {
+        "runner": runner,
+        "photos": photos,
+        "photos_processed": photos_processed,
+        "faces": sum(s["faces"] for s in ordered),
+        "rejected": meta["rejected"],
+        "identities": meta["identities"],
+        "num_classes": meta["num_classes"],
+        "records": meta["splits"],
+        "augmentation": meta["augmentation"],
+        "shards": len(meta["shards"]),
+        "resumed_identities": resumed,
+        "seconds": round(seconds, 3),
+        "out_dir": str(out_dir),
+    }
+
+
 def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional[BuildConfig] = None,
           progress: bool = True) -> Dict[str, Any]:
     """Build shards from ``raw_dir`` (identity folders or a ``.lst``) into ``out_dir``; returns a summary.
@@ -713,24 +733,12 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
         shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
     seconds = time.perf_counter() - t0
     align_seconds = t_aligned - t_align
-    summary = {
-        "runner": "local",
+    return {
+        **run_summary("local", meta, ordered, out_dir, seconds, photos=sum(len(t.photos) for t in tasks),
+                      photos_processed=photos_todo, resumed=resumed),
         "workers": workers,
-        "photos": sum(len(t.photos) for t in tasks),
-        "photos_processed": photos_todo,
-        "faces": sum(s["faces"] for s in ordered),
-        "rejected": meta["rejected"],
-        "identities": meta["identities"],
-        "num_classes": meta["num_classes"],
-        "records": meta["splits"],
-        "augmentation": meta["augmentation"],
-        "shards": len(meta["shards"]),
-        "resumed_identities": resumed,
-        "seconds": round(seconds, 3),
         "startup_seconds": round(t_align - t_start, 3),
         "align_seconds": round(align_seconds, 3),
         "images_per_s": round(photos_todo / align_seconds, 2) if photos_todo and align_seconds > 0 else 0.0,
         "cpu_ms_per_image": round(1000 * cpu_seconds / photos_todo, 2) if photos_todo else 0.0,
-        "out_dir": str(out_dir),
     }
-    return summary

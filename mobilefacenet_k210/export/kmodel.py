@@ -196,13 +196,8 @@ def write_info(kmodel_path: Union[str, Path], info: Dict[str, Any]) -> Path:
 def kmodel_info(kmodel_path: Union[str, Path]) -> Dict[str, Any]:
     """The record written beside a kmodel at compile time (compiler version, input spec, memory, ...)."""
     path = info_path(kmodel_path)
-    if not path.is_file():
-        raise KmodelError(f"{path}: no compile record beside {Path(kmodel_path).name} (it was not made by "
-                          "`mfk210 export`, so its nncase version is unknown)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise KmodelError(f"{path}: not valid JSON: {exc}") from None
+    return atomic.read_json(path, f"no compile record beside {Path(kmodel_path).name} (it was not made by "
+                                  "`mfk210 export`, so its nncase version is unknown)", KmodelError)
 
 
 def _kmodel_bytes(kmodel: Union[str, Path, bytes]) -> bytes:
