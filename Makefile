@@ -14,13 +14,14 @@ JOBS ?= $(shell nproc)
 # nncase 1.x has wheels for CPython 3.7-3.10 only: find a 3.10 on PATH or through pyenv.
 PYTHON310 := $(shell tools/find_python310.sh)
 
-.PHONY: setup demo test bench data train export clean help
+.PHONY: setup demo test bench bench-gpu data train export clean help
 
 help:
 	@echo "make demo    raw ORL photos -> aligned shards -> train -> evaluate -> kmodel (runs/demo/report.md)"
 	@echo "make test    the test suite"
 	@echo "make setup   the Python 3.10 venv in $(VENV) (NNCASE=$(NNCASE))"
 	@echo "make bench   measure every target into bench/results.json and bench/results.md"
+	@echo "make bench-gpu  add GPU training images/s (batch 512, mixed float16 vs float32) to bench/results.*"
 	@echo "make data RAW=DIR DATA=DIR | make train CONFIG=... DATA=... RUN=... | make clean"
 
 setup: $(STAMP)
@@ -46,6 +47,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(MFK) bench --out bench
+
+# On a CUDA machine the venv's CPU build of TensorFlow is swapped for the CUDA one (same version).
+bench-gpu: $(STAMP)
+	@if command -v nvidia-smi >/dev/null && ! $(PY) -c "import sys, tensorflow as tf; \
+	  sys.exit(not tf.config.list_physical_devices('GPU'))" 2>/dev/null; then \
+	  echo "installing TensorFlow's CUDA build into $(VENV)"; \
+	  $(PY) -m pip uninstall -q -y tensorflow-cpu && \
+	  $(PY) -m pip install -q -c constraints.txt "tensorflow[and-cuda]==$$(grep -oP '^tensorflow-cpu==\K\S+' constraints.txt)"; fi
+	$(MFK) bench --gpu --out bench
 
 data: $(STAMP)
 	$(MFK) build-tfrecords $(RAW) $(DATA) --workers $(JOBS)

@@ -49,6 +49,9 @@ TARGETS: Dict[str, Tuple[str, Optional[Callable[[Dict[str, Any]], bool]]]] = {
     "demo_cosine_kmodel_mean": ("", None),
     "demo_cosine_kmodel_min": ("", None),
     "tests_seconds": ("<= 1500 on 2 cores", lambda r: r["tests_seconds"] <= 1500),
+    "gpu_train_img_per_s_mixed_b512": ("", None),
+    "gpu_train_img_per_s_fp32_b512": ("", None),
+    "gpu_mixed_over_fp32": ("> 1 (mixed precision pays on the GPU)", lambda r: r["gpu_mixed_over_fp32"] > 1),
 }
 
 
@@ -153,6 +156,54 @@ def test_figures(root: Path) -> Dict[str, Any]:
     return {"tests_seconds": seconds, "tests_summary": tail[0], "tests_exit": proc.returncode}
 
 
+class NoGPUError(RuntimeError):
+    """`make bench-gpu` on a machine where TensorFlow sees no GPU."""
+
+
+def gpu_figures(batch_size: int = 512, steps: int = 20, require_gpu: bool = True,
+                model_overrides: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Training images/s of the default model with an ArcFace head at ``batch_size``, mixed float16
+    and float32, on the first GPU; their ratio is the claim, the absolute figures name the GPU."""
+    import tensorflow as tf
+
+    from mobilefacenet_k210 import config as config_lib
+    from mobilefacenet_k210.train import measure_train_throughput
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if require_gpu and not gpus:
+        raise NoGPUError("TensorFlow sees no GPU, and bench-gpu measures GPU training. On a machine with an "
+                         "NVIDIA GPU and its driver, `make bench-gpu` swaps the venv's CPU build of TensorFlow "
+                         "for the CUDA one (pip's tensorflow[and-cuda], same version) before measuring.")
+    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "CPU"
+    out: Dict[str, Any] = {"gpu": name}
+    for precision, mixed in (("mixed", True), ("fp32", False)):
+        cfg = config_lib.load(config_lib.TrainConfig, None, [
+            "phases.0.head=arcface", f"mixed_precision={str(mixed).lower()}", *(model_overrides or [])])
+        figure = measure_train_throughput(cfg, 0, num_classes=10_000, steps=steps, batch_size=batch_size)
+        out[f"gpu_train_img_per_s_{precision}_b{batch_size}"] = figure["images_per_s"]
+    out["gpu_mixed_over_fp32"] = (out[f"gpu_train_img_per_s_mixed_b{batch_size}"]
+                                  / out[f"gpu_train_img_per_s_fp32_b{batch_size}"])
+    return out
+
+
+def run_bench_gpu(out: Union[str, Path] = "bench") -> Dict[str, Any]:
+    """Add the GPU figures to ``out/results.json`` (kept from `make bench`) and rewrite ``results.md``."""
+    out = Path(out)
+    path = out / "results.json"
+    results: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    figures = gpu_figures()
+    results.update(figures)
+    results.update({"gpu_machine": f"{figures['gpu']} with {machine()}",
+                    "gpu_date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    results.setdefault("machine", machine())
+    results.setdefault("date", results["gpu_date"])
+    atomic.write_json(path, results)
+    md = render_markdown(results)
+    atomic.write_text(out / "results.md", md)
+    print("\n" + md)
+    return results
+
+
 def render_markdown(results: Dict[str, Any]) -> str:
     """Figure | value | target | pass | machine."""
     lines = ["# mobilefacenet_k210 benchmark", "",
@@ -167,6 +218,8 @@ def render_markdown(results: Dict[str, Any]) -> str:
         verdict = "-" if check is None else ("pass" if check(results) else "**fail**")
         lines.append(f"| {key} | {shown} | {target} | {verdict} |")
     lines += ["", f"Tests: {results.get('tests_summary', '-')}", ""]
+    if "gpu_machine" in results:
+        lines[-1:-1] = [f"GPU figures: measured {results['gpu_date']} on {results['gpu_machine']}."]
     return "\n".join(lines)
 
 
