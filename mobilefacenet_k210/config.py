@@ -247,6 +247,11 @@ class PhaseConfig:
     cos(m1*theta + m2) - m3. A triplet phase draws P x K batches (``identities_per_batch`` x
     ``images_per_identity``; its batch size is their product) and uses ``triplet_margin``.
     ``init``: ``previous`` starts the backbone from the phase before, ``scratch`` from random.
+    ``head_init``: ``random`` class centres, or ``imprint``: each centre starts at its class's mean
+    normalized embedding under the backbone the phase starts from (weight imprinting, Qi et al.
+    2018), so that a margin head after a softmax phase refines what that phase learned instead of
+    first tearing it apart to fit random centres (margin heads only; one unaugmented pass over the
+    train split).
     """
 
     head: str = "softmax"
@@ -268,6 +273,7 @@ class PhaseConfig:
     identities_per_batch: int = 32
     images_per_identity: int = 4
     init: str = "previous"
+    head_init: str = "random"
 
 
 def _default_phases() -> List[PhaseConfig]:

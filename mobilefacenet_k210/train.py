@@ -69,6 +69,10 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"{where}.optimizer {p.optimizer!r}: choose one of {OPTIMIZERS}")
         if p.init not in ("previous", "scratch"):
             raise ConfigError(f"{where}.init {p.init!r}: choose previous or scratch")
+        if p.head_init not in ("random", "imprint"):
+            raise ConfigError(f"{where}.head_init {p.head_init!r}: choose random or imprint")
+        if p.head_init == "imprint" and p.head not in heads.MARGIN_HEADS:
+            raise ConfigError(f"{where}.head_init imprint: only for the margin heads {heads.MARGIN_HEADS}")
         if p.epochs < 1 or phase_batch_size(p) < 1 or p.lr <= 0:
             raise ConfigError(f"{where}: epochs, batch size and lr must be positive")
         if p.head == "triplet" and p.images_per_identity < 2:
@@ -444,6 +448,17 @@ def _export_copy(config: TrainConfig) -> tf.keras.Model:
         return MobileFaceNet(config.model)
 
 
+def class_mean_embeddings(embedding: tf.keras.Model, data: pipeline.DataInfo, config: TrainConfig) -> np.ndarray:
+    """(num_classes, dim) mean of the L2-normalized embeddings of each class's unaugmented train images."""
+    dim = int(embedding.output_shape[-1])
+    sums = np.zeros((data.num_classes, dim), np.float64)
+    for (images, labels), _ in pipeline.plain_dataset(data.train_files, config.pipeline.val_batch_size,
+                                                      config.model.input_size):
+        vectors = tf.math.l2_normalize(tf.cast(embedding(images, training=False), tf.float32), axis=1).numpy()
+        np.add.at(sums, labels.numpy(), vectors)
+    return sums
+
+
 def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir: Path, state: Dict[str, Any],
               strategy: tf.distribute.Strategy, log: logging.Logger, progress: bool = True) -> Dict[str, Any]:
     """One phase: build the models, resume from the backup if any, ``model.fit``, save the backbone."""
@@ -467,7 +482,11 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
         if index > 0 and phase.init == "previous":
             previous = load_embedding_model(run_dir / "phases" / f"phase{index - 1}")
             embedding.set_weights(previous.get_weights())
-        model, _ = heads.build_training_model(embedding, phase, data.num_classes)
+        model, head = heads.build_training_model(embedding, phase, data.num_classes)
+        if phase.head_init == "imprint" and not (start_epoch or start_step):  # a resumed head comes from the backup
+            means = class_mean_embeddings(embedding, data, config)
+            heads.imprint(head, means)
+            log.info("%s: class centres imprinted from the mean embedding of each of %d classes", title, len(means))
         optimizer = make_optimizer(phase, steps)
         model.compile(optimizer=optimizer, loss=heads.make_loss(phase), metrics=heads.make_metrics(phase))
     workers, worker_index = _worker(strategy)

@@ -98,3 +98,19 @@ def test_every_head_lowers_a_finite_loss_on_separable_data(phase):
     after = model.evaluate((x, y), y, batch_size=len(x), verbose=0)
     assert np.isfinite(before) and np.isfinite(after)
     assert after < 0.7 * before, (before, after)
+
+
+def test_imprint_points_each_centre_at_its_class_and_keeps_empty_classes():
+    head = heads.ArcFace(3, scale=16.0, margin=0.2)
+    head([tf.zeros((1, 4)), tf.zeros((1,), tf.int32)])
+    random_centre = head.centers.numpy()[:, 2].copy()
+    sums = np.array([[2.0, 0, 0, 0], [0, 0, -5.0, 0], [0, 0, 0, 0]], np.float32)
+    heads.imprint(head, sums)
+    centres = head.centers.numpy()
+    np.testing.assert_allclose(centres[:, 0] / np.linalg.norm(centres[:, 0]), [1, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(centres[:, 1] / np.linalg.norm(centres[:, 1]), [0, 0, -1, 0], atol=1e-6)
+    np.testing.assert_array_equal(centres[:, 2], random_centre)
+    with pytest.raises(ValueError, match="do not match"):
+        heads.imprint(head, np.ones((2, 4)))
+    with pytest.raises(TypeError):
+        heads.imprint(heads.SoftmaxHead(3), sums)

@@ -1,6 +1,7 @@
 """Training runs on tiny shards: phases carry the backbone, the best checkpoint follows verification,
 SIGKILL + rerun ends where an uninterrupted run ends, a changed config is refused, MirroredStrategy
 runs over two logical CPUs."""
+import csv
 import json
 import os
 import signal
@@ -92,6 +93,27 @@ def test_softmax_then_arcface_carries_the_backbone_and_keeps_the_best_by_verific
     log = (run / "train.log").read_text()
     assert "phase 2/2 arcface epoch 1/1" in log and "verification_accuracy" in log
     assert any((run / "tensorboard" / "phase1").rglob("events.out.tfevents*"))
+
+
+def test_imprinted_arcface_phase_starts_from_the_classes_the_softmax_phase_learned(tiny_shards, tmp_path):
+    data = tiny_shards(num_classes=4, per_class=4, num_shards=1, size=64)
+    common = ["model.input_size=64", "model.width_multiplier=0.25", "model.embedding_size=32",
+              "pipeline.validation=false", "phases.0.epochs=6", "phases.0.batch_size=8", "phases.0.lr=0.05",
+              # an ArcFace phase that does not move the weights: its accuracy is the starting head's
+              "phases.1.epochs=1", "phases.1.batch_size=8", "phases.1.lr=1e-12", "phases.1.weight_decay=0",
+              "phases.1.lr_steps=[]", "phases.1.scale=16", "phases.1.margin=0.0", "deterministic_ops=true"]
+    first = {}
+    for init in ("random", "imprint"):
+        config = load(TrainConfig, None, common + [f"phases.1.head_init={init}"])
+        train.train(config, data, tmp_path / init, progress=False)
+        with open(tmp_path / init / "logs" / "phase1.csv") as f:
+            first[init] = {k: float(v) for k, v in list(csv.DictReader(f))[-1].items() if k in ("accuracy", "loss")}
+    assert "imprinted" in (tmp_path / "imprint" / "train.log").read_text()
+    print(first)
+    assert first["imprint"]["loss"] < 0.5 * first["random"]["loss"], first
+    assert first["imprint"]["accuracy"] > first["random"]["accuracy"], first
+    with pytest.raises(train.ConfigError, match="margin heads"):
+        train.validate_config(load(TrainConfig, None, ["phases.0.head_init=imprint"]))
 
 
 def test_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path):

@@ -206,14 +206,19 @@ def train_dataset(data: DataInfo, batch_size: int, image_size: int, config: Pipe
     return _options(ds.prefetch(AUTOTUNE))
 
 
+def plain_dataset(files: List[Path], batch_size: int, image_size: int) -> tf.data.Dataset:
+    """Records of ``files`` in order, unaugmented and normalized, as ``((image, label), label)`` batches."""
+    ds = tf.data.TFRecordDataset([str(f) for f in files])
+    ds = ds.map(lambda r: decode_image(r, image_size), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda x, y: ((preprocessing.normalize(x), y), y)).batch(batch_size)
+    return _options(ds.prefetch(AUTOTUNE))
+
+
 def val_dataset(data: DataInfo, batch_size: int, image_size: int) -> Optional[tf.data.Dataset]:
     """The "val" split in metadata order, unaugmented, as ``((image, label), label)``; None if empty."""
     if not data.val_files or data.val_records < 1:
         return None
-    ds = tf.data.TFRecordDataset([str(f) for f in data.val_files])
-    ds = ds.map(lambda r: decode_image(r, image_size), num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda x, y: ((preprocessing.normalize(x), y), y)).batch(batch_size)
-    return _options(ds.prefetch(AUTOTUNE))
+    return plain_dataset(data.val_files, batch_size, image_size)
 
 
 def steps_per_epoch(data: DataInfo, batch_size: int, configured: int = 0) -> int:

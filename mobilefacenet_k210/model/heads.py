@@ -17,6 +17,7 @@ the mixed-precision policy (``dtype="float32"``; the float16 embeddings are cast
 import math
 from typing import Any, Dict, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from mobilefacenet_k210.config import HEADS, PhaseConfig
@@ -124,6 +125,29 @@ class L2Embedding(tf.keras.layers.Layer):
     def call(self, inputs):
         embeddings, _ = inputs
         return tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
+
+
+MARGIN_HEADS = ("arcface", "cosface", "combined")
+
+
+def imprint(head: MarginHead, class_sums: np.ndarray) -> None:
+    """Point each class centre of a margin head along its class's summed (or mean) embedding.
+
+    Weight imprinting (Qi et al., CVPR 2018): the centres start where the backbone already puts
+    each class. A class with no embedding (a zero row) keeps its random centre.
+    """
+    if not isinstance(head, MarginHead):
+        raise TypeError(f"imprinting needs a margin head, not {type(head).__name__}")
+    sums = np.asarray(class_sums, np.float32)
+    centers = head.centers.numpy()
+    if sums.shape != centers.T.shape:
+        raise ValueError(f"class embeddings {sums.shape} do not match the head's centres {centers.T.shape}")
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    filled = norms[:, 0] > 0
+    # keep the random centres' scale: only their directions matter to the head, not their length
+    scale = np.linalg.norm(centers, axis=0).mean()
+    centers[:, filled] = (sums[filled] / norms[filled]).T * scale
+    head.centers.assign(centers)
 
 
 CUSTOM_OBJECTS = {c.__name__: c for c in (SoftmaxHead, MarginHead, ArcFace, CosFace, L2Embedding)}
