@@ -211,7 +211,8 @@ def render_markdown(results: Dict[str, Any]) -> str:
              "| figure | value | target | pass |", "|---|---|---|---|"]
     for key, (target, check) in TARGETS.items():
         if key not in results:
-            lines.append(f"| {key} | not measured | {target} | - |")
+            why = " (`make bench-gpu`, on a GPU)" if key.startswith("gpu_") else ""
+            lines.append(f"| {key} | not measured{why} | {target} | - |")
             continue
         value = results[key]
         shown = f"{value:,.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
