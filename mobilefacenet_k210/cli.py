@@ -3,6 +3,7 @@ function; no logic lives here. Heavy imports (TensorFlow, nncase) happen inside 
 `mfk210 --help` is instant.
 """
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -457,6 +458,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    # TensorFlow's C++ INFO lines (one per tf.data graph rewrite) would bury the progress bars;
+    # warnings and errors still show, and a TF_CPP_MIN_LOG_LEVEL the user set wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
