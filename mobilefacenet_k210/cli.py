@@ -137,7 +137,6 @@ def _add_flash_target(p, note: str = "") -> None:
 
 
 def add_kfpkg(sub) -> None:
-
     p = sub.add_parser("kfpkg", help="pack a kmodel (and optionally a firmware) into a .kfpkg for kflash",
                        description="Check the kmodel for the board (kmodel v5, under CanMV's RAM limit, inside the "
                                    "free flash, compiled by the nncase release the runtime embeds), pack it at "

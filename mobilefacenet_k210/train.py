@@ -448,12 +448,20 @@ def _export_copy(config: TrainConfig) -> tf.keras.Model:
         return MobileFaceNet(config.model)
 
 
-def class_mean_embeddings(embedding: tf.keras.Model, data: pipeline.DataInfo, config: TrainConfig) -> np.ndarray:
-    """(num_classes, dim) mean of the L2-normalized embeddings of each class's unaugmented train images."""
+def class_embedding_sums(embedding: tf.keras.Model, data: pipeline.DataInfo, config: TrainConfig,
+                         progress: bool = True) -> np.ndarray:
+    """(num_classes, dim) sum of the L2-normalized embeddings of each class's unaugmented train images.
+
+    The sum points where the class mean does, which is all :func:`heads.imprint` needs.
+    """
+    from tqdm import tqdm
+
     dim = int(embedding.output_shape[-1])
     sums = np.zeros((data.num_classes, dim), np.float64)
-    for (images, labels), _ in pipeline.plain_dataset(data.train_files, config.pipeline.val_batch_size,
-                                                      config.model.input_size):
+    batch = config.pipeline.val_batch_size
+    batches = pipeline.plain_dataset(data.train_files, batch, config.model.input_size)
+    for (images, labels), _ in tqdm(batches, desc="imprint", unit="batch", total=math.ceil(data.train_records / batch),
+                                    disable=not progress, leave=False):
         vectors = tf.math.l2_normalize(tf.cast(embedding(images, training=False), tf.float32), axis=1).numpy()
         np.add.at(sums, labels.numpy(), vectors)
     return sums
@@ -484,9 +492,9 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
             embedding.set_weights(previous.get_weights())
         model, head = heads.build_training_model(embedding, phase, data.num_classes)
         if phase.head_init == "imprint" and not (start_epoch or start_step):  # a resumed head comes from the backup
-            means = class_mean_embeddings(embedding, data, config)
-            heads.imprint(head, means)
-            log.info("%s: class centres imprinted from the mean embedding of each of %d classes", title, len(means))
+            sums = class_embedding_sums(embedding, data, config, progress and _is_chief(strategy))
+            heads.imprint(head, sums)
+            log.info("%s: class centres imprinted from the mean embedding of each of %d classes", title, len(sums))
         optimizer = make_optimizer(phase, steps)
         model.compile(optimizer=optimizer, loss=heads.make_loss(phase), metrics=heads.make_metrics(phase))
     workers, worker_index = _worker(strategy)
