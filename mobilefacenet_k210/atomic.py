@@ -19,6 +19,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
+from mobilefacenet_k210.errors import FileFormatError
+
 def _create_temp(path: Path, suffix: str) -> Path:
     """Create (exclusively) and close an empty temporary file beside ``path``.
 
@@ -98,7 +100,7 @@ def save_figure(fig: Any, path: Union[str, Path], **savefig_kwargs: Any) -> Path
     return path
 
 
-def read_json(path: Union[str, Path], missing: str, error: type = ValueError) -> Any:
+def read_json(path: Union[str, Path], missing: str, error: type = FileFormatError) -> Any:
     """Parse the JSON file ``path``; a missing or malformed file raises ``error`` naming it.
 
     ``missing`` is said of a missing file, e.g. "no such gallery file (make one with `mfk210 enroll`)".

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.errors import Mfk210Error
 
 PAPER_PARAMS = 0.99e6
 PAPER_MADDS = 221e6
@@ -156,7 +157,7 @@ def test_figures(root: Path) -> Dict[str, Any]:
     return {"tests_seconds": seconds, "tests_summary": tail[0], "tests_exit": proc.returncode}
 
 
-class NoGPUError(RuntimeError):
+class NoGPUError(Mfk210Error, RuntimeError):
     """`make bench-gpu` on a machine where TensorFlow sees no GPU."""
 
 

@@ -7,8 +7,10 @@ import os
 import sys
 from typing import List, Optional
 
+from mobilefacenet_k210.errors import Mfk210Error
 
-class CLIError(Exception):
+
+class CLIError(Mfk210Error):
     """A user error the CLI reports as one line and exit status 2."""
 
 
@@ -444,14 +446,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mfk210", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"mobilefacenet_k210 {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return parser
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for a user error: the package's own message, or an OS error with its path(s)."""
+    if isinstance(exc, OSError) and not isinstance(exc, Mfk210Error) and exc.filename is not None:
+        paths = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        what = {
+            PermissionError: "permission denied (check the owner and mode)",
+            IsADirectoryError: "is a folder, a file was expected",
+            NotADirectoryError: "is not a folder (or a parent of it is a file)",
+            FileNotFoundError: "not found",
+            FileExistsError: "already exists",
+        }.get(type(exc), exc.strerror or str(exc))
+        return f"{paths}: {what}"
+    return " ".join(str(exc).split()) if str(exc) else type(exc).__name__
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the console script and of ``python -m mobilefacenet_k210``."""
+    """Entry point of the console script and of ``python -m mobilefacenet_k210``.
+
+    A user error (:class:`Mfk210Error`, or an ``OSError`` on a path) prints one line and returns 2;
+    anything else is a bug and keeps its traceback. ``--debug`` shows the traceback always.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -465,8 +487,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CLIError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"mfk210 {args.command}: error: {exc}", file=sys.stderr)
+    except (Mfk210Error, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"mfk210 {args.command}: error: {describe_error(exc)}", file=sys.stderr)
         return 2
 
 

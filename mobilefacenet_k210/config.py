@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 from typing import (Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar, Union, get_args, get_origin,
                     get_type_hints)
+from mobilefacenet_k210.errors import Mfk210Error
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(Mfk210Error, ValueError):
     """A configuration file or override that does not fit its dataclass."""
 
 

@@ -12,6 +12,7 @@ export refuse the model before nncase ever sees it.
 """
 import dataclasses
 from typing import List, Optional
+from mobilefacenet_k210.errors import Mfk210Error
 
 KPU_KERNELS = (1, 3)
 KPU_STRIDES = (1, 2)
@@ -34,7 +35,7 @@ PASS_THROUGH = ("InputLayer", "BatchNormalization", "ZeroPadding2D", "Add", "Fla
                 "ReLU", "Activation", "Cropping2D", "UpSampling2D")
 
 
-class K210Error(ValueError):
+class K210Error(Mfk210Error, ValueError):
     """A model that cannot be deployed on the K210; the message lists every offending layer."""
 
 

@@ -34,6 +34,7 @@ from mobilefacenet_k210.data import pipeline, tfrecord
 from mobilefacenet_k210.model import heads
 from mobilefacenet_k210.model.io import load_embedding_model, save_embedding_model
 from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
+from mobilefacenet_k210.errors import Mfk210Error
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -45,7 +46,7 @@ OPTIMIZERS = ("sgd", "adam")
 _NOT_COMPARED = ("strategy",)  # may change between a run and its resume (other machines)
 
 
-class ResumeError(RuntimeError):
+class ResumeError(Mfk210Error, RuntimeError):
     """A run folder that cannot be resumed with the given config."""
 
 

@@ -13,9 +13,10 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from mobilefacenet_k210 import k210
 from mobilefacenet_k210.board import kfpkg
+from mobilefacenet_k210.errors import Mfk210Error
 
 
-class FlashError(RuntimeError):
+class FlashError(Mfk210Error, RuntimeError):
     """A board, port or package problem, or kflash's own failure, in one clear line."""
 
 

@@ -16,13 +16,14 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.board import score as board_score
+from mobilefacenet_k210.errors import Mfk210Error
 
 GALLERY_FORMAT = "mfk210-gallery"
 GALLERY_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 
 
-class GalleryError(ValueError):
+class GalleryError(Mfk210Error, ValueError):
     """A gallery folder or file that cannot be used; the message names it and says why."""
 
 

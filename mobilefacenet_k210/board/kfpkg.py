@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from mobilefacenet_k210 import atomic, k210
+from mobilefacenet_k210.errors import Mfk210Error
 
 KFPKG_VERSION = "0.1.0"
 """The ``version`` field kflash_gui and Sipeed's packages write; kflash itself does not read it."""
@@ -25,7 +26,7 @@ PLAN_FILE = "mfk210-plan.json"
 """Extracted but never flashed by kflash: what was packed, for ``mfk210 flash --dry-run`` and people."""
 
 
-class KfpkgError(ValueError):
+class KfpkgError(Mfk210Error, ValueError):
     """A kmodel, firmware or package that cannot be flashed as asked; the message names the file and why."""
 
 

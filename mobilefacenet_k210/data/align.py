@@ -16,11 +16,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from mobilefacenet_k210.preprocessing import ARCFACE_TEMPLATE, INPUT_SIZE
+from mobilefacenet_k210.errors import Mfk210Error
 
 SELECT_MODES = ("largest", "center", "confidence")
 
 
-class ImageError(ValueError):
+class ImageError(Mfk210Error, ValueError):
     """A file that cannot be turned into an RGB image; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: Union[str, Path], reason: str):

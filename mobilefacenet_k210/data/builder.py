@@ -38,6 +38,7 @@ from mobilefacenet_k210.data import policy as policy_lib
 from mobilefacenet_k210.data import tfrecord
 from mobilefacenet_k210.data.augment import augment, stable_seed
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
+from mobilefacenet_k210.errors import Mfk210Error
 
 WORK_DIR = ".work"
 PROPERTY_FILE = "property"
@@ -46,7 +47,7 @@ CONTACT_SHEET = "contact_sheet.png"
 NOT_IN_KEY = ("runner", "workers", "keep_work", "beam_options")
 
 
-class BuildError(RuntimeError):
+class BuildError(Mfk210Error, RuntimeError):
     """The whole build is impossible (no input, unwritable output, nothing left); says what to do."""
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
 
 from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.errors import Mfk210Error
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -24,7 +25,7 @@ SOURCE = "image/source"  # UTF-8 path of the raw photo, relative to the input ro
 AUGMENTATION = "image/augmentation"  # tag of the copy: original, opening, gaussian, saltpepper, ...
 
 
-class ShardError(ValueError):
+class ShardError(Mfk210Error, ValueError):
     """A shard folder, shard file or metadata file that cannot be used; the message names the file."""
 
 

@@ -12,9 +12,10 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.config import EvalConfig, to_dict
+from mobilefacenet_k210.errors import Mfk210Error
 
 
-class EvalError(ValueError):
+class EvalError(Mfk210Error, ValueError):
     """An evaluation request that cannot be carried out as given."""
 
 

@@ -13,9 +13,10 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from mobilefacenet_k210.preprocessing import INPUT_SIZE, normalize
+from mobilefacenet_k210.errors import Mfk210Error
 
 
-class BackendError(ValueError):
+class BackendError(Mfk210Error, ValueError):
     """A model file no backend can run, or inputs it cannot take."""
 
 

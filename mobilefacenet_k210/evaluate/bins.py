@@ -16,9 +16,10 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
+from mobilefacenet_k210.errors import Mfk210Error
 
 
-class BinFileError(ValueError):
+class BinFileError(Mfk210Error, ValueError):
     """A ``.bin`` that is not a readable, safe InsightFace verification set."""
 
 

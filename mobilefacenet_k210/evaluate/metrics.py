@@ -17,6 +17,7 @@ impostor pairs (otherwise a FAR that small cannot be measured) and ``None`` othe
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+from mobilefacenet_k210.errors import Mfk210Error
 
 ACCURACY_THRESHOLDS = np.arange(0.0, 4.0, 0.01)
 """InsightFace's threshold grid for the accuracy: 0.00, 0.01, ..., 3.99 on squared L2 distance."""
@@ -24,7 +25,7 @@ ACCURACY_THRESHOLDS = np.arange(0.0, 4.0, 0.01)
 FAR_TARGETS = (1e-1, 1e-2, 1e-3)
 
 
-class VerificationError(ValueError):
+class VerificationError(Mfk210Error, ValueError):
     """Embeddings and labels that cannot be evaluated (shapes, too few pairs, one class only)."""
 
 

@@ -12,13 +12,14 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
+from mobilefacenet_k210.errors import Mfk210Error
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 
 Pair = Tuple[Path, Path, bool]
 
 
-class PairsError(ValueError):
+class PairsError(Mfk210Error, ValueError):
     """A pairs file or photo folder that cannot give verification pairs."""
 
 

@@ -11,11 +11,12 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from mobilefacenet_k210 import preprocessing
+from mobilefacenet_k210.errors import Mfk210Error
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(Mfk210Error, ValueError):
     """A calibration/held-out source that holds no usable aligned faces."""
 
 

@@ -21,13 +21,14 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic, k210, preprocessing
 from mobilefacenet_k210.export.tflite import assert_float_tflite
+from mobilefacenet_k210.errors import Mfk210Error
 
 KMODEL_MAGIC = b"LDMK"  # the C constant 'KMDL' written little-endian
 CALIBRATE_METHODS = ("no_clip", "l2", "kld")
 INFO_SUFFIX = ".json"
 
 
-class KmodelError(RuntimeError):
+class KmodelError(Mfk210Error, RuntimeError):
     """nncase failed (or crashed) compiling, or a kmodel cannot be read or run."""
 
 

@@ -12,6 +12,7 @@ dependency is needed.
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple, Union
+from mobilefacenet_k210.errors import Mfk210Error
 
 FINAL_GRAPH_DIR = "ir_target_dependent_after_buffer_fusion"
 KPU_OPS = ("KPUConv2D",)
@@ -19,7 +20,7 @@ BOOKKEEPING_OPS = ("Call", "Constant", "Input", "Output", "Bitcast", "KPUUpload"
 CONV_OPS = ("Conv2D", "KPUConv2D")
 
 
-class PlacementError(RuntimeError):
+class PlacementError(Mfk210Error, RuntimeError):
     """nncase's IR dump is missing or not in the expected form."""
 
 

@@ -9,9 +9,10 @@ from typing import Iterable, Union
 import numpy as np
 
 from mobilefacenet_k210 import atomic, preprocessing
+from mobilefacenet_k210.errors import Mfk210Error
 
 
-class TFLiteError(ValueError):
+class TFLiteError(Mfk210Error, ValueError):
     """A TFLite file that cannot be used for the requested step (missing, quantized, wrong shape)."""
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Union
 
 from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.errors import Mfk210Error
 
 EMBEDDING_DIR = "embedding"
 EMBEDDING_FILE = "model.keras"
 
 
-class ModelFileError(FileNotFoundError):
+class ModelFileError(Mfk210Error, FileNotFoundError):
     """A --model path that does not hold a loadable Keras embedding model."""
 
 
