@@ -129,13 +129,14 @@ def _address(text: str) -> int:
 
 
 def _add_flash_target(p, note: str = "") -> None:
-    """--address and --runtime, shared by kfpkg and flash: where the kmodel goes, which runtime it must match."""
+    """--address and --runtime, shared by kfpkg and flash: where the kmodel goes (``note`` says when), which
+    runtime it must match."""
     from mobilefacenet_k210 import k210
 
     p.add_argument("--address", type=_address, default=k210.FLASH_MODEL_ADDRESS,
                    help=f"flash address of the kmodel (default {k210.FLASH_MODEL_ADDRESS:#x}){note}")
     p.add_argument("--runtime", choices=sorted(k210.RUNTIMES), default=k210.DEFAULT_RUNTIME,
-                   help=f"the firmware's nncase runtime the kmodel must match (default %(default)s){note}")
+                   help="the firmware's nncase runtime the kmodel must match (default %(default)s)")
 
 
 def add_kfpkg(sub) -> None:

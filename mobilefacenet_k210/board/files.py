@@ -5,7 +5,10 @@ The config is written by this tool only: the match threshold is our evaluation's
 alignment template is ``preprocessing.ARCFACE_TEMPLATE``, and the kmodel is checked (v5, RAM, flash,
 compiler vs runtime) exactly as for a ``.kfpkg``. Copy the output folder's files to the SD card root.
 """
+import contextlib
 import json
+import os
+import secrets
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -66,11 +69,14 @@ def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json
                       embedding_size: Optional[int] = None) -> Dict[str, Any]:
     """Write the script, ``mfk210_config.json`` and, if given, the gallery and (unless flashed) the kmodel.
 
+    The set is written into a hidden folder beside ``out`` and swapped in at the end, so a failure
+    leaves the previous set whole, and files of an earlier set that this one lacks do not linger.
+
     ``embedding_size`` is needed only when neither the kmodel's compile record nor the gallery says it.
     Returns ``{"files": [...], "config": {...}, "warnings": [...]}``.
     """
     config = config or BoardConfig()
-    out = Path(out)
+    out = Path(out) if Path(out).name else Path(out).resolve()  # "." has no name to put a sibling beside
     threshold = threshold_from_eval(eval_json, eval_set)
     check = kfpkg.check_kmodel(kmodel, flash_address if flash_address is not None else k210.FLASH_MODEL_ADDRESS,
                                config.runtime)
@@ -78,6 +84,7 @@ def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json
     people = None
     if gallery is not None:
         people = board_gallery.load_gallery(gallery)
+        board_gallery.check_model(people, gallery, kmodel, check["sha256"])
         size = len(people["people"][0]["feature"])
         if cfg["embedding_size"] not in (None, size):
             raise board_gallery.GalleryError(f"{gallery}: {size}-d features but {kmodel} gives "
@@ -85,24 +92,59 @@ def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json
         cfg["embedding_size"] = size
     if cfg["embedding_size"] is None:
         if embedding_size is None:
-            raise ValueError(f"{kmodel}: its embedding size is unknown (no compile record and no gallery); "
-                             "pass --gallery or --embedding-size")
+            raise kfpkg.KfpkgError(f"{kmodel}: its embedding size is unknown (no compile record and no "
+                                   "gallery); pass --gallery or --embedding-size")
         cfg["embedding_size"] = int(embedding_size)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    atomic.write_text(out / SCRIPT, script_source())
-    written.append(out / SCRIPT)
-    atomic.write_text(out / CONFIG_NAME, json.dumps(cfg, indent=1) + "\n")
-    written.append(out / CONFIG_NAME)
-    if people is not None:
-        atomic.write_text(out / GALLERY_NAME, json.dumps(people) + "\n")  # compact: the board parses it
-        written.append(out / GALLERY_NAME)
-    if flash_address is None:
-        target = out / config.kmodel_name
-        with atomic.atomic_path(target) as tmp:
-            shutil.copyfile(kmodel, tmp)
-        written.append(target)
-    return {"files": [str(p) for p in written], "config": cfg, "warnings": check["warnings"]}
+    if out.exists() and not out.is_dir():
+        raise kfpkg.KfpkgError(f"{out}: is a file; --out must be a folder (new, or one this command wrote)")
+    _check_own_folder(out, config)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        names = [SCRIPT, CONFIG_NAME]
+        atomic.write_text(tmp / SCRIPT, script_source())
+        atomic.write_text(tmp / CONFIG_NAME, json.dumps(cfg, indent=1) + "\n")
+        if people is not None:
+            atomic.write_text(tmp / GALLERY_NAME, json.dumps(people) + "\n")  # compact: the board parses it
+            names.append(GALLERY_NAME)
+        if flash_address is None:
+            shutil.copyfile(kmodel, tmp / config.kmodel_name)
+            names.append(config.kmodel_name)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"files": [str(out / name) for name in names], "config": cfg, "warnings": check["warnings"]}
+
+
+def _check_own_folder(out: Path, config: BoardConfig) -> None:
+    """Refuse an existing ``out`` that holds files this command does not write: the swap would drop them."""
+    if not out.is_dir():
+        return
+    ours = {SCRIPT, CONFIG_NAME, GALLERY_NAME, config.kmodel_name}
+    previous = out / CONFIG_NAME
+    if previous.is_file():
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            ours.add(json.loads(previous.read_text(encoding="utf-8"))["model"]["path"].rsplit("/", 1)[-1])
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours)
+    if others:
+        raise kfpkg.KfpkgError(f"{out}: holds files board-files did not write ({', '.join(others[:5])}"
+                               f"{', ...' if len(others) > 5 else ''}), which replacing the folder would delete; "
+                               "give --out a new or empty folder")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out``; the previous ``out`` stays whole until ``tmp`` is in place."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def describe(result: Dict[str, Any]) -> str:

@@ -48,11 +48,40 @@ def plan_flash(port: str, board: str, baudrate: int = k210.KFLASH_BAUDRATE,
         raise FlashError(f"baudrate {baudrate}: kflash needs at least 115200")
     if (package is None) == (kmodel is None):
         raise FlashError("give exactly one of a .kfpkg package or a kmodel")
-    plan = kfpkg.read_kfpkg(package) if package is not None else kfpkg.build_plan(kmodel, None, address, runtime)
+    if package is not None:
+        plan = kfpkg.read_kfpkg(package)
+        for name, compiler in plan["compilers"].items():
+            check_runtime(f"{package} ({name} in it)", compiler, runtime)
+            if compiler is None:
+                plan["warnings"].append(f"{package}: no compile record of {name} in it; make sure it was compiled by "
+                                        f"nncase {k210.runtime_nncase_version(runtime)}, the release runtime "
+                                        f"'{runtime}' embeds")
+        if plan.get("kmodel"):
+            plan["kmodel"] = {**plan["kmodel"], "runtime": runtime,
+                              "runtime_nncase": k210.runtime_nncase_version(runtime)}
+    else:
+        plan = kfpkg.build_plan(kmodel, None, address, runtime)
+        check_runtime(str(kmodel), plan["kmodel"]["nncase_version"], runtime)
     if check_serial:
         check_port(port)
     plan.update({"port": port, "board": board_name, "baudrate": int(baudrate)})
     return plan
+
+
+def check_runtime(source: str, compiler: Optional[str], runtime: str) -> None:
+    """Refuse to flash a kmodel whose recorded compiler is not the nncase release ``runtime`` embeds.
+
+    Such a kmodel loads and then fails when run (opcodes differ between releases). An unknown
+    compiler (no record) passes: the caller warns about it.
+    """
+    embedded = k210.runtime_nncase_version(runtime)
+    if compiler is None or k210.nncase_versions_match(compiler, embedded):
+        return
+    matching = [name for name, version in k210.RUNTIMES.items() if k210.nncase_versions_match(compiler, version)]
+    raise FlashError(f"{source}: compiled by nncase {compiler}, but --runtime {runtime} embeds nncase {embedded}; "
+                     "it would load and then fail when run. "
+                     + (f"Pass --runtime {' or '.join(matching)}" if matching else "No known runtime matches")
+                     + f", or recompile with nncase=={embedded}.*")
 
 
 def describe_flash(plan: Dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ gallery feature must be a unit vector. ``identify`` scores photos against the ga
 board's formula ``(0.5 + 0.5 * cos) * 100`` and applies the threshold from our own evaluation.
 The gallery JSON is the file the CanMV script reads from the SD card.
 """
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -76,6 +77,44 @@ def load_crops(paths: Sequence[Union[str, Path]], aligned: bool = False,
     return array, kept, skipped
 
 
+def model_sha256(model: Union[str, Path]) -> str:
+    """sha256 of the file a model path loads: the file itself, or the Keras model a run folder holds.
+
+    A SavedModel folder hashes each of its files (relative name and content) in name order.
+    """
+    from mobilefacenet_k210.model.io import resolve_model_path
+
+    path = Path(model)
+    if not path.is_file():
+        path = resolve_model_path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    for member in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(member.relative_to(path)).encode("utf-8") + b"\0" + member.read_bytes())
+    return digest.hexdigest()
+
+
+def check_model(gallery: Dict[str, Any], gallery_path: Union[str, Path], model: Union[str, Path],
+                sha256: Optional[str] = None) -> None:
+    """Refuse a gallery enrolled with another model: its features live in that model's embedding space.
+
+    ``sha256`` is the model's when the caller has it already. A gallery without a record (made by
+    the board's button, or before records) passes.
+    """
+    recorded = gallery.get("model_sha256")
+    if recorded is None:
+        return
+    actual = sha256 or model_sha256(model)
+    if actual != recorded:
+        raise GalleryError(f"{gallery_path}: enrolled with the model {gallery.get('model', '?')} (sha256 "
+                           f"{str(recorded)[:12]}), not with {model} (sha256 {actual[:12]}); enroll again with "
+                           f"`mfk210 enroll --model {model}`")
+
+
 def _embed(backend: Any, crops: np.ndarray, batch_size: int) -> np.ndarray:
     from mobilefacenet_k210.evaluate.metrics import l2_normalize
 
@@ -106,6 +145,7 @@ def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[st
     if not entries:
         raise GalleryError(f"{gallery_dir}: nobody could be enrolled:\n  " + "\n  ".join(skipped))
     gallery = {"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "model": str(model),
+               "model_sha256": model_sha256(model),
                "backend": getattr(backend, "kind", "?"), "embedding_size": len(entries[0]["feature"]),
                "aligned_input": bool(aligned), "people": entries, "skipped": skipped}
     atomic.write_text(out, json.dumps(gallery, indent=1) + "\n")  # key order kept: format, version first
@@ -118,13 +158,35 @@ def load_gallery(path: Union[str, Path]) -> Dict[str, Any]:
     gallery = atomic.read_json(path, "no such gallery file (make one with `mfk210 enroll`)", GalleryError)
     if not isinstance(gallery, dict) or gallery.get("format") != GALLERY_FORMAT:
         raise GalleryError(f"{path}: not an mfk210 gallery (format {GALLERY_FORMAT!r} expected)")
-    people = gallery.get("people") or []
+    people = gallery.get("people")
+    if not isinstance(people, list):
+        raise GalleryError(f"{path}: its \"people\" is not a list of {{\"name\", \"feature\"}} entries; "
+                           "make the gallery again with `mfk210 enroll`")
     if not people:
         raise GalleryError(f"{path}: the gallery has nobody in it")
-    sizes = {len(p.get("feature", [])) for p in people}
+    for i, person in enumerate(people):
+        _check_person(path, i, person)
+    sizes = {len(p["feature"]) for p in people}
     if len(sizes) != 1:
         raise GalleryError(f"{path}: features of different lengths {sorted(sizes)}")
     return gallery
+
+
+def _check_person(path: Path, index: int, person: Any) -> None:
+    """One gallery entry: an object with a non-empty string ``name`` and a non-empty list of numbers ``feature``."""
+    where = f"{path}: entry {index + 1} of \"people\""
+    if not isinstance(person, dict):
+        raise GalleryError(f"{where} is {type(person).__name__}, not an object with \"name\" and \"feature\"; "
+                           "make the gallery again with `mfk210 enroll`")
+    name = person.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise GalleryError(f"{where} has no name (\"name\" must be a non-empty string); name it or enroll again "
+                           "with `mfk210 enroll`")
+    feature = person.get("feature")
+    if (not isinstance(feature, list) or not feature
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in feature)):
+        raise GalleryError(f"{where} ({name!r}): \"feature\" must be a non-empty list of numbers; enroll again "
+                           "with `mfk210 enroll`")
 
 
 def identify(photos: Sequence[Union[str, Path]], gallery_path: Union[str, Path], model: Union[str, Path],
@@ -138,6 +200,7 @@ def identify(photos: Sequence[Union[str, Path]], gallery_path: Union[str, Path],
     from mobilefacenet_k210.evaluate.backends import load_backend
 
     gallery = load_gallery(gallery_path)
+    check_model(gallery, gallery_path, model)
     names = [p["name"] for p in gallery["people"]]
     features = np.asarray([p["feature"] for p in gallery["people"]], np.float32)
     if not photos:

@@ -24,6 +24,9 @@ KFPKG_VERSION = "0.1.0"
 FLASH_LIST = "flash-list.json"
 PLAN_FILE = "mfk210-plan.json"
 """Extracted but never flashed by kflash: what was packed, for ``mfk210 flash --dry-run`` and people."""
+RECORD_SUFFIX = ".json"
+"""The kmodel's compile record rides in the package as ``<kmodel>.json`` (never flashed either), so that
+``mfk210 flash --kfpkg`` can compare the compiler with ``--runtime``."""
 
 
 class KfpkgError(Mfk210Error, ValueError):
@@ -146,9 +149,37 @@ def build_kfpkg(kmodel: Union[str, Path], out: Union[str, Path], firmware: Optio
     with atomic.atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for f in plan["files"]:
             zf.write(f["source"], arcname=f["bin"])
+            record = _record_path(Path(f["source"]))
+            if f["role"] == "kmodel" and record.is_file():
+                zf.write(record, arcname=f["bin"] + RECORD_SUFFIX)
         zf.writestr(FLASH_LIST, flash_list_json(plan["files"]))
         zf.writestr(PLAN_FILE, json.dumps(plan, indent=2) + "\n")
     return plan
+
+
+def _record_path(kmodel: Path) -> Path:
+    """The compile record export writes beside a kmodel: ``<name>.kmodel.json``."""
+    return kmodel.with_name(kmodel.name + RECORD_SUFFIX)
+
+
+def _json_member(zf: zipfile.ZipFile, path: Path, name: str) -> Any:
+    """A JSON member of the package, parsed; broken JSON is a :class:`KfpkgError` naming package and member."""
+    try:
+        return json.loads(zf.read(name))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KfpkgError(f"{path}: its {name} is not valid JSON ({exc}); repack it with `mfk210 kfpkg`") from None
+
+
+def _listed_files(path: Path, listing: Any) -> List[Dict[str, Any]]:
+    """The entries of ``flash-list.json``, refused unless it is an object whose ``files`` is a list of objects."""
+    if not isinstance(listing, dict) or not isinstance(listing.get("files"), list):
+        raise KfpkgError(f"{path}: its {FLASH_LIST} is not an object with a \"files\" list (found "
+                         f"{type(listing).__name__}); repack it with `mfk210 kfpkg`")
+    for entry in listing["files"]:
+        if not isinstance(entry, dict):
+            raise KfpkgError(f"{path}: its {FLASH_LIST} lists {entry!r}, not an object with \"address\" and "
+                             "\"bin\"; repack it with `mfk210 kfpkg`")
+    return listing["files"]
 
 
 def read_kfpkg(path: Union[str, Path]) -> Dict[str, Any]:
@@ -163,19 +194,23 @@ def read_kfpkg(path: Union[str, Path]) -> Dict[str, Any]:
             names = set(zf.namelist())
             if FLASH_LIST not in names:
                 raise KfpkgError(f"{path}: no {FLASH_LIST} at the top of the zip")
-            listing = json.loads(zf.read(FLASH_LIST))
-            stored = json.loads(zf.read(PLAN_FILE)) if PLAN_FILE in names else {}
+            entries = _listed_files(path, _json_member(zf, path, FLASH_LIST))
+            stored = _json_member(zf, path, PLAN_FILE) if PLAN_FILE in names else {}
+            stored = stored if isinstance(stored, dict) else {}
+            records = {}
             files = []
-            for entry in listing.get("files", []):
+            for entry in entries:
                 if not isinstance(entry.get("address"), int):
                     raise KfpkgError(f"{path}: address {entry.get('address')!r} of {entry.get('bin')!r} is not a "
                                      "number; kflash cannot parse it")
-                if entry.get("bin") not in names:
+                if not isinstance(entry.get("bin"), str) or entry["bin"] not in names:
                     raise KfpkgError(f"{path}: {FLASH_LIST} lists {entry.get('bin')!r}, which the zip lacks")
                 size = zf.getinfo(entry["bin"]).file_size
                 files.append({"bin": entry["bin"], "address": entry["address"], "size": size,
                               "end": entry["address"] + size, "sha256Prefix": bool(entry.get("sha256Prefix"))})
-    except (zipfile.BadZipFile, json.JSONDecodeError) as exc:
+                if entry["bin"] + RECORD_SUFFIX in names:
+                    records[entry["bin"]] = _json_member(zf, path, entry["bin"] + RECORD_SUFFIX)
+    except zipfile.BadZipFile as exc:
         raise KfpkgError(f"{path}: not a valid .kfpkg ({exc})") from None
     if not files:
         raise KfpkgError(f"{path}: {FLASH_LIST} lists no files")
@@ -187,7 +222,19 @@ def read_kfpkg(path: Union[str, Path]) -> Dict[str, Any]:
                 warnings.append(f"{path}: {f['bin']} is kmodel v{version}, not the v{k210.KMODEL_VERSION} this "
                                 "project's runtimes expect")
     return {"kfpkg": str(path), "files": files, "warnings": warnings, "kmodel": stored.get("kmodel"),
-            "board_load": stored.get("board_load")}
+            "board_load": stored.get("board_load"), "compilers": _compilers(files, records, stored)}
+
+
+def _compilers(files: List[Dict[str, Any]], records: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, Any]:
+    """``{kmodel member: nncase version or None}`` from the packed compile records (else the packed plan)."""
+    packed = (stored.get("kmodel") or {}).get("nncase_version") if isinstance(stored.get("kmodel"), dict) else None
+    found = {}
+    for f in files:
+        if f["bin"].endswith(".kmodel"):
+            record = records.get(f["bin"])
+            version = record.get("nncase_version") if isinstance(record, dict) else None
+            found[f["bin"]] = version or packed
+    return found
 
 
 def _member_head(path: Path, name: str, size: int = 8) -> bytes:

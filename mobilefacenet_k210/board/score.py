@@ -12,6 +12,11 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.errors import Mfk210Error
+
+
+class ThresholdError(Mfk210Error, ValueError):
+    """An evaluation file that gives no usable threshold; the message names it and says what to pass."""
 
 
 def distance_to_score(distance: float) -> float:
@@ -41,22 +46,27 @@ def threshold_from_eval(path: Union[str, Path], name: Optional[str] = None) -> D
     sets, ``name`` picks one.
     """
     path = Path(path)
-    data = atomic.read_json(path, "no such evaluation file (write one with `mfk210 evaluate --json`)")
+    data = atomic.read_json(path, "no such evaluation file (write one with `mfk210 evaluate --json`)",
+                            ThresholdError)
     results = _results_with_threshold(data)
     if not results:
-        raise ValueError(f"{path}: no 'best_threshold' in it; is it `mfk210 evaluate --json` output?")
+        raise ThresholdError(f"{path}: no 'best_threshold' in it; is it `mfk210 evaluate --json` output?")
     if name is not None:
         if name not in results:
-            raise ValueError(f"{path}: no set {name!r}; it has {', '.join(sorted(results))}")
+            raise ThresholdError(f"{path}: no set {name!r}; it has {', '.join(sorted(results))}")
         chosen = name
     elif len(results) == 1:
         chosen = next(iter(results))
     else:
-        raise ValueError(f"{path}: {len(results)} sets with a threshold ({', '.join(sorted(results))}); "
+        raise ThresholdError(f"{path}: {len(results)} sets with a threshold ({', '.join(sorted(results))}); "
                          "pick one with --eval-set")
-    distance = float(results[chosen]["best_threshold"])
+    try:
+        distance = float(results[chosen]["best_threshold"])
+    except (TypeError, ValueError):
+        raise ThresholdError(f"{path}: best_threshold {results[chosen]['best_threshold']!r} is not a number; "
+                             "write the file again with `mfk210 evaluate --json`") from None
     if not 0.0 <= distance <= 4.0:
-        raise ValueError(f"{path}: best_threshold {distance} is outside 0..4, the range of squared L2 distances "
+        raise ThresholdError(f"{path}: best_threshold {distance} is outside 0..4, the range of squared L2 distances "
                          "between unit vectors")
     return {"distance": distance, "score": distance_to_score(distance), "source": str(path),
             "set": chosen or None, "accuracy": results[chosen].get("accuracy")}
