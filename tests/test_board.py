@@ -165,7 +165,8 @@ class FakeK210:
 def test_kfpkg_contents_and_flash_list_layout(tmp_path, tiny):
     plan = kfpkg.build_kfpkg(tiny["kmodel"], tmp_path / "m.kfpkg")
     with zipfile.ZipFile(tmp_path / "m.kfpkg") as zf:
-        assert sorted(zf.namelist()) == sorted(["tiny.kmodel", kfpkg.FLASH_LIST, kfpkg.PLAN_FILE])
+        assert sorted(zf.namelist()) == sorted(["tiny.kmodel", "tiny.kmodel.json", kfpkg.FLASH_LIST, kfpkg.PLAN_FILE])
+        assert zf.read("tiny.kmodel.json") == (tiny["kmodel"].parent / "tiny.kmodel.json").read_bytes()
         assert zf.read("tiny.kmodel") == tiny["kmodel"].read_bytes()
         text = zf.read(kfpkg.FLASH_LIST).decode()
     listing = json.loads(text)
@@ -235,7 +236,48 @@ def test_oversized_and_misplaced_kmodels_are_refused(tmp_path):
         kfpkg.build_plan(small, firmware)
 
 
+def _one_line_error(capsys, command: str, *needles: str) -> str:
+    """The CLI's stderr after a user error: one line, `mfk210 COMMAND: error: ...`, holding every needle."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"mfk210 {command}: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
 # --- flash -------------------------------------------------------------------------------------------
+def test_flash_checks_runtime_against_the_record_packed_in_the_kfpkg(tmp_path, tiny, capsys):
+    package = tmp_path / "m.kfpkg"
+    kfpkg.build_kfpkg(tiny["kmodel"], package)
+    assert main(["flash", "--board", "goE", "--kfpkg", str(package), "--dry-run"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    assert main(["flash", "--board", "goE", "--kfpkg", str(package), "--runtime", "sdk-1.9", "--dry-run"]) == 2
+    _one_line_error(capsys, "flash", str(package), "tiny.kmodel", "nncase 1.9.0", "--runtime canmv-feat-kpu or sdk-1.1")
+    assert main(["flash", "--board", "goE", "--kmodel", str(tiny["kmodel"]), "--runtime", "sdk-1.9", "--dry-run"]) == 2
+    _one_line_error(capsys, "flash", str(tiny["kmodel"]), "nncase 1.9.0")
+
+    bare = tmp_path / "bare.kfpkg"  # someone else's package: no compile record inside, so only a warning
+    with zipfile.ZipFile(bare, "w") as zf:
+        zf.write(tiny["kmodel"], "tiny.kmodel")
+        zf.writestr(kfpkg.FLASH_LIST, kfpkg.flash_list_json([{"address": 0x300000, "bin": "tiny.kmodel",
+                                                             "sha256Prefix": False}]))
+    assert main(["flash", "--board", "goE", "--kfpkg", str(bare), "--runtime", "sdk-1.9", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "no compile record of tiny.kmodel" in out and "nncase 1.9.0" in out
+
+
+@pytest.mark.parametrize("listing, why", [("[1, 2]", "not an object"), ('{"files": [3]}', "not an object"),
+                                          ("{not json", "not valid JSON")])
+def test_malformed_flash_list_is_one_clear_error(tmp_path, listing, why, capsys):
+    package = tmp_path / "odd.kfpkg"
+    with zipfile.ZipFile(package, "w") as zf:
+        zf.write(_fake_kmodel(tmp_path / "m.kmodel"), "m.kmodel")
+        zf.writestr(kfpkg.FLASH_LIST, listing)
+    assert main(["flash", "--board", "goE", "--kfpkg", str(package), "--dry-run"]) == 2
+    _one_line_error(capsys, "flash", str(package), kfpkg.FLASH_LIST, why)
+
+
 def test_dry_run_plan_needs_no_board(tmp_path, tiny, capsys):
     kfpkg.build_kfpkg(tiny["kmodel"], tmp_path / "m.kfpkg")
     plan = flash.flash("/dev/ttyUSB-none", "M5StickV", package=tmp_path / "m.kfpkg", dry_run=True)
@@ -295,7 +337,7 @@ def test_board_script_compiles_and_config_is_generated(tmp_path, tiny, faces):
     compile(files.script_source(), files.SCRIPT, "exec")
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps({"best_threshold": 1.08, "accuracy": 0.95}))
-    gallery.enroll(faces["gallery"], tiny["keras"], tmp_path / "g.json", aligned=True)
+    gallery.enroll(faces["gallery"], tiny["kmodel"], tmp_path / "g.json", aligned=True)
     result = files.write_board_files(tmp_path / "sd", tiny["kmodel"], eval_json, gallery=tmp_path / "g.json")
     sd = tmp_path / "sd"
     assert sorted(p.name for p in sd.iterdir()) == sorted([files.SCRIPT, files.CONFIG_NAME, files.GALLERY_NAME,
@@ -312,6 +354,34 @@ def test_board_script_compiles_and_config_is_generated(tmp_path, tiny, faces):
     assert main(["board-files", "--out", str(tmp_path / "sd3"), "--kmodel", str(tiny["kmodel"]),
                  "--eval", str(eval_json), "--set", "detector_nms=0.3"]) == 0
     assert json.loads((tmp_path / "sd3" / files.CONFIG_NAME).read_text())["detector"]["nms"] == 0.3
+
+
+def test_board_files_swaps_the_whole_set_in_and_a_failure_keeps_the_previous_one(tmp_path, tiny, monkeypatch,
+                                                                                   capsys):
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"best_threshold": 1.08}))
+    sd = tmp_path / "sd"
+    files.write_board_files(sd, tiny["kmodel"], eval_json)
+    before = {p.name: p.read_bytes() for p in sd.iterdir()}
+    assert "mfk210.kmodel" in before
+
+    def disk_full(src, dst, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(files.shutil, "copyfile", disk_full)
+    assert main(["board-files", "--out", str(sd), "--kmodel", str(tiny["kmodel"]), "--eval", str(eval_json),
+                 "--set", "detector_nms=0.3"]) == 2
+    _one_line_error(capsys, "board-files", "No space left on device")
+    assert {p.name: p.read_bytes() for p in sd.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "sd"]  # no temporary folder left
+    monkeypatch.undo()
+
+    files.write_board_files(sd, tiny["kmodel"], eval_json, flash_address=0x400000)  # a set without the kmodel
+    assert sorted(p.name for p in sd.iterdir()) == sorted([files.SCRIPT, files.CONFIG_NAME])
+    (sd / "notes.txt").write_text("mine")
+    assert main(["board-files", "--out", str(sd), "--kmodel", str(tiny["kmodel"]), "--eval", str(eval_json)]) == 2
+    _one_line_error(capsys, "board-files", str(sd), "notes.txt", "new or empty folder")
+    assert (sd / "notes.txt").read_text() == "mine"
 
 
 # --- enroll / identify -------------------------------------------------------------------------------
@@ -341,10 +411,90 @@ def test_enroll_identify_cli_with_threshold_and_mtcnn(tmp_path, tiny, faces, cap
     assert main(["identify", *probes, "--gallery", str(out), "--model", str(tiny["keras"]), "--aligned",
                  "--threshold-from", str(eval_json)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and all(("> 90.0" in line) or ("<= 90.0" in line) for line in lines)
+    assert len(lines) == len(probes)
+    for line, probe in zip(lines, probes):
+        _check_line(line, probe, out, tiny["keras"], 90.0)
+
+    # a threshold between the two probes' best scores: exactly one is named, the other is unknown
+    scores = sorted(_board_best(p, out, tiny["keras"])[1] for p in probes)
+    assert scores[1] - scores[0] > 2e-3, f"the probes score {scores}: too close for a threshold between them"
+    middle = (scores[0] + scores[1]) / 2
+    eval_json.write_text(json.dumps({"best_threshold": score.score_to_distance(middle)}))
+    assert main(["identify", *probes, "--gallery", str(out), "--model", str(tiny["keras"]), "--aligned",
+                 "--threshold-from", str(eval_json)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(probes)
+    for line, probe in zip(lines, probes):
+        _check_line(line, probe, out, tiny["keras"], middle)
+    assert sum(": unknown, score" in line for line in lines) == 1
     raw = [faces["orl"] / "s1" / "9.pgm", faces["orl"] / "s2" / "9.pgm"]
     results = gallery.identify(raw, out, tiny["keras"])  # MTCNN detects and aligns the raw ORL photos
     assert all(r["face"] and r["best"] in PEOPLE for r in results)
+
+
+def _board_best(photo: str, gallery_path: Path, keras_path: Path):
+    """(name, score) of the closest gallery person, computed here from the Keras model and the JSON file
+    with the board's formula (0.5 + 0.5 * cos) * 100, independently of gallery.identify."""
+    import cv2
+    import tensorflow as tf
+
+    from mobilefacenet_k210.preprocessing import normalize
+
+    model = tf.keras.models.load_model(keras_path, compile=False)
+    rgb = cv2.imread(photo)[:, :, ::-1]
+    embedding = model(normalize(rgb[None].astype(np.uint8)), training=False).numpy()[0].astype(np.float64)
+    embedding /= np.linalg.norm(embedding)
+    people = json.loads(gallery_path.read_text())["people"]
+    scores = [(0.5 + 0.5 * float(np.dot(embedding, p["feature"]))) * 100 for p in people]
+    best = int(np.argmax(scores))
+    return people[best]["name"], scores[best]
+
+
+def _check_line(line: str, photo: str, gallery_path: Path, keras_path: Path, threshold: float) -> None:
+    """The one right answer for ``photo``: named when its independently computed best score is above
+    ``threshold``, else unknown with the closest person; the printed score matches to its 0.1 rounding."""
+    import re
+
+    name, value = _board_best(photo, gallery_path, keras_path)
+    assert abs(value - threshold) > 1e-3, f"{photo}: score {value} too close to the threshold {threshold} to judge"
+    if value > threshold:
+        found = re.fullmatch(re.escape(photo) + r": (\S+) score ([\d.]+) > ([\d.]+)", line)
+        assert found and found.group(1) == name, (line, name, value)
+    else:
+        found = re.fullmatch(re.escape(photo) + r": unknown, score ([\d.]+) <= ([\d.]+) \(closest: (\S+)\)", line)
+        assert found and found.group(3) == name, (line, name, value)
+    numbers = [float(g) for g in found.groups() if re.fullmatch(r"[\d.]+", g)]
+    assert numbers == [pytest.approx(value, abs=0.051), pytest.approx(threshold, abs=0.051)]
+
+
+def test_gallery_entries_and_model_are_checked(tmp_path, tiny, faces, capsys):
+    keras_gallery = tmp_path / "g_keras.json"
+    gallery.enroll(faces["gallery"], tiny["keras"], keras_gallery, aligned=True)
+    recorded = json.loads(keras_gallery.read_text())
+    capsys.readouterr()  # enroll's progress bars
+    assert recorded["model_sha256"] == hashlib.sha256(tiny["keras"].read_bytes()).hexdigest()
+    probe = str(faces["probes"][0])
+    assert main(["identify", probe, "--gallery", str(keras_gallery), "--model", str(tiny["tflite"]), "--aligned"]) == 2
+    _one_line_error(capsys, "identify", str(keras_gallery), f"enrolled with the model {tiny['keras']}",
+                    f"--model {tiny['tflite']}")
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"best_threshold": 1.0}))
+    assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(tiny["kmodel"]), "--eval",
+                 str(eval_json), "--gallery", str(keras_gallery)]) == 2
+    _one_line_error(capsys, "board-files", str(keras_gallery), f"enrolled with the model {tiny['keras']}")
+    assert not (tmp_path / "sd").exists()
+
+    feature = recorded["people"][0]["feature"]
+    for people, why in (([{"feature": feature}], "has no name"), ([{"name": "", "feature": feature}], "has no name"),
+                        ([[1.0, 2.0]], "not an object"), ([{"name": "s1", "feature": "abc"}], "list of numbers"),
+                        ({"s1": feature}, "not a list")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**recorded, "people": people}))
+        assert main(["identify", probe, "--gallery", str(bad), "--model", str(tiny["keras"]), "--aligned"]) == 2
+        _one_line_error(capsys, "identify", str(bad), why)
+        assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(tiny["kmodel"]), "--eval",
+                     str(eval_json), "--gallery", str(bad)]) == 2
+        _one_line_error(capsys, "board-files", str(bad), why)
 
 
 def test_missing_or_bad_gallery_gives_clear_errors(tmp_path, tiny, faces, capsys):

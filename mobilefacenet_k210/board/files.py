@@ -123,7 +123,7 @@ def _check_own_folder(out: Path, config: BoardConfig) -> None:
     ours = {SCRIPT, CONFIG_NAME, GALLERY_NAME, config.kmodel_name}
     previous = out / CONFIG_NAME
     if previous.is_file():
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
+        with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
             ours.add(json.loads(previous.read_text(encoding="utf-8"))["model"]["path"].rsplit("/", 1)[-1])
     others = sorted(p.name for p in out.iterdir() if p.name not in ours)
     if others:
