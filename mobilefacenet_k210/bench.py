@@ -5,7 +5,6 @@ of being recomputed; the demo is run (or resumed) first. Speed claims are ratios
 same run on the same machine (a shared CPU makes absolute times drift): 2 vs 1 builder workers,
 tf.data vs training consumption, our shuffling vs the seed's name-ordered stream.
 """
-import json
 import os
 import platform
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from mobilefacenet_k210 import atomic
-from mobilefacenet_k210.errors import Mfk210Error
+from mobilefacenet_k210.errors import FileFormatError, Mfk210Error
 
 PAPER_PARAMS = 0.99e6
 PAPER_MADDS = 221e6
@@ -82,7 +81,7 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
     from mobilefacenet_k210.demo import run_demo
 
     figures = run_demo(demo_out)
-    report = json.loads((demo_out / "export" / "report.json").read_text(encoding="utf-8"))
+    report = atomic.read_json(demo_out / "export" / "report.json", "no export report (rerun `make demo`)")
     keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
     out = {k: figures[k] for k in keep}
     out.update({f"demo_{k}": report[k] for k in ("kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean",
@@ -182,17 +181,32 @@ def gpu_figures(batch_size: int = 512, steps: int = 20, require_gpu: bool = True
             "phases.0.head=arcface", f"mixed_precision={str(mixed).lower()}", *(model_overrides or [])])
         figure = measure_train_throughput(cfg, 0, num_classes=10_000, steps=steps, batch_size=batch_size)
         out[f"gpu_train_img_per_s_{precision}_b{batch_size}"] = figure["images_per_s"]
+        out[f"gpu_train_seconds_{precision}_b{batch_size}"] = figure["seconds"]
+        out[f"gpu_train_images_{precision}_b{batch_size}"] = figure["steps"] * figure["batch_size"]
     out["gpu_mixed_over_fp32"] = (out[f"gpu_train_img_per_s_mixed_b{batch_size}"]
                                   / out[f"gpu_train_img_per_s_fp32_b{batch_size}"])
     return out
 
 
-def run_bench_gpu(out: Union[str, Path] = "bench") -> Dict[str, Any]:
-    """Add the GPU figures to ``out/results.json`` (kept from `make bench`) and rewrite ``results.md``."""
+def read_results(path: Union[str, Path]) -> Dict[str, Any]:
+    """A ``results.json`` written by `make bench`; a broken one is a :class:`FileFormatError` naming it."""
+    path = Path(path)
+    results = atomic.read_json(path, "no such results file (`make bench` writes it)")
+    if not isinstance(results, dict):
+        raise FileFormatError(f"{path}: not an object of figures (found {type(results).__name__}); delete it "
+                              "and run `make bench` again")
+    return results
+
+
+def run_bench_gpu(out: Union[str, Path] = "bench", **figure_options: Any) -> Dict[str, Any]:
+    """Add the GPU figures to ``out/results.json`` (kept from `make bench`) and rewrite ``results.md``.
+
+    ``figure_options`` go to :func:`gpu_figures` (batch size, steps...).
+    """
     out = Path(out)
     path = out / "results.json"
-    results: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    figures = gpu_figures()
+    results: Dict[str, Any] = read_results(path) if path.exists() else {}
+    figures = gpu_figures(**figure_options)
     results.update(figures)
     results.update({"gpu_machine": f"{figures['gpu']} with {machine()}",
                     "gpu_date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
