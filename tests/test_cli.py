@@ -1,28 +1,53 @@
-"""The `mfk210` command line, called in-process: every subcommand has help, `check` judges models."""
+"""The `mfk210` command line, called in-process: the README's command table is the parser's command list,
+every subcommand has help, `check` judges models."""
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from mobilefacenet_k210 import cli
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 
-def _subcommands():
+
+def _documented_commands():
+    """The `mfk210 COMMAND` names in the first column of the README's *Command line* table."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    names = []
+    for row in section.splitlines():
+        if row.startswith("| `mfk210"):
+            first_cell = re.split(r"(?<!\\)\|", row)[1]
+            names += re.findall(r"`mfk210 ([a-z][a-z0-9-]*)", first_cell)
+    return names
+
+
+def _parser_commands():
     parser = cli.build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
-    return sorted(action.choices)
+    return set(action.choices)
 
 
-def test_help_lists_every_subcommand(capsys):
+def test_readme_command_table_documents_exactly_the_parser_commands():
+    documented = _documented_commands()
+    assert len(documented) == len(set(documented)), f"a command is listed twice in {README}: {documented}"
+    assert set(documented) == _parser_commands(), (
+        f"undocumented in {README}: {sorted(_parser_commands() - set(documented))}; "
+        f"documented but missing: {sorted(set(documented) - _parser_commands())}")
+
+
+def test_help_lists_every_documented_command(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for name in _subcommands():
-        assert name in out
+    for name in _documented_commands():
+        assert re.search(rf"^\s+{re.escape(name)}\s", out, re.MULTILINE), name
 
 
-@pytest.mark.parametrize("name", _subcommands())
+@pytest.mark.parametrize("name", _documented_commands())
 def test_subcommand_help(name, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([name, "--help"])
