@@ -1,36 +1,100 @@
 """`make demo`: the whole mission on the ORL faces, from raw photos to a verified kmodel.
 
 Each step calls the package's own stage functions (the same ones the CLI calls) and records its
-result under ``OUT/steps/<step>.json`` when it finishes, so a second run skips finished steps and an
-interrupted one resumes (the builder and training also resume inside their step). Everything lands
-in ``OUT`` (default ``runs/demo``), ending with ``report.md``.
+result and a fingerprint of its inputs under ``OUT/steps/<step>.json`` when it finishes, so a second
+run skips finished steps made from the same inputs, reruns those whose config changed (and the steps
+after them), and an interrupted one resumes (the builder and training also resume inside their
+step). Everything lands in ``OUT`` (default ``runs/demo``), ending with ``report.md``.
 """
+import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.config import DemoConfig
+from mobilefacenet_k210.errors import FileFormatError
 
-# rough minutes per step on 2 CPU cores, for the time estimate printed as the demo goes
+# (step, what it does, relative cost: its share of the demo's time, used only to spread the time
+# measured on this machine over the steps still to run)
 STEPS = [
-    ("faces", "fetch the ORL faces and lay out train/select/test photo folders", 0.3),
-    ("shards", "MTCNN-align the training photos, apply the per-identity policy, write shards", 1.0),
-    ("aligned", "MTCNN-align the held-out photos (checkpoint selection and test identities)", 0.5),
-    ("pairs", "write verification pairs (.bin) of held-out identities", 0.1),
-    ("train", "train: softmax, then ArcFace from the softmax weights", 3.0),
-    ("export", "export: float TFLite, int8 TFLite, kmodel (nncase) with the parity report", 1.5),
-    ("evaluate", "10-fold verification of the Keras model and the kmodel on the test identities", 0.5),
-    ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 0.3),
-    ("board", "package the kmodel (.kfpkg) and the CanMV board files with the measured threshold", 0.1),
-    ("inspect", "contact sheet of the training shards", 0.2),
+    ("faces", "fetch the ORL faces and lay out train/select/test photo folders", 4),
+    ("shards", "MTCNN-align the training photos, apply the per-identity policy, write shards", 13),
+    ("aligned", "MTCNN-align the held-out photos (checkpoint selection and test identities)", 7),
+    ("pairs", "write verification pairs (.bin) of held-out identities", 1),
+    ("train", "train: softmax, then ArcFace from the softmax weights", 40),
+    ("export", "export: float TFLite, int8 TFLite, kmodel (nncase) with the parity report", 20),
+    ("evaluate", "10-fold verification of the Keras model and the kmodel on the test identities", 7),
+    ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 4),
+    ("board", "package the kmodel (.kfpkg) and the CanMV board files with the measured threshold", 1),
+    ("inspect", "contact sheet of the training shards", 3),
 ]
+STEP_CONFIG = {
+    "faces": ("train", "select", "test", "reduced_photos"),
+    "shards": ("build_config",),
+    "train": ("train_config",),
+    "export": ("calibrate_method", "calibration_samples"),
+    "identify": ("enroll_photos",),
+}
+"""The DemoConfig fields each step's output depends on (``workers`` changes speed only). A field naming
+a config file stands for the file's content too."""
+CONFIG_FILES = ("build_config", "train_config")
+STEP_OUTPUTS = {
+    "faces": ("raw",), "shards": ("shards",), "aligned": ("aligned",), "pairs": ("select.bin", "test.bin"),
+    "train": ("train",), "export": ("export",), "evaluate": ("evaluate",), "identify": ("identify",),
+    "board": ("board",), "inspect": ("inspect",),
+}
+"""What each step writes under OUT: removed before a step reruns for a changed input."""
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _file_digest(path: Union[str, Path]) -> Optional[str]:
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a whole folder; nothing if it is absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def estimate_left(seconds: Dict[str, float], pending: Iterable[str]) -> Optional[float]:
+    """Seconds the ``pending`` steps should take, scaled from the ``seconds`` measured for other steps on
+    this machine by the steps' relative costs; None before any step is measured."""
+    cost = {name: weight for name, _, weight in STEPS}
+    measured = {name: s for name, s in seconds.items() if name in cost}
+    if not measured:
+        return None
+    rate = sum(measured.values()) / sum(cost[name] for name in measured)
+    return rate * sum(cost[name] for name in pending)
+
+
+def remove_leftovers(out: Path) -> List[Path]:
+    """Delete the hidden temporaries (``.*.tmp``, ``.*.png``, ``.*.old``) a killed run left under ``out``."""
+    removed = []
+    if not out.is_dir():
+        return removed
+    for path in sorted(out.rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        if path.name.endswith((".tmp", ".png", ".old")) and path.exists():
+            _remove(path)
+            removed.append(path)
+    return removed
 
 
 class Demo:
-    """Runs the steps in order, skipping those whose result is already recorded."""
+    """Runs the steps in order, reusing a finished step only if it was made from the same inputs.
+
+    A step's fingerprint covers its DemoConfig fields (and the content of the config files they name)
+    and the record of the step before it, so a changed input reruns its step and every step after it.
+    """
 
     def __init__(self, out: Union[str, Path], config: DemoConfig, root: Union[str, Path] = "."):
         self.out = Path(out)
@@ -38,28 +102,83 @@ class Demo:
         self.root = Path(root)
         self.results: Dict[str, Any] = {}
         self.seconds: Dict[str, float] = {}
+        self.started = time.perf_counter()
+        self.previous = ""
+        for path in remove_leftovers(self.out):
+            print(f"removed {path}, left by an interrupted run", flush=True)
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
 
+    def fingerprint(self, name: str) -> str:
+        """What step ``name`` is made from: its config fields, their files' content, the step before it."""
+        fields = {f: getattr(self.config, f) for f in STEP_CONFIG.get(name, ())}
+        files = {f: _file_digest(self.root / fields[f]) for f in CONFIG_FILES if f in fields}
+        return _digest({"step": name, "config": fields, "files": files, "previous": self.previous})
+
+    def _read_record(self, record: Path, name: str) -> Dict[str, Any]:
+        try:
+            saved = atomic.read_json(record, "no such step record")
+        except FileFormatError as exc:
+            raise FileFormatError(f"{exc}; delete it to rerun step {name}") from None
+        if not isinstance(saved, dict) or not {"result", "seconds"} <= set(saved):
+            raise FileFormatError(f"{record}: not a demo step record (an object with \"result\" and \"seconds\"); "
+                                  f"delete it to rerun step {name}")
+        return saved
+
+    def _clear(self, name: str, why: str) -> None:
+        print(f"{name}: {why}; its outputs are made again", flush=True)
+        for part in STEP_OUTPUTS.get(name, ()):
+            _remove(self.path(part))
+
     def run(self, name: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
-        record = self.path("steps", f"{name}.json")
+        record, marker = self.path("steps", f"{name}.json"), self.path("steps", f"{name}.started.json")
         index = [s[0] for s in STEPS].index(name)
-        what = STEPS[index][1]
-        left = sum(m for s, _, m in STEPS[index:] if not self.path("steps", f"{s}.json").is_file())
+        fingerprint = self.fingerprint(name)
         if record.is_file():
-            saved = json.loads(record.read_text())
-            self.results[name], self.seconds[name] = saved["result"], saved["seconds"]
-            print(f"[{index + 1}/{len(STEPS)}] {name}: done before ({saved['seconds']:.0f} s), skipped", flush=True)
-            return self.results[name]
-        print(f"\n[{index + 1}/{len(STEPS)}] {name}: {what} (about {left:.0f} min left in the demo)", flush=True)
+            saved = self._read_record(record, name)
+            if saved.get("fingerprint") == fingerprint:
+                self.results[name], self.seconds[name] = saved["result"], saved["seconds"]
+                self.previous = _digest({"fingerprint": fingerprint, "result": saved["result"]})
+                print(f"[{index + 1}/{len(STEPS)}] {name}: done before ({saved['seconds']:.0f} s), skipped", flush=True)
+                return self.results[name]
+            self._clear(name, "made from other inputs (config, config file or an earlier step changed)")
+            record.unlink()
+        elif marker.is_file() and self._marker(marker) != fingerprint:
+            self._clear(name, "interrupted while running with other inputs")
+        print(f"\n[{index + 1}/{len(STEPS)}] {name}: {STEPS[index][1]} ({self.progress(index)})", flush=True)
+        atomic.write_json(marker, {"fingerprint": fingerprint})
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
-        atomic.write_json(record, {"result": result, "seconds": seconds})
+        atomic.write_json(record, {"result": result, "seconds": seconds, "fingerprint": fingerprint})
+        marker.unlink(missing_ok=True)
         self.results[name], self.seconds[name] = result, seconds
+        self.previous = _digest({"fingerprint": fingerprint, "result": result})
         print(f"[{index + 1}/{len(STEPS)}] {name}: finished in {seconds:.0f} s", flush=True)
         return result
+
+    @staticmethod
+    def _marker(marker: Path) -> Optional[str]:
+        try:
+            return json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def progress(self, index: int) -> str:
+        """Elapsed time of this run and the time left, scaled from the steps measured so far."""
+        elapsed = time.perf_counter() - self.started
+        left = estimate_left(self.seconds, [s[0] for s in STEPS[index:]])
+        if left is None:
+            return f"{elapsed / 60:.1f} min elapsed; time left estimated once a step has run on this machine"
+        return (f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left, scaled from the "
+                f"{len(self.seconds)} step(s) measured so far")
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a hidden temporary: a killed copy never leaves a truncated ``dst``."""
+    with atomic.atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _copy_identity(src: Path, dst: Path, count: Optional[int] = None) -> int:
@@ -67,7 +186,7 @@ def _copy_identity(src: Path, dst: Path, count: Optional[int] = None) -> int:
     dst.mkdir(parents=True, exist_ok=True)
     for p in photos:
         if not (dst / p.name).is_file():
-            shutil.copyfile(p, dst / p.name)
+            _copy_atomic(p, dst / p.name)
     return len(photos)
 
 
@@ -209,7 +328,7 @@ def identify_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
         photos = sorted(person.glob("*.png"), key=lambda p: (len(p.stem), p.stem))
         (enroll_dir / person.name).mkdir(parents=True, exist_ok=True)
         for p in photos[:config.enroll_photos]:
-            shutil.copyfile(p, enroll_dir / person.name / p.name)
+            _copy_atomic(p, enroll_dir / person.name / p.name)
         probes += photos[config.enroll_photos:]
         truth += [person.name] * len(photos[config.enroll_photos:])
     results: Dict[str, Any] = {"probes": len(probes), "enrolled_photos_per_person": config.enroll_photos}
