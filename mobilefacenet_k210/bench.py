@@ -5,9 +5,6 @@ of being recomputed; the demo is run (or resumed) first. Speed claims are ratios
 same run on the same machine (a shared CPU makes absolute times drift): 2 vs 1 builder workers,
 tf.data vs training consumption, our shuffling vs the seed's name-ordered stream.
 """
-import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -16,55 +13,17 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.provenance import machine, timestamp
+from mobilefacenet_k210.targets import TARGETS
 from mobilefacenet_k210.errors import FileFormatError, Mfk210Error
 
-PAPER_PARAMS = 0.99e6
-PAPER_MADDS = 221e6
-
-# figure -> (target text, check) ; a figure with no check is reported without pass/fail
-TARGETS: Dict[str, Tuple[str, Optional[Callable[[Dict[str, Any]], bool]]]] = {
-    "params": ("0.99M +-10% (paper)", lambda r: abs(r["params"] / PAPER_PARAMS - 1) <= 0.10),
-    "madds": ("221M +-10% (paper)", lambda r: abs(r["madds"] / PAPER_MADDS - 1) <= 0.10),
-    "kmodel_bytes": ("<= 1,500,000 (default model, nncase 1.1)", lambda r: r["kmodel_bytes"] <= 1_500_000),
-    "kmodel_version": ("5", lambda r: r["kmodel_version"] == 5),
-    "kpu_mac_share": (">= 0.98", lambda r: r["kpu_mac_share"] >= 0.98),
-    "cosine_kmodel_mean": (">= 0.985", lambda r: r["cosine_kmodel_mean"] >= 0.985),
-    "cosine_kmodel_min": (">= 0.95", lambda r: r["cosine_kmodel_min"] >= 0.95),
-    "builder_img_per_s_1w": ("", None),
-    "builder_img_per_s_2w": ("", None),
-    "builder_speedup_2w": (">= 1.8 on 2 cores", lambda r: r["builder_speedup_2w"] >= 1.8),
-    "builder_aligned_img_per_s": ("well above the MTCNN path (>= 3x)",
-                                  lambda r: r["builder_aligned_img_per_s"] >= 3 * r["builder_img_per_s_2w"]),
-    "tfdata_img_per_s": ("", None),
-    "train_img_per_s": ("", None),
-    "tfdata_over_train": (">= 3", lambda r: r["tfdata_over_train"] >= 3),
-    "shuffle_mixing": ("more distinct labels per batch than the seed's stream",
-                       lambda r: r["shuffle_mixing"] > r["shuffle_mixing_seed_stream"]),
-    "shuffle_mixing_seed_stream": ("", None),
-    "orl_acc_keras": (">= 0.95", lambda r: r["orl_acc_keras"] >= 0.95),
-    "orl_acc_kmodel": ("", None),
-    "orl_acc_drop": ("<= 0.005", lambda r: r["orl_acc_drop"] <= 0.005),
-    "identify_kmodel": ("", None),
-    "demo_kmodel_bytes": ("", None),
-    "demo_cosine_kmodel_mean": ("", None),
-    "demo_cosine_kmodel_min": ("", None),
-    "tests_seconds": ("<= 1500 on 2 cores", lambda r: r["tests_seconds"] <= 1500),
-    "gpu_train_img_per_s_mixed_b512": ("", None),
-    "gpu_train_img_per_s_fp32_b512": ("", None),
-    "gpu_mixed_over_fp32": ("> 1 (mixed precision pays on the GPU)", lambda r: r["gpu_mixed_over_fp32"] > 1),
-}
-
-
-def machine() -> str:
-    """CPU model and core count (all figures depend on it)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"model name\s*:\s*(.+)", text)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+# the table's rows, in order; targets.TARGETS says which have a target
+FIGURES = ("params", "madds", "kmodel_bytes", "kmodel_version", "kpu_mac_share", "cosine_kmodel_mean",
+           "cosine_kmodel_min", "builder_img_per_s_1w", "builder_img_per_s_2w", "builder_speedup_2w",
+           "builder_aligned_img_per_s", "tfdata_img_per_s", "train_img_per_s", "tfdata_over_train", "shuffle_mixing",
+           "shuffle_mixing_seed_stream", "orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_kmodel",
+           "demo_kmodel_bytes", "demo_cosine_kmodel_mean", "demo_cosine_kmodel_min", "tests_seconds",
+           "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512", "gpu_mixed_over_fp32")
 
 
 def model_figures() -> Dict[str, Any]:
@@ -209,7 +168,7 @@ def run_bench_gpu(out: Union[str, Path] = "bench", **figure_options: Any) -> Dic
     figures = gpu_figures(**figure_options)
     results.update(figures)
     results.update({"gpu_machine": f"{figures['gpu']} with {machine()}",
-                    "gpu_date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+                    "gpu_date": timestamp()})
     results.setdefault("machine", machine())
     results.setdefault("date", results["gpu_date"])
     atomic.write_json(path, results)
@@ -224,15 +183,17 @@ def render_markdown(results: Dict[str, Any]) -> str:
     lines = ["# mobilefacenet_k210 benchmark", "",
              f"Measured {results['date']} on {results['machine']}; nncase {results.get('nncase_version', '?')}.", "",
              "| figure | value | target | pass |", "|---|---|---|---|"]
-    for key, (target, check) in TARGETS.items():
+    for key in FIGURES:
+        target = TARGETS.get(key)
+        text = target.text if target else ""
         if key not in results:
             why = " (`make bench-gpu`, on a GPU)" if key.startswith("gpu_") else ""
-            lines.append(f"| {key} | not measured{why} | {target} | - |")
+            lines.append(f"| {key} | not measured{why} | {text} | - |")
             continue
         value = results[key]
         shown = f"{value:,.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
-        verdict = "-" if check is None else ("pass" if check(results) else "**fail**")
-        lines.append(f"| {key} | {shown} | {target} | {verdict} |")
+        verdict = "-" if target is None else ("pass" if target.met(key, results) else "**fail**")
+        lines.append(f"| {key} | {shown} | {text} | {verdict} |")
     lines += ["", f"Tests: {results.get('tests_summary', '-')}", ""]
     if "gpu_machine" in results:
         lines[-1:-1] = [f"GPU figures: measured {results['gpu_date']} on {results['gpu_machine']}."]
@@ -246,7 +207,7 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
     out, demo_out = Path(out), Path(demo_out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    results: Dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results: Dict[str, Any] = {"machine": machine(), "date": timestamp()}
     stages: List[Tuple[str, Callable[[], Dict[str, Any]]]] = [
         ("model", model_figures),
         ("demo", lambda: demo_figures(demo_out)),

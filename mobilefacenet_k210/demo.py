@@ -399,7 +399,7 @@ def write_report(demo: Demo, figures: Dict[str, Any]) -> Path:
     from mobilefacenet_k210.demo_report import render
 
     path = demo.path("report.md")
-    text = render(demo.out, demo.config, demo.results, demo.seconds, figures)
+    text = render(demo.out, demo.config, demo.results, demo.seconds, figures, STEPS)
     atomic.write_text(path, text)
     print(f"\nreport: {path}")
     return path
