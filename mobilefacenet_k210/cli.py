@@ -7,6 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
+from mobilefacenet_k210 import config as cfg
 from mobilefacenet_k210.errors import Mfk210Error
 
 
@@ -67,13 +68,17 @@ def add_evaluate(sub) -> None:
     p.set_defaults(handler=run_evaluate)
 
 
+def _flags(args: argparse.Namespace, config_class: type) -> dict:
+    """The command's own flags that name a field of ``config_class`` (``None`` = not given)."""
+    import dataclasses
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
+
+
 def run_evaluate(args) -> int:
-    from mobilefacenet_k210.config import EvalConfig, from_dict
     from mobilefacenet_k210.evaluate import evaluate
 
-    fields = ("models", "bins", "pairs", "root", "folder", "aligned", "embeddings", "issame", "compare", "flip",
-              "batch_size", "nfolds", "max_positive_pairs", "seed", "json", "out", "save_bin")
-    evaluate(from_dict(EvalConfig, {f: getattr(args, f) for f in fields}, "evaluate flags"))
+    evaluate(cfg.load(cfg.EvalConfig, flags=_flags(args, cfg.EvalConfig)))
     return 0
 
 
@@ -92,31 +97,24 @@ def add_export(sub) -> None:
                                                     "calibration folder's images not used for calibration)")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON file with ExportConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--calibrate-method", choices=("l2", "no_clip"), help="nncase PTQ range method")
+    p.add_argument("--calibrate-method", choices=cfg.CALIBRATE_METHODS, help="nncase PTQ range method")
     p.add_argument("--calibration-samples", type=int, help="calibration faces to draw (>= 100 advised)")
     p.add_argument("--holdout-samples", type=int, help="held-out faces for the parity report")
-    p.add_argument("--w-quant-type", choices=("uint8", "int8"), help="nncase weight quantization type")
-    p.add_argument("--no-quantize", action="store_true", help="float kmodel (parity checks only; too big for the board)")
-    p.add_argument("--no-int8-tflite", action="store_true", help="skip model_int8.tflite")
-    p.add_argument("--keep-ir-dump", action="store_true", help="keep nncase's IR dump in OUT/nncase_dump")
+    p.add_argument("--w-quant-type", choices=cfg.W_QUANT_TYPES, help="nncase weight quantization type")
+    p.add_argument("--no-quantize", action="store_false", dest="quantize", default=None,
+                   help="float kmodel (parity checks only; too big for the board)")
+    p.add_argument("--no-int8-tflite", action="store_false", dest="int8_tflite", default=None,
+                   help="skip model_int8.tflite")
+    p.add_argument("--keep-ir-dump", action="store_true", default=None, help="keep nncase's IR dump in OUT/nncase_dump")
     p.add_argument("--seed", type=int, help="seed of the calibration/held-out draw")
     p.set_defaults(handler=run_export)
 
 
 def run_export(args) -> int:
-    from mobilefacenet_k210.config import ExportConfig, load
     from mobilefacenet_k210.export import export_model
 
-    overrides = list(args.set)
-    for flag in ("calibrate_method", "calibration_samples", "holdout_samples", "w_quant_type", "seed"):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{flag}={getattr(args, flag)}")
-    for flag, field in (("no_quantize", "quantize"), ("no_int8_tflite", "int8_tflite")):
-        if getattr(args, flag):
-            overrides.append(f"{field}=false")
-    if args.keep_ir_dump:
-        overrides.append("keep_ir_dump=true")
-    export_model(args.model, args.calib, args.out, load(ExportConfig, args.config, overrides), args.holdout)
+    config = cfg.load(cfg.ExportConfig, args.config, args.set, flags=_flags(args, cfg.ExportConfig))
+    export_model(args.model, args.calib, args.out, config, args.holdout)
     return 0
 
 
@@ -208,10 +206,9 @@ def add_board_files(sub) -> None:
 
 def run_board_files(args) -> int:
     from mobilefacenet_k210.board import files
-    from mobilefacenet_k210.config import BoardConfig, load
 
     result = files.write_board_files(args.out, args.kmodel, args.eval_json, args.eval_set, args.gallery,
-                                     args.flash_address, load(BoardConfig, args.config, args.set),
+                                     args.flash_address, cfg.load(cfg.BoardConfig, args.config, args.set),
                                      args.embedding_size)
     print(files.describe(result))
     return 0
@@ -276,8 +273,8 @@ def add_train(sub) -> None:
     p.add_argument("--out", required=True, help="run folder (embedding/model.keras, logs, checkpoints)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. phases.1.epochs=3 (repeatable)")
-    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], help="tf.distribute strategy")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed float16 (heads stay float32)")
+    p.add_argument("--strategy", choices=cfg.STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--mixed-precision", action="store_true", default=None, help="mixed float16 (heads stay float32)")
     p.add_argument("--seed", type=int, help="seed of weights and data order")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume a run folder even though its config differs from this one")
@@ -287,16 +284,8 @@ def add_train(sub) -> None:
 
 def run_train(args) -> int:
     from mobilefacenet_k210 import train
-    from mobilefacenet_k210.config import TrainConfig, load
 
-    overrides = list(args.set)
-    if args.strategy:
-        overrides.append(f"strategy={args.strategy}")
-    if args.mixed_precision:
-        overrides.append("mixed_precision=true")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    config = load(TrainConfig, args.config, overrides)
+    config = cfg.load(cfg.TrainConfig, args.config, args.set, flags=_flags(args, cfg.TrainConfig))
     train.train(config, args.data, args.out, allow_config_change=args.allow_config_change,
                 progress=not args.no_progress)
     return 0
@@ -311,8 +300,8 @@ def add_build_tfrecords(sub) -> None:
     p.add_argument("raw", help="folder of identity folders, or a .lst file")
     p.add_argument("out", nargs="?", default="tfrecords", help="output folder (default: tfrecords)")
     p.add_argument("--workers", type=int, help="local worker processes (default: CPU count)")
-    p.add_argument("--runner", choices=["local", "beam"], help="local processes (default) or an Apache Beam pipeline")
-    p.add_argument("--policy", choices=["seed", "none"], help="seed balancing (default) or keep every face")
+    p.add_argument("--runner", choices=cfg.RUNNERS, help="local processes (default) or an Apache Beam pipeline")
+    p.add_argument("--policy", choices=cfg.POLICY_PRESETS, help="seed balancing (default) or keep every face")
     p.add_argument("--aligned", action="store_true", default=None, help="input is already 112x112 aligned crops")
     p.add_argument("--val-fraction", type=float, help="per-identity validation fraction (default 0.005)")
     p.add_argument("--seed", type=int, help="seed of sampling, noise, split and shard order (default 0)")
@@ -405,10 +394,9 @@ def add_demo(sub) -> None:
 
 
 def run_demo(args) -> int:
-    from mobilefacenet_k210 import config
     from mobilefacenet_k210.demo import run_demo as run
 
-    run(args.out, config.load(config.DemoConfig, args.config, args.set))
+    run(args.out, cfg.load(cfg.DemoConfig, args.config, args.set))
     return 0
 
 

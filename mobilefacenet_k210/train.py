@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobilefacenet_k210 import atomic, preprocessing
-from mobilefacenet_k210.config import HEADS, ConfigError, PhaseConfig, TrainConfig, to_dict
+from mobilefacenet_k210.config import STRATEGIES, ConfigError, PhaseConfig, TrainConfig, to_dict
 from mobilefacenet_k210.data import pipeline, tfrecord
 from mobilefacenet_k210.model import heads
 from mobilefacenet_k210.model.io import load_embedding_model, save_embedding_model
@@ -41,8 +41,6 @@ STATE_FILE = "state.json"
 LOG_FILE = "train.log"
 PLOT_FILE = "loss.png"
 VERIFICATION = "verification_accuracy"
-STRATEGIES = ("default", "mirrored", "multiworker")
-OPTIMIZERS = ("sgd", "adam")
 _NOT_COMPARED = ("strategy",)  # may change between a run and its resume (other machines)
 
 
@@ -51,35 +49,6 @@ class ResumeError(Mfk210Error, RuntimeError):
 
 
 # --- config checks and run state ------------------------------------------------------------------
-def phase_batch_size(phase: PhaseConfig) -> int:
-    """The batch size of a phase: P*K for triplet, ``batch_size`` otherwise."""
-    return phase.identities_per_batch * phase.images_per_identity if phase.head == "triplet" else phase.batch_size
-
-
-def validate_config(config: TrainConfig) -> None:
-    """Refuse a config that cannot run, before any work is done."""
-    if not config.phases:
-        raise ConfigError("phases: at least one phase is needed")
-    if config.strategy not in STRATEGIES:
-        raise ConfigError(f"strategy {config.strategy!r}: choose one of {STRATEGIES}")
-    for i, p in enumerate(config.phases):
-        where = f"phases.{i}"
-        if p.head not in HEADS:
-            raise ConfigError(f"{where}.head {p.head!r}: choose one of {HEADS}")
-        if p.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"{where}.optimizer {p.optimizer!r}: choose one of {OPTIMIZERS}")
-        if p.init not in ("previous", "scratch"):
-            raise ConfigError(f"{where}.init {p.init!r}: choose previous or scratch")
-        if p.head_init not in ("random", "imprint"):
-            raise ConfigError(f"{where}.head_init {p.head_init!r}: choose random or imprint")
-        if p.head_init == "imprint" and p.head not in heads.MARGIN_HEADS:
-            raise ConfigError(f"{where}.head_init imprint: only for the margin heads {heads.MARGIN_HEADS}")
-        if p.epochs < 1 or phase_batch_size(p) < 1 or p.lr <= 0:
-            raise ConfigError(f"{where}: epochs, batch size and lr must be positive")
-        if p.head == "triplet" and p.images_per_identity < 2:
-            raise ConfigError(f"{where}.images_per_identity: a triplet batch needs at least 2 images per identity")
-
-
 def _flatten(data: Any, prefix: str = "") -> Dict[str, Any]:
     if isinstance(data, dict):
         out: Dict[str, Any] = {}
@@ -472,7 +441,7 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
               strategy: tf.distribute.Strategy, log: logging.Logger, progress: bool = True) -> Dict[str, Any]:
     """One phase: build the models, resume from the backup if any, ``model.fit``, save the backbone."""
     phase = config.phases[index]
-    batch = phase_batch_size(phase)
+    batch = phase.batch
     steps = pipeline.steps_per_epoch(data, batch, config.steps_per_epoch)
     if steps < 1:
         raise ConfigError(f"phases.{index}: {data.train_records} train records in {data.data_dir} make no batch "
@@ -547,7 +516,7 @@ def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, P
     Returns the run state: phases completed with their epochs and optimizer iterations, and the best
     checkpoint's score. The best embedding model is at ``out_dir/embedding/model.keras``.
     """
-    validate_config(config)
+    config.validate()
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _logger(run_dir)
@@ -596,7 +565,7 @@ def measure_train_throughput(config: TrainConfig, phase_index: int = 0, num_clas
     phase = config.phases[phase_index]
     if batch_size:
         phase = dataclasses.replace(phase, batch_size=batch_size)
-    batch = phase_batch_size(phase)
+    batch = phase.batch
     size = config.model.input_size
     rng = np.random.default_rng(0)
     images = preprocessing.normalize(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))

@@ -140,3 +140,52 @@ def test_flags_and_presets_come_between_file_and_overrides(tmp_path):
     assert c.inner == Inner(0.5, [1])  # the preset, then the override onto it
     c = config.load(Outer, f, ["name=set"], flags={"name": "flag", "inner": "slow"}, presets=presets)
     assert c.name == "set" and c.inner == Inner(0.01)
+
+
+def test_every_config_validates_itself_with_its_choices_beside_its_fields():
+    """Each stage's choice list lives once, in the schema; loading validates, naming the field."""
+    cases = [(config.TrainConfig, "strategy=tpu", "strategy"), (config.TrainConfig, "phases.0.head=sphereface", "head"),
+             (config.TrainConfig, "phases.1.optimizer=lion", "optimizer"), (config.BuildConfig, "runner=spark", "runner"),
+             (config.BuildConfig, "select=smallest", "select"), (config.ExportConfig, "calibrate_method=kld", "calibrate"),
+             (config.ExportConfig, "w_quant_type=int4", "w_quant_type"), (config.EvalConfig, "nfolds=1", "nfolds"),
+             (config.TrainConfig, "model.activation=prelu", "activation")]
+    for cls, override, field in cases:
+        with pytest.raises(config.ConfigError, match=field):
+            config.load(cls, None, [override])
+    for cls in (config.TrainConfig, config.BuildConfig, config.ExportConfig, config.EvalConfig):
+        cls().validate()
+
+
+def test_cli_choices_come_from_the_schema():
+    from mobilefacenet_k210 import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    choices = {(name, a.dest): tuple(a.choices) for name, p in sub.items() for a in p._actions if a.choices}
+    assert choices[("train", "strategy")] == config.STRATEGIES
+    assert choices[("build-tfrecords", "runner")] == config.RUNNERS
+    assert choices[("build-tfrecords", "policy")] == config.POLICY_PRESETS
+    assert choices[("export", "calibrate_method")] == config.CALIBRATE_METHODS
+    assert choices[("export", "w_quant_type")] == config.W_QUANT_TYPES
+
+
+def test_flag_paths_are_never_reparsed_as_yaml(monkeypatch, tmp_path):
+    """A path with ' #' (a YAML comment) or ': ' reaches the config whole, through every command's flags."""
+    from mobilefacenet_k210 import cli
+
+    odd = str(tmp_path / "run #2: final" / "select.bin")
+    seen = {}
+    monkeypatch.setattr("mobilefacenet_k210.evaluate.evaluate", lambda c: seen.setdefault("evaluate", c))
+    assert cli.main(["evaluate", "--model", odd, "--json", odd]) == 0
+    assert seen["evaluate"].models == [odd] and seen["evaluate"].json == odd
+    monkeypatch.setattr("mobilefacenet_k210.export.export_model",
+                        lambda m, c, o, conf, h: seen.setdefault("export", conf))
+    assert cli.main(["export", "--model", odd, "--calib", odd, "--out", odd, "--no-int8-tflite", "--seed", "3"]) == 0
+    assert seen["export"].int8_tflite is False and seen["export"].quantize is True and seen["export"].seed == 3
+    monkeypatch.setattr("mobilefacenet_k210.train.train", lambda c, d, o, **k: seen.setdefault("train", c))
+    assert cli.main(["train", "--data", odd, "--out", odd, "--set", f"verification.select={odd}",
+                     "--strategy", "mirrored"]) == 0
+    assert seen["train"].strategy == "mirrored"
+    assert seen["train"].verification == {"select": odd}
+    assert config.apply_overrides({}, ["a=[1, 2]", "b={c: 3}", "d=0.5", "e=true", "f=null", "g=x: y"]) == \
+        {"a": [1, 2], "b": {"c": 3}, "d": 0.5, "e": True, "f": None, "g": "x: y"}

@@ -53,9 +53,11 @@ def test_policy_is_a_config():
     assert len(policy.plan_identity("p", _sources(10), cfg.policy, 0)) == 10
     assert len(policy.plan_identity("p", _sources(4), cfg.policy, 0)) == 0  # no rule matches: dropped
     with pytest.raises(ValueError, match="action"):
-        policy.validate(type(cfg.policy)(rules=[PolicyRule(action="explode")]))
+        type(cfg.policy)(rules=[PolicyRule(action="explode")]).validate()
     with pytest.raises(ValueError, match="augment"):
-        policy.validate(type(cfg.policy)(rules=[PolicyRule(augment=["blur"])]))
+        type(cfg.policy)(rules=[PolicyRule(augment=["blur"])]).validate()
+    with pytest.raises(ValueError, match="action"):
+        load_build_config(overrides=["policy.rules.0.action=explode"])
 
 
 def test_split_is_stratified_and_keeps_copies_together():

@@ -2,8 +2,8 @@
 import pytest
 
 from mobilefacenet_k210 import k210
-from mobilefacenet_k210.config import ModelConfig
-from mobilefacenet_k210.model.mobilefacenet import EMBEDDING_HEADS, MobileFaceNet
+from mobilefacenet_k210.config import EMBEDDING_HEADS, ModelConfig
+from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
 from mobilefacenet_k210.model.summary import count_macs, count_params, model_macs
 
 PAPER_PARAMS = 0.99e6

@@ -113,7 +113,7 @@ def test_imprinted_arcface_phase_starts_from_the_classes_the_softmax_phase_learn
     assert first["imprint"]["loss"] < 0.5 * first["random"]["loss"], first
     assert first["imprint"]["accuracy"] > first["random"]["accuracy"], first
     with pytest.raises(train.ConfigError, match="margin heads"):
-        train.validate_config(load(TrainConfig, None, ["phases.0.head_init=imprint"]))
+        load(TrainConfig, None, ["phases.0.head_init=imprint"])
 
 
 def test_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path):
@@ -185,8 +185,8 @@ def test_mirrored_strategy_over_two_logical_cpus_runs_an_epoch(tiny_shards, tmp_
 def test_ready_configs_load_validate_and_take_overrides(name):
     path = Path(__file__).resolve().parent.parent / "configs" / name
     config = load(TrainConfig, path, ["phases.1.epochs=3", "seed=7"])
-    train.validate_config(config)
+    config.validate()
     assert [p.head for p in config.phases] == ["softmax", "arcface"]
     assert config.phases[1].epochs == 3 and config.seed == 7
     with pytest.raises(ValueError, match="head"):
-        train.validate_config(load(TrainConfig, path, ["phases.0.head=sphereface"]))
+        load(TrainConfig, path, ["phases.0.head=sphereface"])

@@ -8,7 +8,9 @@
 # image.warp_affine_ai align the face to the ArcFace template into a 112x112 AI buffer (planar RGB,
 # what our kmodel takes), our MobileFaceNet kmodel embeds it, KPU.Feat.calculate L2-normalizes the
 # embedding and KPU.Feat.compare scores it against every gallery feature: (0.5 + 0.5 * cos) * 100.
-# Press the BOOT key while one face is in view to enroll it as a new person (saved to the gallery).
+# Press the BOOT key while one face is in view to enroll it as a new person (saved to the gallery,
+# which a power cut while saving never loses). Each face's result is also printed, one line per face.
+# Stop it from the IDE (KeyboardInterrupt); tests/canmv_board.py runs this file unmodified on an emulated board.
 import gc
 import math
 import time
@@ -40,15 +42,46 @@ def load_json(path, default=None):
         return default
 
 
-def save_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
+def remove_quietly(path):
     try:
         os.remove(path)
     except OSError:
         pass
+
+
+def save_json(path, data):
+    # Never without a complete copy on the card: write path.tmp, keep the old file as path.bak, rename the new
+    # one in, then drop the .bak. FAT cannot rename over a file (MicroPython's FAT driver deletes the target
+    # first), so the .bak is moved aside by us; load_gallery_data restores it after a power cut.
+    tmp, bak = path + ".tmp", path + ".bak"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    remove_quietly(bak)
+    try:
+        os.rename(path, bak)
+    except OSError:
+        pass
     os.rename(tmp, path)
+    remove_quietly(bak)
+
+
+def load_gallery_data(path, empty):
+    # The gallery, or its .bak if a power cut hit save_json after the old file was moved aside.
+    try:
+        return load_json(path)
+    except (OSError, ValueError) as exc:
+        problem = exc
+    bak = path + ".bak"
+    try:
+        data = load_json(bak)
+    except (OSError, ValueError):
+        if isinstance(problem, ValueError):
+            raise ValueError("gallery %s is corrupt (%s) and has no %s; fix or delete it" % (path, problem, bak))
+        return empty
+    remove_quietly(path)
+    os.rename(bak, path)
+    print("mfk210: %s was missing or corrupt, restored from %s" % (path, bak))
+    return data
 
 
 def sigmoid(x):
@@ -76,7 +109,7 @@ def clip_box(x, y, w, h, width, height):
 class Gallery:
     def __init__(self, path, embedding_size):
         self.path = path
-        data = load_json(path, {"format": "mfk210-gallery", "version": 1, "people": []})
+        data = load_gallery_data(path, {"format": "mfk210-gallery", "version": 1, "people": []})
         self.data = data
         self.names = [p["name"] for p in data["people"]]
         self.features = [p["feature"] for p in data["people"]]
@@ -178,14 +211,19 @@ def main():
             image.warp_affine_ai(frame, aligned, transform)
             fea.run(aligned)
             feature = fea.Feat.calculate(fea)
+            note = ""
             if enroll and len(boxes) == 1:
                 label, color = "enrolled %s" % gallery.enroll(feature), (0, 0, 255)
             else:
                 index, score = gallery.best(fea.Feat.compare, feature)
-                if index >= 0 and score > threshold:
+                if index < 0:
+                    label, color = "no gallery", (255, 0, 0)
+                elif score > threshold:
                     label, color = "%s %.1f" % (gallery.names[index], score), (0, 255, 0)
                 else:
-                    label, color = "unknown %.1f" % score if index >= 0 else "no gallery", (255, 0, 0)
+                    label, color = "unknown %.1f" % score, (255, 0, 0)
+                    note = " (closest %s)" % gallery.names[index]
+            print("mfk210: " + label + note)
             frame.draw_rectangle(box[0], box[1], box[2], box[3], color=color)
             frame.draw_string(box[0], max(0, box[1] - 20), label, color=color, scale=1.5)
             del feature

@@ -15,10 +15,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mobilefacenet_k210.preprocessing import ARCFACE_TEMPLATE, INPUT_SIZE
+from mobilefacenet_k210.config import SELECT_MODES, check_choice
 from mobilefacenet_k210.errors import Mfk210Error
+from mobilefacenet_k210.preprocessing import ARCFACE_TEMPLATE, INPUT_SIZE
 
-SELECT_MODES = ("largest", "center", "confidence")
 
 
 class ImageError(Mfk210Error, ValueError):
@@ -165,8 +165,7 @@ class FaceAligner:
     def __init__(self, min_face_size: int = 20, select: str = "largest", detect_max_side: int = 1024,
                  pad_multiple: int = 32, batch_size: int = 16, pyramid_min_face: int = 20,
                  device: str = "CPU:0"):
-        if select not in SELECT_MODES:
-            raise ValueError(f"select must be one of {SELECT_MODES}, got {select!r}")
+        check_choice(select, SELECT_MODES, "select")
         from mtcnn import MTCNN
 
         self.min_face_size = int(min_face_size)

@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from mobilefacenet_k210.config.schema import AUGMENTATIONS
+
 ORIGINAL = "original"
-OPENING = "opening"
-GAUSSIAN = "gaussian"
-SALTPEPPER = "saltpepper"
-AUGMENTATIONS = (OPENING, GAUSSIAN, SALTPEPPER)
+OPENING, GAUSSIAN, SALTPEPPER = AUGMENTATIONS
 
 
 def stable_seed(*parts: Any) -> int:

@@ -117,24 +117,7 @@ def load_build_config(path: Optional[Union[str, Path]] = None, overrides: Option
     """Defaults, then the config file, then the CLI's own flags (``None`` = not given), then ``--set``;
     validated. ``policy`` may be given as a preset name (``seed``/``none``) in the file or as a flag.
     """
-    cfg = config_lib.load(BuildConfig, path, overrides, flags=flags, presets={"policy": policy_lib.preset})
-    validate_config(cfg)
-    return cfg
-
-
-def validate_config(cfg: BuildConfig) -> None:
-    """Refuse values the builder cannot use, naming the field."""
-    if cfg.runner not in ("local", "beam"):
-        raise config_lib.ConfigError(f"runner {cfg.runner!r}: expected 'local' or 'beam'")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise config_lib.ConfigError(f"val_fraction {cfg.val_fraction}: expected 0 <= f < 1")
-    if not 1 <= cfg.jpeg_quality <= 100:
-        raise config_lib.ConfigError(f"jpeg_quality {cfg.jpeg_quality}: expected 1..100")
-    if cfg.records_per_shard < 1:
-        raise config_lib.ConfigError("records_per_shard must be >= 1")
-    if cfg.select not in ("largest", "center", "confidence"):
-        raise config_lib.ConfigError(f"select {cfg.select!r}: expected largest, center or confidence")
-    policy_lib.validate(cfg.policy)
+    return config_lib.load(BuildConfig, path, overrides, flags=flags, presets={"policy": policy_lib.preset})
 
 
 def config_key(cfg: BuildConfig) -> str:
@@ -643,7 +626,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     ``resumed_identities``, ``workers``, ``runner``.
     """
     cfg = config or BuildConfig()
-    validate_config(cfg)
+    cfg.validate()
     if cfg.runner == "beam":
         from mobilefacenet_k210.data import beam_runner
 

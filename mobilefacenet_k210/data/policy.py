@@ -10,33 +10,16 @@ from typing import List, Sequence, Set, Tuple
 
 import numpy as np
 
-from mobilefacenet_k210.config import PolicyConfig, PolicyRule
-from mobilefacenet_k210.data.augment import AUGMENTATIONS, ORIGINAL, stable_seed
-
-ACTIONS = ("sample", "keep", "drop")
+from mobilefacenet_k210.config import POLICY_PRESETS, PolicyConfig, PolicyRule, check_choice
+from mobilefacenet_k210.data.augment import ORIGINAL, stable_seed
 
 
 def preset(name: str) -> PolicyConfig:
     """``seed``: the seed's balancing (the default rules); ``none``: keep every face, no augmentation."""
-    if name == "seed":
-        return PolicyConfig()
+    check_choice(name, POLICY_PRESETS, "policy")
     if name == "none":
         return PolicyConfig(name="none", rules=[PolicyRule(more_than=-1, action="keep")])
-    raise ValueError(f"unknown policy {name!r}: use 'seed' or 'none'")
-
-
-def validate(policy: PolicyConfig) -> None:
-    """Refuse rules that cannot be applied (unknown action or augmentation, empty sample)."""
-    if not policy.rules:
-        raise ValueError("policy has no rules")
-    for i, rule in enumerate(policy.rules):
-        if rule.action not in ACTIONS:
-            raise ValueError(f"policy.rules.{i}.action {rule.action!r}: expected one of {ACTIONS}")
-        if rule.action == "sample" and rule.sample < 1:
-            raise ValueError(f"policy.rules.{i}.sample must be >= 1 for action 'sample'")
-        for tag in rule.augment:
-            if tag not in AUGMENTATIONS:
-                raise ValueError(f"policy.rules.{i}.augment {tag!r}: expected one of {AUGMENTATIONS}")
+    return PolicyConfig()
 
 
 def choose_rule(count: int, policy: PolicyConfig) -> Tuple[int, PolicyRule]:

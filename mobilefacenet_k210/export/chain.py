@@ -64,11 +64,7 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
     from mobilefacenet_k210.model.summary import count_params, model_macs
 
     config = config or ExportConfig()
-    if config.calibrate_method not in ("no_clip", "l2"):
-        raise ValueError(f"calibrate_method {config.calibrate_method!r}: use 'l2' or 'no_clip' "
-                         "('kld' measured poor on MobileFaceNet)")
-    if config.calibration_samples < 1 or config.holdout_samples < 1:
-        raise ValueError("calibration_samples and holdout_samples must be at least 1")
+    config.validate()
     out_dir = Path(out_dir)
     stage = Stages(6 + int(config.int8_tflite))
 

@@ -20,11 +20,11 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from mobilefacenet_k210 import atomic, k210, preprocessing
+from mobilefacenet_k210.config import CALIBRATE_METHODS, check_choice
 from mobilefacenet_k210.export.tflite import assert_float_tflite
 from mobilefacenet_k210.errors import Mfk210Error
 
 KMODEL_MAGIC = b"LDMK"  # the C constant 'KMDL' written little-endian
-CALIBRATE_METHODS = ("no_clip", "l2", "kld")
 INFO_SUFFIX = ".json"
 
 
@@ -149,8 +149,7 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
     """
     tflite_path, kmodel_path = Path(tflite_path), Path(kmodel_path)
     assert_float_tflite(tflite_path, input_size)
-    if calibrate_method not in CALIBRATE_METHODS:
-        raise ValueError(f"calibrate_method {calibrate_method!r}: choose one of {CALIBRATE_METHODS}")
+    check_choice(calibrate_method, CALIBRATE_METHODS, "calibrate_method")
     kmodel_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nncase-job-") as tmp:
         job = {"tflite": str(tflite_path.resolve()), "kmodel": str(kmodel_path.resolve()),

@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
-from mobilefacenet_k210.config import HEADS, PhaseConfig
+from mobilefacenet_k210.config import HEADS, MARGIN_HEADS, PhaseConfig
 
 
 class SoftmaxHead(tf.keras.layers.Layer):
@@ -127,7 +127,6 @@ class L2Embedding(tf.keras.layers.Layer):
         return tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
 
 
-MARGIN_HEADS = ("arcface", "cosface", "combined")
 
 
 def imprint(head: MarginHead, class_sums: np.ndarray) -> None:

@@ -17,9 +17,6 @@ from mobilefacenet_k210.k210 import KPU_MIN_SIZE
 
 # (expansion t, output channels c, repeats n, first stride s): the paper's bottleneck table.
 BOTTLENECKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
-EMBEDDING_HEADS = ("gdc_linear", "gdc_linear_kpu")
-"""gdc_linear: the paper's head. gdc_linear_kpu: the same function and weights, with the 512->128 projection
-run on a map repeated to the KPU's smallest size and cropped back, so nncase 1.1 puts it on the KPU."""
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -31,11 +28,7 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def _activation(config: ModelConfig, name: str) -> layers.Layer:
-    if config.activation == "relu":
-        return layers.ReLU(name=name)
-    if config.activation == "relu6":
-        return layers.ReLU(6.0, name=name)
-    raise ValueError(f"activation {config.activation!r}: use 'relu' or 'relu6' (PReLU does not fit the K210)")
+    return layers.ReLU(6.0 if config.activation == "relu6" else None, name=name)
 
 
 def _bn(config: ModelConfig, name: str) -> layers.Layer:
@@ -88,8 +81,6 @@ def embedding_head(x: tf.Tensor, config: ModelConfig) -> tf.Tensor:
     With ``gdc_linear_kpu`` the 1x1 projection runs on the GDConv output repeated to 4x4 (then cropped
     to 1x1): the same function and weights (layer names match, so weights transfer), but on the KPU.
     """
-    if config.embedding_head not in EMBEDDING_HEADS:
-        raise ValueError(f"embedding_head {config.embedding_head!r}: choose one of {EMBEDDING_HEADS}")
     spatial = int(x.shape[1])
     x = depthwise_block(x, spatial, 1, config, "gdconv", linear=True, padding="valid")
     on_kpu = config.embedding_head == "gdc_linear_kpu"
@@ -107,8 +98,7 @@ def embedding_head(x: tf.Tensor, config: ModelConfig) -> tf.Tensor:
 def MobileFaceNet(config: Optional[ModelConfig] = None, name: str = "mobilefacenet") -> tf.keras.Model:
     """Build the embedding model: (N, S, S, 3) normalized float32 -> (N, embedding_size)."""
     config = config or ModelConfig()
-    if config.input_size % 16 != 0 or config.input_size < 64:
-        raise ValueError(f"input_size {config.input_size}: must be a multiple of 16, at least 64")
+    config.validate()
     alpha = config.width_multiplier
     inputs = layers.Input((config.input_size, config.input_size, 3), name="image")
     x = conv_block(inputs, _make_divisible(64 * alpha), 3, 2, config, "conv1")

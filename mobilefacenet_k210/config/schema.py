@@ -1,20 +1,34 @@
-"""Configuration dataclasses with defaults, loadable from YAML/JSON files, overridable from flags.
-
-Every stage takes one of these; the CLI maps flags onto their fields (``--set a.b=value`` or the
-stage's own flags), so a run is fully described by a file plus its overrides.
+"""The configuration dataclasses of every stage, each with its choice lists beside its fields and its
+own ``validate()``; :mod:`.loader` builds them from defaults, files, flags and ``--set``.
 """
 import dataclasses
-import json
-from pathlib import Path
-from typing import (Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar, Union, get_args, get_origin,
-                    get_type_hints)
-from mobilefacenet_k210.errors import Mfk210Error
+from typing import Dict, List, Optional
 
-T = TypeVar("T")
+from mobilefacenet_k210.config.loader import ConfigError, check_choice
+
+ACTIVATIONS = ("relu", "relu6")  # PReLU needs more RAM than the K210 has
+EMBEDDING_HEADS = ("gdc_linear", "gdc_linear_kpu")
+"""gdc_linear: the paper's head. gdc_linear_kpu: the same function and weights, with the 512->128 projection
+run on a map repeated to the KPU's smallest size and cropped back, so nncase 1.1 puts it on the KPU."""
+HEADS = ("softmax", "arcface", "cosface", "combined", "triplet")
+MARGIN_HEADS = ("arcface", "cosface", "combined")
+OPTIMIZERS = ("sgd", "adam")
+PHASE_INITS = ("previous", "scratch")
+HEAD_INITS = ("random", "imprint")
+STRATEGIES = ("default", "mirrored", "multiworker")
+RUNNERS = ("local", "beam")
+SELECT_MODES = ("largest", "center", "confidence")
+POLICY_ACTIONS = ("sample", "keep", "drop")
+POLICY_PRESETS = ("seed", "none")
+AUGMENTATIONS = ("opening", "gaussian", "saltpepper")  # the tags of the policy's added copies
+CALIBRATE_METHODS = ("l2", "no_clip")  # nncase also offers kld: measured poor on MobileFaceNet
+W_QUANT_TYPES = ("uint8", "int8")
 
 
-class ConfigError(Mfk210Error, ValueError):
-    """A configuration file or override that does not fit its dataclass."""
+def _positive(where: str, **values: float) -> None:
+    bad = [k for k, v in values.items() if not v > 0]
+    if bad:
+        raise ConfigError(f"{where}: {', '.join(bad)} must be positive")
 
 
 @dataclasses.dataclass
@@ -24,194 +38,20 @@ class ModelConfig:
     input_size: int = 112
     width_multiplier: float = 1.0
     embedding_size: int = 128
-    activation: str = "relu"  # relu or relu6: PReLU needs more RAM than the K210 has
+    activation: str = "relu"  # one of ACTIVATIONS
     bn_momentum: float = 0.9  # Keras' 0.99 leaves inference statistics untrained on small data
     bn_epsilon: float = 1e-3
-    embedding_head: str = "gdc_linear_kpu"  # see model.mobilefacenet.EMBEDDING_HEADS (same weights as the paper's gdc_linear)
+    embedding_head: str = "gdc_linear_kpu"  # one of EMBEDDING_HEADS
 
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Turn parsed YAML/JSON/flag text into the type the dataclass field declares."""
-    origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {hint.__name__}, got {value!r}")
-        return from_dict(hint, value, where)
-    if origin is Union:
-        args = [a for a in get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], where)
-    if origin in (list, List):
-        (item,) = get_args(hint) or (Any,)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return bool(value)
-    if hint in (int, float, str):
-        try:
-            if hint is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return hint(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
-    return value
-
-
-def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys (typos must not pass silently)."""
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def to_dict(config: Any) -> Dict[str, Any]:
-    """Plain-data form of a config dataclass (for metadata, reports and resume checks)."""
-    return dataclasses.asdict(config)
-
-
-def read_file(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a YAML or JSON config file into a mapping, with the file named in any error."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # the parser's own message says where
-        raise ConfigError(f"{path}: cannot parse: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
-
-
-def _list_index(node: List[Any], part: str, item: str, where: str) -> int:
-    """The index ``part`` names in list ``node``: an entry, or ``len(node)`` to append one."""
-    try:
-        index = int(part)
-    except ValueError:
-        raise ConfigError(f"override {item!r}: {where} is a list; {part!r} is not an index") from None
-    n = len(node)
-    if not -n <= index <= n:
-        valid = f"0..{n - 1} names an entry, {n} appends one" if n else "0 appends one"
-        raise ConfigError(f"override {item!r}: {where} has {n} entries, index {index} is out of range ({valid})")
-    return index
-
-
-def apply_overrides(data: Dict[str, Any], overrides: Optional[List[str]]) -> Dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) onto a copy of a nested mapping.
-
-    A number names a list entry; the list's length appends one (``phases.2={head: triplet}`` or
-    ``phases.2.head=triplet`` on a two-phase list adds a third phase). A missing or null mapping
-    on the way is created.
-    """
-    import yaml
-
-    data = json.loads(json.dumps(data))
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        parts = key.strip().split(".")
-        node: Any = data
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[:depth]) or "the config"
-            if isinstance(node, list):
-                index = _list_index(node, part, item, where)
-                if index == len(node):
-                    node.append(value if last else {})
-                elif last:
-                    node[index] = value
-                node = node[index]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                elif node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-            else:
-                raise ConfigError(f"override {item!r}: {where} is {node!r}, not a mapping or a list")
-    return data
-
-
-def _nested_config(hint: Any) -> Optional[type]:
-    """The dataclass a field holds (directly or as ``Optional``), else ``None``."""
-    if dataclasses.is_dataclass(hint):
-        return hint
-    if get_origin(hint) is Union:
-        return next((a for a in get_args(hint) if dataclasses.is_dataclass(a)), None)
-    return None
-
-
-def merge(cls: type, base: Dict[str, Any], new: Mapping[str, Any]) -> Dict[str, Any]:
-    """Update ``base`` (a ``to_dict`` of ``cls``) with ``new`` in place, and return it.
-
-    A nested config (a dataclass field) is merged key by key, so a file can change one field of
-    ``model`` or ``policy``; any other value is replaced whole: a list (a file's ``phases`` is the
-    whole list) and a free-form mapping (``verification``, ``reduced_photos``: a file names all of
-    its entries). Unknown keys are kept for :func:`from_dict` to refuse.
-    """
-    hints = get_type_hints(cls)
-    for key, value in new.items():
-        nested = _nested_config(hints.get(key))
-        if nested is not None and isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            merge(nested, base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def load(cls: Type[T], path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None,
-         flags: Optional[Mapping[str, Any]] = None,
-         presets: Optional[Mapping[str, Callable[[str], Any]]] = None) -> T:
-    """Defaults of ``cls``, then the file at ``path`` (if any), then ``flags``, then ``overrides``.
-
-    The defaults are spelled out first, so an override reaches what only exists as a default
-    (``--set phases.1.epochs=3``); the file and ``flags`` (a command's own options, ``None`` =
-    not given) are merged over them with :func:`merge`, and ``overrides`` (``--set KEY=VALUE``)
-    applied last. ``presets`` maps a field to a function from a name to its config, for fields
-    the file or a flag may give by name (the builder's ``policy: none``).
-    """
-    data = to_dict(cls())
-    layers = (read_file(path) if path else {}, {k: v for k, v in (flags or {}).items() if v is not None})
-    for layer in layers:
-        for key, make in (presets or {}).items():
-            if isinstance(layer.get(key), str):
-                layer[key] = to_dict(make(layer[key]))
-        merge(cls, data, layer)
-    data = apply_overrides(data, overrides)
-    return from_dict(cls, data, str(path) if path else cls.__name__)
-
-
-HEADS = ("softmax", "arcface", "cosface", "combined", "triplet")
+    def validate(self, where: str = "model") -> None:
+        """Refuse a shape the builder cannot make, naming the field."""
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"{where}.activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)} "
+                              "(PReLU does not fit the K210)")
+        check_choice(self.embedding_head, EMBEDDING_HEADS, f"{where}.embedding_head")
+        _positive(where, width_multiplier=self.width_multiplier, embedding_size=self.embedding_size)
+        if self.input_size % 16 != 0 or self.input_size < 64:
+            raise ConfigError(f"{where}.input_size {self.input_size}: must be a multiple of 16, at least 64")
 
 
 @dataclasses.dataclass
@@ -236,6 +76,14 @@ class PipelineConfig:
     contrast: float = 0.0  # factor drawn from [1 - contrast, 1 + contrast]
     validation: bool = True  # evaluate the head on the "val" split every epoch when it has records
     val_batch_size: int = 256
+
+    def validate(self, where: str = "pipeline") -> None:
+        """Refuse sizes and ranges tf.data cannot use, naming the field."""
+        _positive(where, shuffle_buffer=self.shuffle_buffer, cycle_length=self.cycle_length,
+                  block_length=self.block_length, val_batch_size=self.val_batch_size)
+        if self.crop_pad < 0 or self.rotate_degrees < 0 or not 0 <= self.zoom < 1 or self.brightness < 0 \
+                or not 0 <= self.contrast < 1:
+            raise ConfigError(f"{where}: crop_pad, rotate_degrees, brightness >= 0; zoom, contrast in [0, 1)")
 
 
 @dataclasses.dataclass
@@ -276,6 +124,24 @@ class PhaseConfig:
     init: str = "previous"
     head_init: str = "random"
 
+    @property
+    def batch(self) -> int:
+        """The batch size of the phase: P*K for triplet, ``batch_size`` otherwise."""
+        return self.identities_per_batch * self.images_per_identity if self.head == "triplet" else self.batch_size
+
+    def validate(self, where: str = "phase") -> None:
+        """Refuse a phase that cannot run, naming the field."""
+        check_choice(self.head, HEADS, f"{where}.head")
+        check_choice(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
+        check_choice(self.init, PHASE_INITS, f"{where}.init")
+        check_choice(self.head_init, HEAD_INITS, f"{where}.head_init")
+        if self.head_init == "imprint" and self.head not in MARGIN_HEADS:
+            raise ConfigError(f"{where}.head_init imprint: only for the margin heads {MARGIN_HEADS}")
+        if self.epochs < 1 or self.batch < 1 or self.lr <= 0:
+            raise ConfigError(f"{where}: epochs, batch size and lr must be positive")
+        if self.head == "triplet" and self.images_per_identity < 2:
+            raise ConfigError(f"{where}.images_per_identity: a triplet batch needs at least 2 images per identity")
+
 
 def _default_phases() -> List[PhaseConfig]:
     return [PhaseConfig(head="softmax", epochs=10), PhaseConfig(head="arcface", epochs=20, lr_steps=[10, 15])]
@@ -305,6 +171,18 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: train records // batch size
     deterministic_ops: bool = False  # tf.config.experimental.enable_op_determinism (bit-exact reruns, slower)
 
+    def validate(self, where: str = "train") -> None:
+        """Refuse a run that cannot train, before any work is done."""
+        self.model.validate(f"{where}.model")
+        self.pipeline.validate(f"{where}.pipeline")
+        if not self.phases:
+            raise ConfigError(f"{where}.phases: at least one phase is needed")
+        for i, phase in enumerate(self.phases):
+            phase.validate(f"{where}.phases.{i}")
+        check_choice(self.strategy, STRATEGIES, f"{where}.strategy")
+        _positive(where, verification_batch_size=self.verification_batch_size,
+                  verification_every=self.verification_every, backup_every_steps=self.backup_every_steps)
+
 
 @dataclasses.dataclass
 class PolicyRule:
@@ -319,6 +197,12 @@ class PolicyRule:
     action: str = "keep"
     sample: int = 0
     augment: List[str] = dataclasses.field(default_factory=list)
+
+    def validate(self, where: str = "rule") -> None:
+        """Refuse an action the policy does not know, or a sample rule without a size."""
+        check_choice(self.action, POLICY_ACTIONS, f"{where}.action")
+        if self.action == "sample" and self.sample < 1:
+            raise ConfigError(f"{where}.sample: a sample rule needs sample >= 1")
 
 
 def _seed_rules() -> List[PolicyRule]:
@@ -344,6 +228,15 @@ class PolicyConfig:
     gaussian_var: float = 0.005  # skimage.util.random_noise mode="gaussian" variance on 0..1 pixels
     saltpepper_amount: float = 0.01  # skimage.util.random_noise mode="s&p" fraction of pixels
 
+    def validate(self, where: str = "policy") -> None:
+        """Refuse rules that cannot be applied (unknown action or augmentation, empty sample)."""
+        if not self.rules:
+            raise ConfigError(f"{where}.rules: the policy has no rules")
+        for i, rule in enumerate(self.rules):
+            rule.validate(f"{where}.rules.{i}")
+            for tag in rule.augment:
+                check_choice(tag, AUGMENTATIONS, f"{where}.rules.{i}.augment")
+
 
 @dataclasses.dataclass
 class BuildConfig:
@@ -356,7 +249,7 @@ class BuildConfig:
     seed: int = 0  # policy sampling, augmentation noise, split and shard order
     jpeg_quality: int = 95
     min_face_size: int = 20  # faces smaller than this (box side, photo pixels) are rejected
-    select: str = "largest"  # largest | center | confidence
+    select: str = "largest"  # one of SELECT_MODES: which face of a photo with several
     detect_batch_size: int = 16  # photos per MTCNN call
     detect_max_side: int = 1024  # larger photos are detected on a downscaled copy
     detect_pad_multiple: int = 32  # photos padded to a multiple of this to share batches
@@ -365,12 +258,26 @@ class BuildConfig:
     beam_options: List[str] = dataclasses.field(default_factory=list)  # Beam pipeline flags
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
 
+    def validate(self, where: str = "build") -> None:
+        """Refuse values the builder cannot use, naming the field."""
+        check_choice(self.runner, RUNNERS, f"{where}.runner")
+        check_choice(self.select, SELECT_MODES, f"{where}.select")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"{where}.val_fraction {self.val_fraction}: expected 0 <= f < 1")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"{where}.jpeg_quality {self.jpeg_quality}: expected 1..100")
+        if self.workers < 0:
+            raise ConfigError(f"{where}.workers {self.workers}: expected 0 (CPU count) or more")
+        _positive(where, records_per_shard=self.records_per_shard, detect_batch_size=self.detect_batch_size,
+                  detect_max_side=self.detect_max_side, detect_pad_multiple=self.detect_pad_multiple)
+        self.policy.validate(f"{where}.policy")
+
 
 @dataclasses.dataclass
 class ExportConfig:
     """`mfk210 export`: how the Keras model becomes TFLite and a K210 kmodel, and how parity is measured.
 
-    ``calibrate_method`` is nncase's PTQ range method ('l2' or 'no_clip'; 'kld' measured poor);
+    ``calibrate_method`` is nncase's PTQ range method (one of ``CALIBRATE_METHODS``);
     calibration faces are drawn (seeded) from the calibration folder/shards, held-out faces for
     the parity report from ``--holdout``, the shards' val split, or the rest of the folder.
     ``use_mse_quant_w`` makes nncase choose weight ranges by least squared error (not min/max).
@@ -382,11 +289,18 @@ class ExportConfig:
     holdout_samples: int = 100
     quantize: bool = True
     w_quant_type: str = "uint8"
-    use_mse_quant_w: bool = True  # measured: cosine mean/min 0.9881/0.9705 -> 0.9916/0.9821 (ORL hold-out)
+    use_mse_quant_w: bool = True  # measured better kmodel parity than min/max ranges (bench/results.md)
     int8_tflite: bool = True
     keep_ir_dump: bool = False
     compile_timeout_s: int = 1800
     seed: int = 0
+
+    def validate(self, where: str = "export") -> None:
+        """Refuse a method nncase does not offer here, or an empty sample, naming the field."""
+        check_choice(self.calibrate_method, CALIBRATE_METHODS, f"{where}.calibrate_method")
+        check_choice(self.w_quant_type, W_QUANT_TYPES, f"{where}.w_quant_type")
+        _positive(where, calibration_samples=self.calibration_samples, holdout_samples=self.holdout_samples,
+                  compile_timeout_s=self.compile_timeout_s)
 
 
 @dataclasses.dataclass
@@ -418,6 +332,14 @@ class EvalConfig:
     json: Optional[str] = None
     out: Optional[str] = None
     save_bin: Optional[str] = None
+
+    def validate(self, where: str = "evaluate") -> None:
+        """Refuse fold counts and sizes the protocol cannot use, naming the field."""
+        if self.nfolds < 2:
+            raise ConfigError(f"{where}.nfolds {self.nfolds}: at least 2 folds")
+        _positive(where, batch_size=self.batch_size, max_positive_pairs=self.max_positive_pairs)
+        if self.compare and len(self.compare) != 2:
+            raise ConfigError(f"{where}.compare: name exactly two models")
 
 
 def _canmv_face_detector_anchors() -> List[float]:

@@ -1,0 +1,124 @@
+"""No import cycle, no import against the data flow.
+
+Two checks: every module imports alone in a fresh interpreter (nothing depends on import order), and
+every import statement of the package, module-level or inside a function (the lazy imports that
+keep `mfk210 --help` fast count too), goes to a module of the same layer or a lower one, with no
+cycle among modules of one layer.
+"""
+import ast
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Set
+
+import mobilefacenet_k210
+
+PACKAGE = "mobilefacenet_k210"
+ROOT = Path(mobilefacenet_k210.__file__).parent
+# Lowest first. A module may import modules of its own layer or of layers listed before it.
+LAYERS = [
+    ["errors"], ["atomic", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
+    ["model", "data"], ["evaluate", "export"], ["train"], ["board"],
+    ["demo_report"], ["demo"], ["bench", "bench_scale"], ["cli"], ["__main__"],
+]
+NOT_PYTHON3 = {f"{PACKAGE}.board.canmv_face_id"}  # MicroPython: runs on the board, never imported here
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> Dict[str, Path]:
+    return {_name(p): p for p in sorted(ROOT.rglob("*.py")) if _name(p) not in NOT_PYTHON3}
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise AssertionError(f"{module}: not in LAYERS of {__file__}; add it where it belongs in the data flow")
+
+
+def _imports(name: str, path: Path, known: Set[str]) -> Set[str]:
+    """The package's modules that ``path`` imports anywhere (module-level or in a function)."""
+    out = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name and target != PACKAGE:
+                out.add(target)
+    return out
+
+
+def _cycle(graph: Dict[str, Set[str]]) -> List[str]:
+    """One import cycle of ``graph`` as a path, or []."""
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+
+    def visit(node: str) -> List[str]:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def test_no_import_cycle_and_no_import_against_the_data_flow():
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    upward = [f"{a} -> {b}" for a, deps in graph.items() for b in sorted(deps)
+              if not a.startswith(b + ".") and _layer(b) > _layer(a)]
+    assert not upward, "imports against the data flow:\n" + "\n".join(upward)
+    # a package's __init__ re-exporting its own submodules is not a cycle
+    strict = {a: {b for b in deps if not (a.startswith(b + ".") and modules[b].name == "__init__.py")}
+              for a, deps in graph.items()}
+    assert not _cycle(strict), "import cycle: " + " -> ".join(_cycle(strict))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+PROBE = "import importlib, sys; importlib.import_module(sys.argv[1])"
+
+
+def test_every_module_imports_alone():
+    names = [n for n in _modules() if n != f"{PACKAGE}.__main__"]  # __main__ runs the CLI when imported
+
+    def probe(name: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", PROBE, name], capture_output=True, text=True)
+        return "" if proc.returncode == 0 else f"{name}: {proc.stderr.strip().splitlines()[-1]}"
+
+    with ThreadPoolExecutor(2) as pool:
+        failures = [f for f in pool.map(probe, names) if f]
+    assert not failures, "modules that do not import alone:\n" + "\n".join(failures)
