@@ -42,7 +42,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.7,<3.11",
     packages=find_packages(include=["mobilefacenet_k210", "mobilefacenet_k210.*"]),
-    package_data={"mobilefacenet_k210": ["board/*.py", "board/*.json"]},
+    package_data={"mobilefacenet_k210": ["board/*.py", "board/*.json", "configs/*.yaml"]},
     install_requires=_req(DIRECT) + list(RANGES.values()),
     extras_require={k: _req(v) + (["apache-beam[tfrecord]"] if k == "beam" else []) for k, v in EXTRAS.items()},
     entry_points={"console_scripts": ["mfk210 = mobilefacenet_k210.cli:main"]},

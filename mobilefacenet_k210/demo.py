@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 from mobilefacenet_k210 import atomic
-from mobilefacenet_k210.config import DemoConfig
+from mobilefacenet_k210.config import DemoConfig, resolve
 from mobilefacenet_k210.errors import FileFormatError
 
 # (step, what it does, relative cost: its share of the demo's time, used only to spread the time
@@ -96,10 +96,9 @@ class Demo:
     and the record of the step before it, so a changed input reruns its step and every step after it.
     """
 
-    def __init__(self, out: Union[str, Path], config: DemoConfig, root: Union[str, Path] = "."):
+    def __init__(self, out: Union[str, Path], config: DemoConfig):
         self.out = Path(out)
         self.config = config
-        self.root = Path(root)
         self.results: Dict[str, Any] = {}
         self.seconds: Dict[str, float] = {}
         self.started = time.perf_counter()
@@ -113,7 +112,7 @@ class Demo:
     def fingerprint(self, name: str) -> str:
         """What step ``name`` is made from: its config fields, their files' content, the step before it."""
         fields = {f: getattr(self.config, f) for f in STEP_CONFIG.get(name, ())}
-        files = {f: _file_digest(self.root / fields[f]) for f in CONFIG_FILES if f in fields}
+        files = {f: _file_digest(resolve(fields[f])) for f in CONFIG_FILES if f in fields}
         return _digest({"step": name, "config": fields, "files": files, "previous": self.previous})
 
     def _read_record(self, record: Path, name: str) -> Dict[str, Any]:

@@ -189,3 +189,18 @@ def test_flag_paths_are_never_reparsed_as_yaml(monkeypatch, tmp_path):
     assert seen["train"].verification == {"select": odd}
     assert config.apply_overrides({}, ["a=[1, 2]", "b={c: 3}", "d=0.5", "e=true", "f=null", "g=x: y"]) == \
         {"a": [1, 2], "b": {"c": 3}, "d": 0.5, "e": True, "f": None, "g": "x: y"}
+
+
+def test_shipped_configs_load_from_any_folder(tmp_path, monkeypatch):
+    """`mfk210 demo` from another folder: configs/NAME resolves to the package's copy, a local file wins."""
+    monkeypatch.chdir(tmp_path)
+    demo = config.load(config.DemoConfig)
+    train = config.load(config.TrainConfig, demo.train_config)
+    assert config.resolve(demo.train_config).parent == config.PACKAGED
+    assert [p.head for p in train.phases] == ["softmax", "arcface"]
+    assert config.load(config.BuildConfig, "demo_build.yaml").policy.rules
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo_cpu.yaml").write_text("seed: 5\n")
+    assert config.load(config.TrainConfig, "configs/demo_cpu.yaml").seed == 5
+    with pytest.raises(config.ConfigError, match="demo_cpu.yaml"):
+        config.load(config.TrainConfig, "configs/nope.yaml")

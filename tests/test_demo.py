@@ -44,42 +44,43 @@ class Steps:
 def configs(tmp_path):
     (tmp_path / "build.yaml").write_text("seed: 0\n")
     (tmp_path / "train.yaml").write_text("seed: 0\n")
-    return lambda **changes: DemoConfig(**{"build_config": "build.yaml", "train_config": "train.yaml", **changes})
+    return lambda **changes: DemoConfig(**{"build_config": str(tmp_path / "build.yaml"),
+                                           "train_config": str(tmp_path / "train.yaml"), **changes})
 
 
 def test_steps_are_reused_only_when_made_from_the_same_inputs(tmp_path, configs):
     out = tmp_path / "demo"
     steps = Steps(out)
-    steps(demo.Demo(out, configs(), root=tmp_path))
+    steps(demo.Demo(out, configs()))
     assert steps.runs == ["faces", "shards", "aligned", "pairs", "train"]
     steps.runs.clear()
-    steps(demo.Demo(out, configs(workers=3), root=tmp_path))  # workers change speed only
+    steps(demo.Demo(out, configs(workers=3)))  # workers change speed only
     assert steps.runs == []
 
     (tmp_path / "build.yaml").write_text("seed: 1\n")  # the build config file's content changed
-    steps(demo.Demo(out, configs(), root=tmp_path))
+    steps(demo.Demo(out, configs()))
     assert steps.runs == ["shards", "aligned", "pairs", "train"]
     steps.runs.clear()
 
-    steps(demo.Demo(out, configs(train_config="other.yaml"), root=tmp_path))  # a config field changed
+    steps(demo.Demo(out, configs(train_config=str(tmp_path / "other.yaml"))))  # a config field changed
     assert steps.runs == ["train"]
     steps.runs.clear()
-    steps(demo.Demo(out, configs(test=[31, 32]), root=tmp_path))
+    steps(demo.Demo(out, configs(test=[31, 32])))
     assert steps.runs == ["faces", "shards", "aligned", "pairs", "train"]
 
 
 def test_a_step_interrupted_under_other_inputs_starts_clean(tmp_path, configs):
     out = tmp_path / "demo"
     steps = Steps(out)
-    steps(demo.Demo(out, configs(), root=tmp_path), ["faces", "shards", "aligned", "pairs"])
-    d = demo.Demo(out, configs(), root=tmp_path)
+    steps(demo.Demo(out, configs()), ["faces", "shards", "aligned", "pairs"])
+    d = demo.Demo(out, configs())
     steps(d, ["faces", "shards", "aligned", "pairs"])
     with pytest.raises(Killed):
         d.run("train", _killed)  # killed half-way
     assert (out / "steps" / "train.started.json").is_file()
     (out / "train" / "made").parent.mkdir(parents=True, exist_ok=True)
     (out / "train" / "made").write_text("half")
-    steps(demo.Demo(out, configs(train_config="other.yaml"), root=tmp_path))
+    steps(demo.Demo(out, configs(train_config=str(tmp_path / "other.yaml"))))
     assert steps.runs[-1:] == ["train"] and (out / "train" / "made").read_text() == "train"
     assert not (out / "steps" / "train.started.json").exists()
 
@@ -103,7 +104,7 @@ def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path, config
     for path in leftovers + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-    demo.Demo(out, configs(), root=tmp_path)
+    demo.Demo(out, configs())
     assert [p for p in leftovers if p.exists()] == [] and not (out / "board" / ".sd.0a1b2c3d.tmp").exists()
     assert all(p.is_file() for p in kept)
 
@@ -140,7 +141,7 @@ def test_time_left_scales_with_the_steps_measured_here(tmp_path, configs, capsys
     assert demo.estimate_left(slower, pending) == pytest.approx(2 * expected)
 
     out = tmp_path / "demo"
-    d = demo.Demo(out, configs(), root=tmp_path)
+    d = demo.Demo(out, configs())
     d.run("faces", lambda: {})
     assert "time left estimated once a step has run on this machine" in capsys.readouterr().out
     d.seconds["faces"] = 12.0

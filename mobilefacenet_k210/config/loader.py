@@ -89,11 +89,25 @@ def to_dict(config: Any) -> Dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+PACKAGED = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve(path: Union[str, Path]) -> Path:
+    """The config file ``path`` names: the file itself if it exists, else the package's own copy of a
+    shipped config given as ``NAME.yaml`` or ``configs/NAME.yaml`` (so `mfk210 demo` works from any folder)."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute() or len(path.parts) > 2 or path.parts[:-1] not in ((), ("configs",)):
+        return path
+    packaged = PACKAGED / path.name
+    return packaged if packaged.is_file() else path
+
+
 def read_file(path: Union[str, Path]) -> Dict[str, Any]:
     """Read a YAML or JSON config file into a mapping, with the file named in any error."""
-    path = Path(path)
+    path = resolve(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        shipped = ", ".join(sorted(p.name for p in PACKAGED.glob("*.yaml")))
+        raise ConfigError(f"{path}: config file not found (the package ships {shipped}, as configs/NAME)")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".json":
