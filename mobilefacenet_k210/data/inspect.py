@@ -45,10 +45,9 @@ def inspect_shards(shards_dir: Union[str, Path], out_png: Optional[Union[str, Pa
                    per_identity: int = 8, seed: int = 0, verify: bool = False) -> Dict[str, Any]:
     """Scan the shards; return counts (per split, per class, per tag) and the contact sheet's path.
 
-    Raises :class:`tfrecord.ShardError` when a shard's record count (or, with ``verify``, its sha256)
-    differs from the metadata.
+    Raises :class:`tfrecord.ShardError` when a shard is truncated or corrupt, or its record count
+    (or, with ``verify``, its sha256) differs from the metadata.
     """
-    import tensorflow as tf
     from tqdm import tqdm
 
     shards_dir = Path(shards_dir)
@@ -70,8 +69,7 @@ def inspect_shards(shards_dir: Union[str, Path], out_png: Optional[Union[str, Pa
         stats = splits.setdefault(split, {"records": 0, "classes": set(), "augmentation": {}, "shards": 0})
         stats["shards"] += 1
         count = 0
-        for raw in tf.data.TFRecordDataset(str(path)):
-            rec = tfrecord.decode_record(raw.numpy())
+        for rec in tfrecord.read_examples(path):
             label, tag = rec[tfrecord.LABEL], rec[tfrecord.AUGMENTATION]
             count += 1
             stats["classes"].add(label)
