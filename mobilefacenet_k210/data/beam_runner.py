@@ -94,8 +94,8 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
     summaries = {t.name: builder.cache_load_summary(work, t) for t in tasks}
     missing = [n for n, s in summaries.items() if s is None]
     if missing:
-        raise builder.BuildError(f"{work}: the pipeline left {len(missing)} identities uncached (first: {missing[0]!r}); "
-                                 f"rerun the same command to do them")
+        raise builder.BuildError(f"{work}: the pipeline left {len(missing)} identities uncached "
+                                 f"(first: {missing[0]!r}); rerun the same command to do them")
     ordered = [summaries[t.name] for t in tasks]
     meta = builder.write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(Path(raw_dir).resolve()))
     if not cfg.keep_work:

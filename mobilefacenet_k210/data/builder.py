@@ -634,7 +634,8 @@ def remove_partial_files(out_dir: Path) -> None:
     """Delete what a killed run leaves behind, never valid output: hidden temporary files
     (``.<name>.<random>.tmp``, also in the cache folders, and the contact sheet's ``.png`` one) and
     the ``beam-temp-*`` folders of Beam's file sinks."""
-    for pattern in (".*.tmp", f".{CONTACT_SHEET}.*.png", f"{WORK_DIR}/*/.*.tmp", "beam-temp-*", f"{WORK_DIR}/*/beam-temp-*"):
+    patterns = (".*.tmp", f".{CONTACT_SHEET}.*.png", f"{WORK_DIR}/*/.*.tmp", "beam-temp-*", f"{WORK_DIR}/*/beam-temp-*")
+    for pattern in patterns:
         for path in out_dir.glob(pattern):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -107,25 +107,24 @@ def _merge_into(inputs: Sequence[Union[str, Path]], out_dir: Path) -> Dict[str, 
     shards = []
     written = set()
     total = sum(s["records"] for _, meta, _ in sets for s in meta["shards"])
-    bar = tqdm(total=total, desc="merge", unit="rec")
-    for split in tfrecord.SPLITS:
-        mine = [p for p in plan if p[0] == split]
-        for i, (_, d, file, offset, renamed, count) in enumerate(mine):
-            def records(path=d / file, offset=offset, renamed=renamed):
-                for rec in tfrecord.read_examples(path):
-                    label = rec[tfrecord.LABEL] + offset
-                    bar.update(1)
-                    yield tfrecord.encode_example(rec[tfrecord.IMAGE], label, renamed[rec[tfrecord.LABEL]],
-                                                  rec[tfrecord.SOURCE], rec[tfrecord.AUGMENTATION])
+    with tqdm(total=total, desc="merge", unit="rec", leave=False) as bar:  # cleared on error: one error line
+        for split in tfrecord.SPLITS:
+            mine = [p for p in plan if p[0] == split]
+            for i, (_, d, file, offset, renamed, count) in enumerate(mine):
+                def records(path=d / file, offset=offset, renamed=renamed):
+                    for rec in tfrecord.read_examples(path):
+                        label = rec[tfrecord.LABEL] + offset
+                        bar.update(1)
+                        yield tfrecord.encode_example(rec[tfrecord.IMAGE], label, renamed[rec[tfrecord.LABEL]],
+                                                      rec[tfrecord.SOURCE], rec[tfrecord.AUGMENTATION])
 
-            name = tfrecord.shard_name(split, i, len(mine))
-            entry = tfrecord.write_shard(out_dir / name, records())
-            if entry["records"] != count:
-                raise tfrecord.ShardError(f"{d / file}: {entry['records']} records, its metadata.json says {count}; "
-                                          f"rebuild that shard folder")
-            shards.append({**entry, "split": split})
-            written.add(name)
-    bar.close()
+                name = tfrecord.shard_name(split, i, len(mine))
+                entry = tfrecord.write_shard(out_dir / name, records())
+                if entry["records"] != count:
+                    raise tfrecord.ShardError(f"{d / file}: {entry['records']} records, its metadata.json says "
+                                              f"{count}; rebuild that shard folder")
+                shards.append({**entry, "split": split})
+                written.add(name)
     for old in out_dir.glob("*.tfrecord"):
         if old.name not in written and old.name.split("-")[0] in tfrecord.SPLITS:
             old.unlink()

@@ -6,6 +6,7 @@ This module is the one contract between the builder (writes), the training pipel
 """
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Union
 
@@ -103,7 +104,8 @@ def read_examples(path: Union[str, Path]) -> Iterator[Dict[str, Any]]:
         except StopIteration:
             return
         except tf.errors.DataLossError as exc:
-            raise ShardError(f"{path}: truncated or corrupt after {index} records ({exc.message.splitlines()[0]}); "
+            why = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", exc.message.splitlines()[0]).strip()  # TF's op decoration
+            raise ShardError(f"{path}: truncated or corrupt after {index} records ({why}); "
                              f"rebuild it, or restore it from a copy") from None
         try:
             rec = decode_record(raw.numpy())
