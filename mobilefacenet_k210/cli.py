@@ -313,6 +313,8 @@ def add_build_tfrecords(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a BuildConfig field, e.g. --set policy.rules.0.sample=300")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset OUT holds from other input (kept whole until the new one is complete)")
     p.set_defaults(handler=run_build_tfrecords)
 
 
@@ -325,7 +327,7 @@ def run_build_tfrecords(args) -> int:
                                     policy=args.policy, aligned=args.aligned, val_fraction=args.val_fraction,
                                     seed=args.seed, jpeg_quality=args.jpeg_quality,
                                     min_face_size=args.min_face_size, beam_options=args.beam_options)
-    summary = builder.build(args.raw, args.out, cfg, progress=not args.quiet)
+    summary = builder.build(args.raw, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
@@ -348,6 +350,8 @@ def run_lst(args) -> int:
 def add_merge(sub) -> None:
     p = sub.add_parser("merge", help="merge shard folders with label offsets (InsightFace dataset_merge)")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="two or more shard folders, then the output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset OUT already holds (kept whole until the merged one is complete)")
     p.set_defaults(handler=run_merge)
 
 
@@ -356,7 +360,7 @@ def run_merge(args) -> int:
 
     if len(args.dirs) < 3:
         raise CLIError("usage: mfk210 merge A B [C ...] OUT")
-    meta = interop.merge(args.dirs[:-1], args.dirs[-1])
+    meta = interop.merge(args.dirs[:-1], args.dirs[-1], overwrite=args.overwrite)
     print(f"{args.dirs[-1]}: {meta['num_classes']} classes, " + ", ".join(f"{k} {v}" for k, v in meta["splits"].items()))
     return 0
 

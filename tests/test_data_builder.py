@@ -165,30 +165,71 @@ def test_nothing_to_build_and_unwritable_output_stop_with_advice(tmp_path, orl_s
     assert (tmp_path / "out2" / "rejected.csv").is_file()
 
 
-def test_killed_build_resumes_to_identical_shards(tmp_path):
-    """SIGKILL a CLI build mid-way, rerun the same command: the shards equal an uninterrupted build's."""
+def _cached(work: Path) -> int:
+    """Identities whose cache entry is complete (the summary JSON is written last)."""
+    return sum(1 for p in work.glob("*/*.json") if p.name != "config.json")
+
+
+def _kill_when_cached(args, env, work: Path, identities: int, timeout: float = 900) -> int:
+    """Start the CLI build and SIGKILL it once ``identities`` identities are observably cached in ``work``
+    (a state, not a delay); returns the number cached at the kill."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while _cached(work) < identities:
+            if proc.poll() is not None:
+                pytest.fail(f"the build exited (rc {proc.returncode}) before {identities} identities were cached "
+                            f"in {work}: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {timeout} s for {identities} identities to be cached in {work}")
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    return _cached(work)
+
+
+def _resume_after_kill(tmp_path, runner: str):
+    """Kill a CLI build once 3 identities are cached, plant what a kill can leave, rerun: the summary of the
+    rerun, how many were done at the kill, and the build's args."""
     raw = _write_aligned(tmp_path / "raw", [40] * 12 + [95] * 4)
     args = [sys.executable, "-m", "mobilefacenet_k210", "build-tfrecords", str(raw), str(tmp_path / "killed"),
-            "--aligned", "--workers", "1", "--val-fraction", "0.05", "--quiet", "--set", "records_per_shard=500"]
+            "--aligned", "--workers", "1", "--val-fraction", "0.05", "--quiet", "--set", "records_per_shard=500",
+            "--runner", runner]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = tmp_path / "killed" / builder.WORK_DIR
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(work.glob("*/*.json"))) < 4:  # config.json + 3 identities
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    done = _kill_when_cached(args, env, work, 3)
     assert not (tmp_path / "killed" / "metadata.json").exists(), "the build finished before it was killed"
-    done = len(list(work.glob("*/*.json"))) - 1
-    assert 3 <= done < 16
-    partial = tmp_path / "killed" / ".train-00000-of-00006.tfrecord.x1y2.tmp"  # as a kill in write_shard leaves
-    partial.write_bytes(b"half a shard")
+    assert 3 <= done and not list(work.glob("*/*.pkl"))
+    leftovers = [tmp_path / "killed" / ".train-00000-of-00006.tfrecord.x1y2.tmp",  # a kill in write_shard
+                 next(work.glob("*/config.json")).with_name(".abc.train.npz.x1y2.tmp"),  # a kill in cache_save
+                 tmp_path / "killed" / "beam-temp-train-1234"]  # a kill in a Beam file sink
+    for path in leftovers[:2]:
+        path.write_bytes(b"half a file")
+    leftovers[2].mkdir()
     rerun = subprocess.run(args, env=env, capture_output=True, text=True)
-    assert not partial.exists()
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert not any(p.exists() for p in leftovers)
     summary = json.loads(rerun.stdout[rerun.stdout.index("{"):])
-    assert summary["resumed_identities"] >= done
+    assert summary["resumed_identities"] >= done and summary["runner"] == runner
+    return raw
+
+
+def test_killed_build_resumes_to_identical_shards(tmp_path):
+    """SIGKILL a CLI build mid-way, rerun the same command: the shards equal an uninterrupted build's."""
+    raw = _resume_after_kill(tmp_path, "local")
     cfg = load_build_config(aligned=True, workers=1, val_fraction=0.05, overrides=["records_per_shard=500"])
+    build(raw, tmp_path / "clean", cfg, progress=False)
+    assert _shard_digests(tmp_path / "killed") == _shard_digests(tmp_path / "clean")
+    assert (tmp_path / "killed" / "labels.txt").read_bytes() == (tmp_path / "clean" / "labels.txt").read_bytes()
+
+
+def test_killed_beam_build_resumes_to_identical_shards(tmp_path):
+    """The same with --runner beam: the rerun skips the cached identities and equals an uninterrupted Beam build."""
+    pytest.importorskip("apache_beam")
+    raw = _resume_after_kill(tmp_path, "beam")
+    cfg = load_build_config(aligned=True, runner="beam", val_fraction=0.05, overrides=["records_per_shard=500"])
     build(raw, tmp_path / "clean", cfg, progress=False)
     assert _shard_digests(tmp_path / "killed") == _shard_digests(tmp_path / "clean")
     assert (tmp_path / "killed" / "labels.txt").read_bytes() == (tmp_path / "clean" / "labels.txt").read_bytes()
@@ -265,7 +306,7 @@ def test_beam_direct_runner_equals_local(tmp_path, orl_small):
     beam = build(orl_small, tmp_path / "beam",
                  load_build_config(policy="none", runner="beam", val_fraction=0.25), progress=False)
     assert local["records"] == beam["records"] and beam["runner"] == "beam"
-    assert _records(tmp_path / "local") == _records(tmp_path / "beam")
+    assert _shard_digests(tmp_path / "local") == _shard_digests(tmp_path / "beam")
     assert (tmp_path / "local" / "labels.txt").read_text() == (tmp_path / "beam" / "labels.txt").read_text()
     meta = tfrecord.load_metadata(tmp_path / "beam")
     assert meta["class_counts"] == tfrecord.load_metadata(tmp_path / "local")["class_counts"]
@@ -281,3 +322,120 @@ def test_lst_labels_keep_their_numeric_order(tmp_path):
     for raw_rec in _records(tmp_path / "out")["train"]:
         rec = tfrecord.decode_record(raw_rec)
         assert rec[tfrecord.SOURCE].split("/")[-2] == f"id{rec[tfrecord.LABEL]:02d}"
+
+
+def _one_line_error(capsys, *names) -> str:
+    """The CLI's stderr: one error line that names each of ``names``."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ": error: " in err, err
+    for name in names:
+        assert str(name) in err, (name, err)
+    return err
+
+
+def test_build_input_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """RAW a stray file, RAW unlistable, a non-UTF-8 .lst, OUT equal to or inside RAW: exit 2, one line."""
+    from mobilefacenet_k210.cli import main
+
+    quiet = ["--aligned", "--workers", "1", "--quiet"]
+    (tmp_path / "photos.txt").write_text("not a folder")
+    assert main(["build-tfrecords", str(tmp_path / "photos.txt"), str(tmp_path / "out"), *quiet]) == 2
+    assert "not a folder of identity folders" in _one_line_error(capsys, tmp_path / "photos.txt")
+    (tmp_path / "bad.lst").write_bytes(b"1\tid0/caf\xe9.png\t0\n")
+    assert main(["build-tfrecords", str(tmp_path / "bad.lst"), str(tmp_path / "out"), *quiet]) == 2
+    assert "UTF-8" in _one_line_error(capsys, tmp_path / "bad.lst")
+    raw = _write_aligned(tmp_path / "raw", [2])
+    for out in (raw, raw / "out", tmp_path):
+        assert main(["build-tfrecords", str(raw), str(out), *quiet]) == 2
+        assert "apart from the input" in _one_line_error(capsys, out, raw)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == raw:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main(["build-tfrecords", str(raw), str(tmp_path / "out"), *quiet]) == 2
+    assert "cannot list" in _one_line_error(capsys, raw)
+    assert not (tmp_path / "out" / "metadata.json").exists()
+
+
+def test_out_with_another_dataset_needs_overwrite_and_survives_a_failed_one(tmp_path, capsys):
+    """OUT built from other input: refused; with --overwrite a build that fails leaves it whole; one that
+    succeeds replaces it and leaves nothing beside it."""
+    from mobilefacenet_k210.cli import main
+
+    quiet = ["--aligned", "--workers", "1", "--quiet", "--val-fraction", "0"]
+    first = _write_aligned(tmp_path / "first", [3, 3], seed=1)
+    out = tmp_path / "out"
+    assert main(["build-tfrecords", str(first), str(out), "--policy", "none", *quiet]) == 0
+    before = _shard_digests(out)
+    assert main(["build-tfrecords", str(first), str(out), "--policy", "none", *quiet]) == 0  # same input: a rebuild
+    assert _shard_digests(out) == before
+    capsys.readouterr()
+    second = _write_aligned(tmp_path / "second", [2, 4, 5], seed=2)
+    assert main(["build-tfrecords", str(second), str(out), "--policy", "none", *quiet]) == 2
+    assert "--overwrite" in _one_line_error(capsys, out)
+    # the seed policy drops every identity of 2..5 faces: this build fails after all its per-identity work
+    assert main(["build-tfrecords", str(second), str(out), "--overwrite", *quiet]) == 2
+    assert "--policy none" in _one_line_error(capsys)
+    assert _shard_digests(out) == before and (out / "labels.txt").read_text().splitlines() == ["id00", "id01"]
+    assert main(["build-tfrecords", str(second), str(out), "--policy", "none", "--overwrite", *quiet]) == 0
+    assert tfrecord.load_metadata(out)["num_classes"] == 3 and sum(_records(out)["train"].values()) == 11
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "out", "second"]
+
+
+@pytest.fixture(scope="module")
+def two_sets(tmp_path_factory):
+    """Two small shard folders built from aligned crops (3 and 2 identities)."""
+    root = tmp_path_factory.mktemp("sets")
+    cfg = load_build_config(policy="none", aligned=True, workers=1, val_fraction=0.0)
+    for name, counts in (("a", [3, 4, 2]), ("b", [2, 3])):
+        build(_write_aligned(root / f"raw_{name}", counts, seed=len(counts)), root / name, cfg, progress=False)
+    return root / "a", root / "b"
+
+
+def _damaged_copy(src: Path, dst: Path, how: str) -> Path:
+    """A copy of a shard folder whose first train shard is truncated or has a flipped byte."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    shard = tfrecord.shard_files(dst, "train")[0]
+    data = bytearray(shard.read_bytes())
+    if how == "truncated":
+        data = data[:-10]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return shard
+
+
+def test_merge_refuses_its_inputs_and_existing_datasets_and_names_a_corrupt_shard(tmp_path, two_sets, capsys):
+    from mobilefacenet_k210.cli import main
+
+    a, b = two_sets
+    for out in (a, a / "m", a.parent):
+        assert main(["merge", str(a), str(b), str(out)]) == 2
+        assert "apart from the input" in _one_line_error(capsys, out)
+    assert main(["merge", str(a), str(b), str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(b), str(a), str(tmp_path / "m")]) == 2
+    assert "--overwrite" in _one_line_error(capsys, tmp_path / "m")
+    assert (tmp_path / "m" / "labels.txt").read_text().splitlines()[:2] == ["a/id00", "a/id01"]
+    shard = _damaged_copy(b, tmp_path / "bad", "corrupt")
+    assert main(["merge", str(a), str(tmp_path / "bad"), str(tmp_path / "m"), "--overwrite"]) == 2
+    assert "corrupt" in _one_line_error(capsys, shard)
+    assert tfrecord.load_metadata(tmp_path / "m")["num_classes"] == 5  # the failed merge left the old one whole
+    assert main(["merge", str(b), str(a), str(tmp_path / "m"), "--overwrite"]) == 0
+    assert (tmp_path / "m" / "labels.txt").read_text().splitlines()[:2] == ["b/id00", "b/id01"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "m"]
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+def test_inspect_names_a_damaged_shard(tmp_path, two_sets, capsys, how):
+    from mobilefacenet_k210.cli import main
+
+    shard = _damaged_copy(two_sets[0], tmp_path / "bad", how)
+    assert main(["inspect", str(tmp_path / "bad")]) == 2
+    assert "truncated or corrupt" in _one_line_error(capsys, shard)

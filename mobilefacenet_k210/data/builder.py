@@ -10,10 +10,16 @@ The work is split into pure functions that both runners share:
 * global (:func:`write_outputs`): labels, shards, ``metadata.json``, ``labels.txt``, ``rejected.csv``.
 
 The local runner (:func:`build`) runs the per-identity work in ``workers`` processes and caches each
-identity's result atomically under ``OUT_DIR/.work/<config hash>/``: a build killed at any moment
-and rerun with the same command skips the cached identities and ends with the same shards, byte
-for byte, as an uninterrupted run. ``--runner beam`` (``data/beam_runner.py``) runs the same
-functions as an Apache Beam pipeline.
+identity's result atomically under ``OUT_DIR/.work/<config hash>/`` (``.npz`` arrays read with
+``allow_pickle=False`` plus a JSON summary: reading the cache never runs code): a build killed at
+any moment and rerun with the same command skips the cached identities and ends with the same
+shards, byte for byte, as an uninterrupted run. ``--runner beam`` (``data/beam_runner.py``) runs
+the same functions as an Apache Beam pipeline that fills the same cache; both runners then write
+the shards with :func:`write_outputs`.
+
+OUT_DIR is checked first (:func:`plan_output`): it may not be, contain or lie inside an input, and
+a dataset built there from another input is replaced only with ``overwrite``, by building beside it
+and swapping the folders at the end, so the old dataset stays whole until the new one is.
 """
 import csv
 import dataclasses
@@ -22,12 +28,12 @@ import io
 import json
 import math
 import os
-import pickle
 import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -143,7 +149,12 @@ def scan_folder(raw_dir: Union[str, Path], aligned: bool = False) -> Tuple[List[
     root = Path(raw_dir)
     tasks: List[IdentityTask] = []
     rejected: List[Tuple[str, str]] = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise BuildError(f"{root}: cannot list the folder ({exc.strerror or exc}); check its permissions "
+                         f"or give a readable folder of identity folders") from None
+    for entry in entries:
         path = Path(entry.path)
         if entry.name.startswith("."):
             rejected.append((entry.name, "hidden folder" if entry.is_dir() else "hidden file"))
@@ -184,7 +195,12 @@ def scan_lst(lst_path: Union[str, Path], aligned: Optional[bool] = None) -> Tupl
     base = lst_path.parent
     by_label: Dict[int, List[Photo]] = {}
     rejected: List[Tuple[str, str]] = []
-    for lineno, line in enumerate(lst_path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = lst_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BuildError(f"{lst_path}: not UTF-8 text (bad byte at offset {exc.start}); save the .lst as UTF-8 "
+                         f"(e.g. iconv -t UTF-8) or rewrite it with `mfk210 lst`") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.rstrip("\n").split("\t")
@@ -210,6 +226,9 @@ def scan(raw: Union[str, Path], aligned: bool = False) -> Tuple[List[IdentityTas
     raw = Path(raw)
     if raw.is_file() and raw.suffix.lower() == ".lst":
         return scan_lst(raw, aligned=True if aligned else None)
+    if raw.is_file():
+        raise BuildError(f"{raw}: a file, not a folder of identity folders nor an InsightFace .lst file; "
+                         f"give RAW_DIR (RAW_DIR/<identity>/<photo>) or a .lst")
     if not raw.is_dir():
         raise BuildError(f"{raw}: no such folder (give a folder of identity folders, or an InsightFace .lst file)")
     return scan_folder(raw, aligned=aligned)
@@ -326,16 +345,25 @@ def _stem(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8")).hexdigest()[:24]
 
 
+def _pack(records: Sequence[Tuple[str, str, str, bytes]]) -> bytes:
+    """Records of one split as ``.npz`` bytes: plain arrays only, so loading them cannot run code."""
+    jpegs = [r[3] for r in records]
+    buf = io.BytesIO()
+    np.savez(buf, source=np.array([r[1] for r in records], dtype=str), tag=np.array([r[2] for r in records], dtype=str),
+             size=np.array([len(j) for j in jpegs], np.int64), jpeg=np.frombuffer(b"".join(jpegs), np.uint8))
+    return buf.getvalue()
+
+
 def cache_save(work: Path, task: IdentityTask, out: IdentityOutput) -> Dict[str, Any]:
     """Records (one file per split, so writing a split reads only its own) first, then the summary:
     the summary's presence marks the identity done."""
     stem = _stem(task.name)
     sizes = {}
     for split in tfrecord.SPLITS:
-        data = pickle.dumps([r for r in out.records if r[0] == split], protocol=4)
+        data = _pack([r for r in out.records if r[0] == split])
         # no fsync here (6 ms each): a kill cannot tear a renamed file, and after a power loss the
         # sizes recorded in the fsynced summary no longer match, so the identity is redone
-        atomic.write_bytes(work / f"{stem}.{split}.pkl", data, sync=False)
+        atomic.write_bytes(work / f"{stem}.{split}.npz", data, sync=False)
         sizes[split] = len(data)
     summary = {**out.summary(), "fingerprint": task.fingerprint(), "cache_bytes": sizes}
     atomic.write_json(work / f"{stem}.json", summary)
@@ -352,19 +380,30 @@ def cache_load_summary(work: Path, task: IdentityTask) -> Optional[Dict[str, Any
         summary = json.loads(js.read_text(encoding="utf-8"))
     except ValueError:
         return None
-    if summary.get("name") != task.name or summary.get("fingerprint") != task.fingerprint():
+    if not isinstance(summary, dict) or summary.get("name") != task.name or \
+            summary.get("fingerprint") != task.fingerprint():
         return None
     for split in tfrecord.SPLITS:
-        pk = work / f"{stem}.{split}.pkl"
-        if not pk.is_file() or pk.stat().st_size != summary.get("cache_bytes", {}).get(split):
+        npz = work / f"{stem}.{split}.npz"
+        if not npz.is_file() or npz.stat().st_size != summary.get("cache_bytes", {}).get(split):
             return None
     return summary
 
 
 def cache_load_records(work: Path, name: str, split: str) -> List[Tuple[str, str, str, bytes]]:
-    """The cached records of one identity and split (written by this builder into its own work folder)."""
-    with open(work / f"{_stem(name)}.{split}.pkl", "rb") as f:
-        return pickle.load(f)
+    """The cached records of one identity and split. A damaged entry is dropped (so that a rerun
+    redoes that identity) and raises :class:`BuildError`."""
+    path = work / f"{_stem(name)}.{split}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            sources, tags, sizes, blob = z["source"].tolist(), z["tag"].tolist(), z["size"], z["jpeg"].tobytes()
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        (work / f"{_stem(name)}.json").unlink(missing_ok=True)
+        raise BuildError(f"{path}: damaged cache entry of identity {name!r} ({exc}), now removed; rerun the same "
+                         f"command to redo that identity") from None
+    ends = np.cumsum(sizes).tolist()
+    starts = [0] + ends[:-1]
+    return [(split, src, tag, blob[a:b]) for src, tag, a, b in zip(sources, tags, starts, ends)]
 
 
 # --- workers ---------------------------------------------------------------------------------------
@@ -575,22 +614,108 @@ def _take(records: Iterator[bytes], size: int, bar: Any) -> Iterator[bytes]:
 
 
 def remove_partial_files(out_dir: Path) -> None:
-    """Delete temporary files a killed run left behind (``.<name>.<random>.tmp``, never valid output)."""
-    for tmp in out_dir.glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink()
+    """Delete what a killed run leaves behind, never valid output: hidden temporary files
+    (``.<name>.<random>.tmp``, also in the cache folders, and the contact sheet's ``.png`` one) and
+    the ``beam-temp-*`` folders of Beam's file sinks."""
+    patterns = (".*.tmp", f".{CONTACT_SHEET}.*.png", f"{WORK_DIR}/*/.*.tmp", "beam-temp-*", f"{WORK_DIR}/*/beam-temp-*")
+    for pattern in patterns:
+        for path in out_dir.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file():
+                path.unlink()
 
 
 def prepare_out_dir(out_dir: Path) -> None:
     """Create OUT_DIR and prove it is writable, or stop with what to do."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=out_dir)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=out_dir)
         os.close(fd)
         os.remove(tmp)
     except OSError as exc:
         raise BuildError(f"{out_dir}: cannot write the output folder ({exc.strerror or exc}); "
                          f"choose another OUT_DIR or fix its permissions") from None
+
+
+def _beside(out_dir: Path, what: str) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.{what}")
+
+
+def plan_output(out_dir: Union[str, Path], inputs: Sequence[Union[str, Path]], overwrite: bool,
+                reusable: Callable[[Dict[str, Any]], bool], error: Optional[type] = None) -> Path:
+    """The folder to write into: OUT_DIR, or with ``overwrite`` a staging folder beside it when OUT_DIR
+    already holds a dataset that ``reusable(metadata)`` refuses (:func:`finish_output` swaps it in).
+
+    Refuses (``error``, default :class:`BuildError`) an OUT_DIR that is, contains or lies inside an
+    input. First completes or undoes a swap that a kill interrupted.
+    """
+    error = error or BuildError
+    out_dir = Path(out_dir)
+    out = out_dir.resolve()
+    for inp in inputs:
+        src = Path(inp).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            rel = "is" if out == src else ("lies inside" if src in out.parents else "contains")
+            raise error(f"{out_dir}: the output folder {rel} the input {inp}; choose an OUT_DIR apart from the input")
+    staging, old = _beside(out_dir, "overwrite"), _beside(out_dir, "old")
+    if old.is_dir() and not out_dir.exists():  # killed between the two renames of finish_output
+        os.replace(staging if (staging / tfrecord.METADATA_FILE).is_file() else old, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    meta_path = out_dir / tfrecord.METADATA_FILE
+    if not meta_path.is_file():
+        return out_dir
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        ok = isinstance(meta, dict) and reusable(meta)
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    if ok:
+        return out_dir
+    if not overwrite:
+        raise error(f"{out_dir}: already holds a dataset ({meta_path.name}) made from other input; give --overwrite "
+                    f"to replace it (it stays whole until the new one is complete) or choose another OUT_DIR")
+    return staging
+
+
+def finish_output(staging: Path, out_dir: Path) -> None:
+    """Swap a complete staging folder in place of OUT_DIR, then delete the old dataset."""
+    if staging == out_dir:
+        return
+    old = _beside(out_dir, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def same_input(raw_dir: Union[str, Path]) -> Callable[[Dict[str, Any]], bool]:
+    """``reusable`` of :func:`plan_output` for a build: the dataset was built from this input."""
+    here = Path(raw_dir).resolve()
+    return lambda meta: isinstance(meta.get("input"), str) and Path(meta["input"]).resolve() == here
+
+
+def open_work(out_dir: Path, cfg: BuildConfig, tasks: Sequence[IdentityTask]
+              ) -> Tuple[Path, Dict[str, Dict[str, Any]], List[IdentityTask]]:
+    """Ready OUT_DIR for a (re)run, shared by both runners: writable, marked incomplete, leftovers of a
+    killed run removed, the cache folder made. Returns it, the cached summaries and the tasks to do."""
+    prepare_out_dir(out_dir)
+    meta_path = out_dir / tfrecord.METADATA_FILE
+    if meta_path.exists():
+        meta_path.unlink()  # the folder is incomplete until the new metadata is written
+    remove_partial_files(out_dir)
+    work = out_dir / WORK_DIR / config_key(cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(work / "config.json", config_lib.to_dict(cfg))
+    summaries: Dict[str, Dict[str, Any]] = {}
+    todo: List[IdentityTask] = []
+    for task in tasks:
+        cached = cache_load_summary(work, task)
+        if cached is not None:
+            summaries[task.name] = cached
+        else:
+            todo.append(task)
+    return work, summaries, todo
 
 
 # --- the local runner ------------------------------------------------------------------------------
@@ -615,7 +740,7 @@ def run_summary(runner: str, meta: Dict[str, Any], ordered: List[Dict[str, Any]]
 
 
 def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional[BuildConfig] = None,
-          progress: bool = True) -> Dict[str, Any]:
+          progress: bool = True, overwrite: bool = False) -> Dict[str, Any]:
     """Build shards from ``raw_dir`` (identity folders or a ``.lst``) into ``out_dir``; returns a summary.
 
     Summary keys: ``photos``, ``faces``, ``rejected``, ``identities`` (input/kept/dropped),
@@ -624,38 +749,39 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     (photos processed in this run / align_seconds), ``cpu_ms_per_image`` (worker CPU time per photo
     in that phase: with ``align_seconds`` it tells a busy machine from a slow build),
     ``resumed_identities``, ``workers``, ``runner``.
+
+    ``overwrite``: replace a dataset that OUT_DIR holds from another input (see :func:`plan_output`).
     """
     cfg = config or BuildConfig()
     cfg.validate()
+    out_dir = Path(out_dir)
+    target = plan_output(out_dir, [raw_dir], overwrite, same_input(raw_dir))
     if cfg.runner == "beam":
         from mobilefacenet_k210.data import beam_runner
 
-        return beam_runner.build_beam(raw_dir, out_dir, cfg, progress=progress)
-    from tqdm import tqdm
+        summary = beam_runner.build_beam(raw_dir, target, cfg, progress=progress)
+    else:
+        summary = _build_local(raw_dir, target, cfg, progress)
+    finish_output(target, out_dir)
+    return {**summary, "out_dir": str(out_dir)}
 
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir)
+
+def scan_input(raw_dir: Union[str, Path], cfg: BuildConfig) -> Tuple[List[IdentityTask], List[Tuple[str, str]]]:
+    """:func:`scan`, refusing an input without any identity."""
     tasks, scan_rejected = scan(raw_dir, cfg.aligned)
     if not tasks:
         raise BuildError(f"{raw_dir}: no identity folder with photo files found "
                          f"(expected RAW_DIR/<identity>/<photo>; {len(scan_rejected)} entries rejected)")
-    prepare_out_dir(out_dir)
-    meta_path = out_dir / tfrecord.METADATA_FILE
-    if meta_path.exists():
-        meta_path.unlink()  # the folder is incomplete until the new metadata is written
-    remove_partial_files(out_dir)
-    work = out_dir / WORK_DIR / config_key(cfg)
-    work.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(work / "config.json", config_lib.to_dict(cfg))
+    return tasks, scan_rejected
 
-    summaries: Dict[str, Dict[str, Any]] = {}
-    todo: List[IdentityTask] = []
-    for task in tasks:
-        cached = cache_load_summary(work, task)
-        if cached is not None:
-            summaries[task.name] = cached
-        else:
-            todo.append(task)
+
+def _build_local(raw_dir: Union[str, Path], out_dir: Path, cfg: BuildConfig, progress: bool) -> Dict[str, Any]:
+    """The local runner: per-identity work in processes, cached, then :func:`write_outputs`."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    tasks, scan_rejected = scan_input(raw_dir, cfg)
+    work, summaries, todo = open_work(out_dir, cfg, tasks)
     resumed = len(summaries)
     workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
     workers = max(1, min(workers, len(todo) or 1))
@@ -712,7 +838,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
         bar.close()
     cpu_seconds = sum(summaries[t.name].get("cpu_seconds", 0.0) for t in todo)
     ordered = [summaries[t.name] for t in tasks]
-    meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(raw_dir))
+    meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(Path(raw_dir).resolve()))
     if not cfg.keep_work:
         shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
     seconds = time.perf_counter() - t0

@@ -45,10 +45,9 @@ def inspect_shards(shards_dir: Union[str, Path], out_png: Optional[Union[str, Pa
                    per_identity: int = 8, seed: int = 0, verify: bool = False) -> Dict[str, Any]:
     """Scan the shards; return counts (per split, per class, per tag) and the contact sheet's path.
 
-    Raises :class:`tfrecord.ShardError` when a shard's record count (or, with ``verify``, its sha256)
-    differs from the metadata.
+    Raises :class:`tfrecord.ShardError` when a shard is truncated or corrupt, or its record count
+    (or, with ``verify``, its sha256) differs from the metadata.
     """
-    import tensorflow as tf
     from tqdm import tqdm
 
     shards_dir = Path(shards_dir)
@@ -61,35 +60,33 @@ def inspect_shards(shards_dir: Union[str, Path], out_png: Optional[Union[str, Pa
     seen: Dict[int, int] = {k: 0 for k in pick}
     splits: Dict[str, Dict[str, Any]] = {}
     total = sum(s["records"] for s in meta["shards"])
-    bar = tqdm(total=total, desc="inspect", unit="rec")
-    for shard in meta["shards"]:
-        split = shard["split"]
-        path = shards_dir / shard["file"]
-        if verify and tfrecord.sha256_file(path) != shard["sha256"]:
-            raise tfrecord.ShardError(f"{path}: sha256 differs from metadata.json (damaged or replaced shard)")
-        stats = splits.setdefault(split, {"records": 0, "classes": set(), "augmentation": {}, "shards": 0})
-        stats["shards"] += 1
-        count = 0
-        for raw in tf.data.TFRecordDataset(str(path)):
-            rec = tfrecord.decode_record(raw.numpy())
-            label, tag = rec[tfrecord.LABEL], rec[tfrecord.AUGMENTATION]
-            count += 1
-            stats["classes"].add(label)
-            stats["augmentation"][tag] = stats["augmentation"].get(tag, 0) + 1
-            if label in reservoir:
-                seen[label] += 1
-                item = {"jpeg": rec[tfrecord.IMAGE], "tag": tag, "split": split, "label": label}
-                if len(reservoir[label]) < per_identity:
-                    reservoir[label].append(item)
-                else:
-                    j = int(rng.integers(seen[label]))
-                    if j < per_identity:
-                        reservoir[label][j] = item
-            bar.update(1)
-        if count != shard["records"]:
-            raise tfrecord.ShardError(f"{path}: {count} records, metadata.json says {shard['records']}")
-        stats["records"] += count
-    bar.close()
+    with tqdm(total=total, desc="inspect", unit="rec", leave=False) as bar:  # cleared on error: one error line
+        for shard in meta["shards"]:
+            split = shard["split"]
+            path = shards_dir / shard["file"]
+            if verify and tfrecord.sha256_file(path) != shard["sha256"]:
+                raise tfrecord.ShardError(f"{path}: sha256 differs from metadata.json (damaged or replaced shard)")
+            stats = splits.setdefault(split, {"records": 0, "classes": set(), "augmentation": {}, "shards": 0})
+            stats["shards"] += 1
+            count = 0
+            for rec in tfrecord.read_examples(path):
+                label, tag = rec[tfrecord.LABEL], rec[tfrecord.AUGMENTATION]
+                count += 1
+                stats["classes"].add(label)
+                stats["augmentation"][tag] = stats["augmentation"].get(tag, 0) + 1
+                if label in reservoir:
+                    seen[label] += 1
+                    item = {"jpeg": rec[tfrecord.IMAGE], "tag": tag, "split": split, "label": label}
+                    if len(reservoir[label]) < per_identity:
+                        reservoir[label].append(item)
+                    else:
+                        j = int(rng.integers(seen[label]))
+                        if j < per_identity:
+                            reservoir[label][j] = item
+                bar.update(1)
+            if count != shard["records"]:
+                raise tfrecord.ShardError(f"{path}: {count} records, metadata.json says {shard['records']}")
+            stats["records"] += count
     report: Dict[str, Any] = {"shards_dir": str(shards_dir), "num_classes": meta["num_classes"],
                               "package_version": meta.get("package_version"),
                               "policy": (meta.get("policy") or {}).get("name"), "splits": {}}

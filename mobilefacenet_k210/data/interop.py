@@ -18,10 +18,10 @@ def write_lst(aligned_dir: Union[str, Path], out_lst: Union[str, Path]) -> Dict[
     beside it. Files are listed as found (not decoded); hidden and nested entries are skipped."""
     aligned_dir = Path(aligned_dir).resolve()
     if not aligned_dir.is_dir():
-        raise FileNotFoundError(f"{aligned_dir}: no such folder of aligned identity folders")
+        raise builder.BuildError(f"{aligned_dir}: no such folder of aligned identity folders")
     tasks, skipped = builder.scan_folder(aligned_dir, aligned=True)
     if not tasks:
-        raise ValueError(f"{aligned_dir}: no identity folder with image files")
+        raise builder.BuildError(f"{aligned_dir}: no identity folder with image files")
     out_lst = Path(out_lst)
     out_lst.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"1\t{Path(p.path).resolve()}\t{label}\n" for label, t in enumerate(tasks) for p in t.photos]
@@ -38,9 +38,9 @@ def read_property(path: Union[str, Path]) -> List[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"{path}: expected 'num_classes,112,112', got {text!r}") from None
+        raise tfrecord.ShardError(f"{path}: expected 'num_classes,112,112', got {text!r}") from None
     if len(values) != 3:
-        raise ValueError(f"{path}: expected 'num_classes,112,112', got {text!r}")
+        raise tfrecord.ShardError(f"{path}: expected 'num_classes,112,112', got {text!r}")
     return values
 
 
@@ -52,20 +52,29 @@ def read_labels(shards_dir: Union[str, Path]) -> List[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def merge(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path]) -> Dict[str, Any]:
+def merge(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path], overwrite: bool = False) -> Dict[str, Any]:
     """Merge shard folders into ``out_dir``: labels of input ``i`` are offset by the classes before
     it; an identity name found in more than one input is prefixed with its folder's name. Every
     record is rewritten (new label and name) into renumbered shards; metadata, labels.txt,
-    property and rejected.csv are written anew. Returns the new metadata."""
-    from tqdm import tqdm
+    property and rejected.csv are written anew. Returns the new metadata.
 
-    import tensorflow as tf
+    ``out_dir`` may not be, contain or lie inside an input; a dataset already there is replaced only
+    with ``overwrite``, and stays whole until the merged one is complete (built beside, then swapped).
+    """
+    if len(inputs) < 2:
+        raise tfrecord.ShardError("merge needs at least two shard folders")
+    target = builder.plan_output(out_dir, inputs, overwrite, lambda meta: False, error=tfrecord.ShardError)
+    meta = _merge_into(inputs, target)
+    builder.finish_output(target, Path(out_dir))
+    return meta
+
+
+def _merge_into(inputs: Sequence[Union[str, Path]], out_dir: Path) -> Dict[str, Any]:
+    """:func:`merge`'s work, writing into ``out_dir``."""
+    from tqdm import tqdm
 
     from mobilefacenet_k210 import __version__
 
-    if len(inputs) < 2:
-        raise ValueError("merge needs at least two shard folders")
-    out_dir = Path(out_dir)
     sets = []
     for d in inputs:
         d = Path(d)
@@ -84,7 +93,7 @@ def merge(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path]) -> Dict
     all_names: List[str] = []
     class_counts: Dict[str, int] = {}
     class_counts_val: Dict[str, int] = {}
-    plan = []  # (split, input dir, shard file, offset, renamed names)
+    plan = []  # (split, input dir, shard file, offset, renamed names, record count)
     for d, meta, names in sets:
         offset = len(all_names)
         renamed = [f"{d.name}/{n}" if seen[n] > 1 else n for n in names]
@@ -94,26 +103,28 @@ def merge(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path]) -> Dict
         for label, count in meta.get("class_counts_val", {}).items():
             class_counts_val[str(int(label) + offset)] = count
         for shard in meta["shards"]:
-            plan.append((shard["split"], d, shard["file"], offset, renamed))
+            plan.append((shard["split"], d, shard["file"], offset, renamed, shard["records"]))
     shards = []
     written = set()
     total = sum(s["records"] for _, meta, _ in sets for s in meta["shards"])
-    bar = tqdm(total=total, desc="merge", unit="rec")
-    for split in tfrecord.SPLITS:
-        mine = [p for p in plan if p[0] == split]
-        for i, (_, d, file, offset, renamed) in enumerate(mine):
-            def records(path=d / file, offset=offset, renamed=renamed):
-                for raw in tf.data.TFRecordDataset(str(path)):
-                    rec = tfrecord.decode_record(raw.numpy())
-                    label = rec[tfrecord.LABEL] + offset
-                    bar.update(1)
-                    yield tfrecord.encode_example(rec[tfrecord.IMAGE], label, renamed[rec[tfrecord.LABEL]],
-                                                  rec[tfrecord.SOURCE], rec[tfrecord.AUGMENTATION])
+    with tqdm(total=total, desc="merge", unit="rec", leave=False) as bar:  # cleared on error: one error line
+        for split in tfrecord.SPLITS:
+            mine = [p for p in plan if p[0] == split]
+            for i, (_, d, file, offset, renamed, count) in enumerate(mine):
+                def records(path=d / file, offset=offset, renamed=renamed):
+                    for rec in tfrecord.read_examples(path):
+                        label = rec[tfrecord.LABEL] + offset
+                        bar.update(1)
+                        yield tfrecord.encode_example(rec[tfrecord.IMAGE], label, renamed[rec[tfrecord.LABEL]],
+                                                      rec[tfrecord.SOURCE], rec[tfrecord.AUGMENTATION])
 
-            name = tfrecord.shard_name(split, i, len(mine))
-            shards.append({**tfrecord.write_shard(out_dir / name, records()), "split": split})
-            written.add(name)
-    bar.close()
+                name = tfrecord.shard_name(split, i, len(mine))
+                entry = tfrecord.write_shard(out_dir / name, records())
+                if entry["records"] != count:
+                    raise tfrecord.ShardError(f"{d / file}: {entry['records']} records, its metadata.json says "
+                                              f"{count}; rebuild that shard folder")
+                shards.append({**entry, "split": split})
+                written.add(name)
     for old in out_dir.glob("*.tfrecord"):
         if old.name not in written and old.name.split("-")[0] in tfrecord.SPLITS:
             old.unlink()

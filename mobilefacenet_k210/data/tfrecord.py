@@ -6,8 +6,9 @@ This module is the one contract between the builder (writes), the training pipel
 """
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Dict, Iterable, Iterator, List, Union
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.errors import Mfk210Error
@@ -84,6 +85,35 @@ def decode_record(serialized: bytes) -> Dict[str, Any]:
         SOURCE: f[SOURCE].bytes_list.value[0].decode("utf-8"),
         AUGMENTATION: f[AUGMENTATION].bytes_list.value[0].decode("utf-8"),
     }
+
+
+def read_examples(path: Union[str, Path]) -> Iterator[Dict[str, Any]]:
+    """The decoded records of one shard file, in order (:func:`decode_record`).
+
+    A truncated or corrupt file (TensorFlow's ``DataLossError``) or a record that is not one of ours
+    raises :class:`ShardError` naming the file and the record.
+    """
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    records = iter(tf.data.TFRecordDataset(str(path)))
+    index = 0
+    while True:
+        try:
+            raw = next(records)
+        except StopIteration:
+            return
+        except tf.errors.DataLossError as exc:
+            why = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", exc.message.splitlines()[0]).strip()  # TF's op decoration
+            raise ShardError(f"{path}: truncated or corrupt after {index} records ({why}); "
+                             f"rebuild it, or restore it from a copy") from None
+        try:
+            rec = decode_record(raw.numpy())
+        except (DecodeError, IndexError, UnicodeDecodeError) as exc:
+            raise ShardError(f"{path}: record {index} is not an example of this package ({type(exc).__name__}); "
+                             f"rebuild the shard") from None
+        yield rec
+        index += 1
 
 
 def sha256_file(path: Union[str, Path]) -> str:
