@@ -370,8 +370,10 @@ def test_folder_with_mtcnn_alignment_on_real_faces(tmp_path):
         for j in (1, 2, 3):
             shutil.copy(orl / person / f"{j}.pgm", tmp_path / person / f"{j}.pgm")
     (tmp_path / "s3" / "3.pgm").write_bytes(np.full((112, 92), 128, np.uint8).tobytes())  # not an image
-    with pytest.raises(ValueError, match="3.pgm"):
-        pairs.load_pair_images(pairs.folder_pairs(tmp_path), progress=False)
+    skipped = pairs.load_pair_images(pairs.folder_pairs(tmp_path), progress=False)  # left out, not fatal
+    assert [(p.name, lost) for p, _, lost in skipped.unreadable] == [("3.pgm", len(skipped.dropped))]
+    assert skipped.dropped and all("unreadable photo" in why and "s3/3.pgm" in why for _, why in skipped.dropped)
+    assert len(skipped.issame) + len(skipped.dropped) == 18
     import cv2
 
     cv2.imwrite(str(tmp_path / "s3" / "3.pgm"), np.full((112, 92), 128, np.uint8))  # a valid photo, no face
