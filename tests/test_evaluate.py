@@ -4,6 +4,7 @@ training callback."""
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -369,8 +370,10 @@ def test_folder_with_mtcnn_alignment_on_real_faces(tmp_path):
         for j in (1, 2, 3):
             shutil.copy(orl / person / f"{j}.pgm", tmp_path / person / f"{j}.pgm")
     (tmp_path / "s3" / "3.pgm").write_bytes(np.full((112, 92), 128, np.uint8).tobytes())  # not an image
-    with pytest.raises(ValueError, match="3.pgm"):
-        pairs.load_pair_images(pairs.folder_pairs(tmp_path), progress=False)
+    skipped = pairs.load_pair_images(pairs.folder_pairs(tmp_path), progress=False)  # left out, not fatal
+    assert [(p.name, lost) for p, _, lost in skipped.unreadable] == [("3.pgm", len(skipped.dropped))]
+    assert skipped.dropped and all("unreadable photo" in why and "s3/3.pgm" in why for _, why in skipped.dropped)
+    assert len(skipped.issame) + len(skipped.dropped) == 18
     import cv2
 
     cv2.imwrite(str(tmp_path / "s3" / "3.pgm"), np.full((112, 92), 128, np.uint8))  # a valid photo, no face
@@ -508,3 +511,87 @@ def test_bin_sets_embed_each_distinct_photo_once():
     unique, index = distinct_images(rows)
     assert len(unique) == 3
     np.testing.assert_array_equal(unique[index], rows)
+
+
+# --- user errors and what the report really draws --------------------------------------------------
+def one_error_line(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mfk210 evaluate: error: "), err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_cli_non_utf8_pairs_file(tiny_models, tmp_path, capsys):
+    root = write_crop_tree(tmp_path / "crops", identity_crops(2, 2))
+    (tmp_path / "pairs.txt").write_bytes("id0/0.png id0/1.png 1\nid0/0.png id1/0.png 0 # caf\u00e9\n".encode("latin-1"))
+    assert cli.main(["evaluate", "--model", str(tiny_models / "run"), "--pairs", str(tmp_path / "pairs.txt"),
+                     "--root", str(root), "--aligned"]) == 2
+    one_error_line(capsys, "pairs.txt", "not UTF-8", "save the pairs file as UTF-8")
+
+
+def test_cli_one_undecodable_photo_is_skipped_with_one_warning(tiny_models, tmp_path, capsys):
+    root = write_crop_tree(tmp_path / "crops", identity_crops(3, 3, seed=2))
+    (root / "id0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code = cli.main(["evaluate", "--model", str(tiny_models / "run"), "--folder", str(root), "--aligned",
+                     "--nfolds", "2", "--json", str(tmp_path / "r.json")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = [line for line in re.split(r"[\r\n]+", captured.err) if line.strip()]  # progress bars use \r
+    warnings = [line for line in lines if line.startswith("warning")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipped ") and "broken.png" in warnings[0], lines
+    assert [line for line in lines if "broken.png" in line] == warnings
+    assert "pair(s) left out" in warnings[0] and "broken.png" not in captured.out
+    r = json.loads((tmp_path / "r.json").read_text())["results"][str(tiny_models / "run")]["crops"]
+    assert r["pairs_dropped"] > 0 and r["n_pairs"] == r["pairs_total"] - r["pairs_dropped"]
+
+
+def test_cli_unwritable_outputs_fail_before_any_work(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    np.save(tmp_path / "e.npy", np.zeros((4, 2)))
+    np.save(tmp_path / "i.npy", np.array([True, False]))
+    common = ["evaluate", "--embeddings", str(tmp_path / "e.npy"), "--issame", str(tmp_path / "i.npy")]
+    assert cli.main(common + ["--json", str(tmp_path / "afile" / "sub" / "r.json")]) == 2
+    one_error_line(capsys, "r.json", "--json", "afile is a file, not a folder")
+    assert cli.main(common + ["--out", str(tmp_path / "afile")]) == 2
+    one_error_line(capsys, "afile", "--out names a file")
+    assert cli.main(common + ["--json", str(tmp_path)]) == 2
+    one_error_line(capsys, "--json names a folder")
+
+
+def test_roc_points_written_and_drawn_match_a_recomputation(tmp_path, capsys, monkeypatch):
+    from mobilefacenet_k210 import atomic
+
+    rng = np.random.default_rng(4)
+    n = 80
+    issame = rng.random(n) < 0.5
+    a = rng.normal(size=(n, 6))
+    b = np.where(issame[:, None], a + rng.normal(scale=1.0, size=(n, 6)), rng.normal(size=(n, 6)))
+    emb = np.empty((2 * n, 6))
+    emb[0::2], emb[1::2] = a, b
+    np.save(tmp_path / "emb.npy", emb)
+    np.save(tmp_path / "issame.npy", issame)
+    drawn = {}
+    real_save = atomic.save_figure
+
+    def recording_save(fig, path, **kwargs):
+        drawn[Path(path).name] = {line.get_label(): (np.asarray(line.get_xdata()), np.asarray(line.get_ydata()))
+                                  for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+        return real_save(fig, path, **kwargs)
+
+    monkeypatch.setattr(atomic, "save_figure", recording_save)
+    assert cli.main(["evaluate", "--embeddings", str(tmp_path / "emb.npy"), "--issame", str(tmp_path / "issame.npy"),
+                     "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "report")]) == 0
+    roc = json.loads((tmp_path / "r.json").read_text())["results"]["emb.npy"]["issame"]["roc"]
+    fpr, tpr, thresholds = np.array(roc["fpr"]), np.array(roc["tpr"]), np.array(roc["thresholds"])
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0) and np.all(np.diff(thresholds) > 0)
+    dist = np.array(plain_distances(emb))
+    genuine, impostor = dist[issame], dist[~issame]
+    for f, t, thr in zip(fpr, tpr, thresholds):  # accepted = distance at most the threshold
+        assert t == pytest.approx(np.mean(genuine <= thr + 1e-9)) and f == pytest.approx(np.mean(impostor <= thr + 1e-9))
+    auc = np.mean([(g < i) + 0.5 * (g == i) for g in genuine for i in impostor])
+    assert roc["auc"] == pytest.approx(auc) and 0.6 < auc < 1.0  # a curve that is neither chance nor perfect
+    (label, (x, y)), = drawn["roc_issame.png"].items()
+    assert label.startswith("emb.npy") and (tmp_path / "report" / "roc_issame.png").is_file()
+    np.testing.assert_array_equal(x, fpr[fpr > 0])
+    np.testing.assert_array_equal(y, tpr[fpr > 0])

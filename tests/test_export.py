@@ -1,5 +1,6 @@
 """Export chain on a tiny MobileFaceNet with the real TFLite converter, nncase compiler and simulator."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ from mobilefacenet_k210.export.calibration import CalibrationError, load_faces
 from mobilefacenet_k210.model.io import ModelFileError
 
 TINY = ModelConfig(width_multiplier=0.25, embedding_size=32)
+NNCASE = kmodel.nncase_version()["nncase_version"]
+NNCASE_1_1 = pytest.mark.skipif(not NNCASE.startswith("1.1."), reason=(
+    f"nncase {NNCASE} installed: this expectation was measured on nncase 1.1 (constraints.txt's pin); "
+    "other releases place operators and handle bad options differently"))
 
 
 def synthetic_faces(count: int, seed: int, size: int = 112) -> np.ndarray:
@@ -88,6 +93,7 @@ def test_round_trip_writes_v5_kmodel_and_report(exported):
     assert info["memory"]["total"] > info["memory"]["data"] > 0
 
 
+@NNCASE_1_1
 def test_round_trip_places_convolutions_on_the_kpu(exported):
     result = exported["report"]
     # Every conv but the 7x7 GDConv runs on the KPU, the projection too (default gdc_linear_kpu head), and
@@ -200,6 +206,7 @@ def test_placement_resolves_names_shared_through_deduplicated_constants():
     assert placed == {} and ambiguous == ["a", "b"]
 
 
+@NNCASE_1_1
 def test_nncase_crash_becomes_a_clear_error(exported, tmp_path):
     # nncase 1.1 segfaults when preprocess is on but input_shape/input_layout are not set: the
     # compiler runs in a child process, so the caller gets an error instead of dying.
@@ -210,3 +217,151 @@ def test_nncase_crash_becomes_a_clear_error(exported, tmp_path):
     with pytest.raises(kmodel.KmodelError, match="model.tflite: nncase crashed with SIGSEGV"):
         kmodel.run_compile_job(job, tmp_path, 120, "model.tflite")
     assert not (tmp_path / "crash.kmodel").exists()
+
+
+# --- user errors through the CLI, and the output set ------------------------------------------------
+def export_cli(exported, calib, out, *extra):
+    from mobilefacenet_k210.cli import main
+
+    return main(["export", "--model", str(exported["out"].parent / "run"), "--calib", str(calib), "--out", str(out),
+                 "--calibrate-method", "no_clip", "--calibration-samples", "10", "--holdout-samples", "4", *extra])
+
+
+def one_error_line(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mfk210 export: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_missing_nncase_is_named_before_anything_is_written(exported, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nncase", None)  # `import nncase` now raises ImportError
+    monkeypatch.setitem(sys.modules, "_nncase", None)
+    assert export_cli(exported, exported["calib"], tmp_path / "out") == 2
+    one_error_line(capsys, "nncase", "not installed", "make setup", f"pip install nncase=={kmodel.NNCASE_RELEASE}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_install_hint_names_the_pinned_nncase():
+    pins = (Path(__file__).parents[1] / "constraints.txt").read_text().split()
+    assert f"nncase=={kmodel.NNCASE_RELEASE}" in pins
+
+
+def test_calibration_folders_that_cannot_work_are_explained(exported, tiny_shards, tmp_path, capsys):
+    import shutil
+
+    shards = tiny_shards(num_classes=2, per_class=2, num_shards=1)
+    no_meta = tmp_path / "no_meta"
+    shutil.copytree(shards, no_meta)
+    (no_meta / "metadata.json").unlink()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "notes.txt").write_text("not a face")
+    cases = [(no_meta, ("no_meta", "TFRecord shard(s)", "metadata.json"))
+             , (tmp_path / "empty", ("empty", "empty folder", "aligned 112x112 face images"))
+             , (tmp_path / "odd", ("odd", "1 other file(s) (.txt)"))
+             , (tmp_path / "odd" / "notes.txt", ("notes.txt", "not a folder"))]
+    for calib, needles in cases:
+        assert export_cli(exported, calib, tmp_path / "out") == 2
+        one_error_line(capsys, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_or_foreign_folder_is_refused(exported, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    assert export_cli(exported, exported["calib"], tmp_path / "file") == 2
+    one_error_line(capsys, "file", "names a file")
+    assert export_cli(exported, exported["calib"], tmp_path / "file" / "out") == 2
+    one_error_line(capsys, "is a file, not a folder")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "train.py").write_text("mine")
+    assert export_cli(exported, exported["calib"], tmp_path / "project") == 2
+    one_error_line(capsys, "project", "train.py", "not an export's")
+    assert (tmp_path / "file").read_text() == "mine" and (tmp_path / "project" / "train.py").read_text() == "mine"
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_failed_compile_leaves_the_previous_export_whole(exported, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(exported["out"], out)
+    before = snapshot(out)
+
+    def failing_compile(*args, **kwargs):
+        raise kmodel.KmodelError("model.tflite: nncase failed (forced by the test)")
+
+    monkeypatch.setattr(kmodel, "compile_kmodel", failing_compile)
+    assert export_cli(exported, exported["calib"], out, "--no-int8-tflite") == 2
+    one_error_line(capsys, "forced by the test")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left beside it
+
+
+def test_rerun_replaces_the_set_and_cleans_a_killed_exports_leftovers(exported, tmp_path, capsys):
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    shutil.copytree(exported["out"], out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(dead.stdout)
+    leftover = tmp_path / f".out.export-{pid}-0000abcd"
+    (leftover / ".nncase-job-x").mkdir(parents=True)
+    (leftover / "model.tflite").write_bytes(b"half")
+    assert export_cli(exported, exported["calib"], out, "--no-int8-tflite") == 0
+    assert not (out / "model_int8.tflite").exists()
+    names = {p.name for p in out.iterdir()}
+    assert names == {"model.tflite", "model.kmodel", "model.kmodel.json", "report.json", "report.md",
+                     report.COSINE_PNG}
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["tflite_int8_bytes"] is None and on_disk["kmodel_bytes"] == (out / "model.kmodel").stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_interrupted_swap_is_undone_by_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    from mobilefacenet_k210.export.staging import clean_leftovers
+
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                             text=True, check=True).stdout)
+    old = tmp_path / f".out.old-{pid}-00000001"
+    old.mkdir()
+    (old / "report.json").write_text("{}")
+    new = tmp_path / f".out.export-{pid}-00000002"
+    new.mkdir()
+    live = tmp_path / f".out.export-{os.getpid()}-00000003"  # this process is alive: not a leftover
+    live.mkdir()
+    assert clean_leftovers(tmp_path / "out") == [new]
+    assert (tmp_path / "out" / "report.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])
+
+
+def test_kmodel_recorded_as_made_by_another_nncase_is_refused(exported, tmp_path, capsys):
+    import shutil
+
+    from mobilefacenet_k210.cli import main
+
+    for name in ("model.kmodel", "model.kmodel.json"):
+        shutil.copy(exported["out"] / name, tmp_path / name)
+    info = json.loads((tmp_path / "model.kmodel.json").read_text())
+    info["nncase_version"] = "0.0.1.test"
+    (tmp_path / "model.kmodel.json").write_text(json.dumps(info))
+    with pytest.raises(kmodel.KmodelError, match="made by nncase 0.0.1.test"):
+        kmodel.simulate(tmp_path / "model.kmodel", synthetic_faces(1, 0))
+    write_faces(tmp_path / "faces" / "a", synthetic_faces(2, 1))
+    write_faces(tmp_path / "faces" / "b", synthetic_faces(2, 2))
+    assert main(["evaluate", "--model", str(tmp_path / "model.kmodel"), "--folder", str(tmp_path / "faces"),
+                 "--aligned", "--nfolds", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.kmodel: made by nncase 0.0.1.test" in err, err

@@ -5,6 +5,8 @@ form), ``pairs`` (your own photos), ``report`` (PNGs, table, JSON) and ``callbac
 measure during training). :func:`evaluate` runs what ``mfk210 evaluate`` asks for.
 """
 import hashlib
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
@@ -39,7 +41,40 @@ def _check_config(config: EvalConfig) -> List[str]:
         raise EvalError("nothing to evaluate: give --model with a set, or --embeddings with --issame")
     if config.save_bin and bool(config.pairs) == bool(config.folder):
         raise EvalError("--save-bin writes the photo set of exactly one --pairs or --folder")
+    for flag, path in (("--json", config.json), ("--save-bin", config.save_bin)):
+        if path:
+            _check_writable(Path(path), flag, folder=False)
+    if config.out:
+        _check_writable(Path(config.out), "--out", folder=True)
     return models
+
+
+def _check_writable(path: Path, flag: str, folder: bool) -> None:
+    """Refuse an output path that cannot be written, before any model is loaded or image embedded.
+
+    ``path`` is a file (``folder=False``) or a folder to create or reuse. Its nearest existing
+    ancestor must be a writable folder; a path under a file can never be created.
+    """
+    if path.exists():
+        if folder and not path.is_dir():
+            raise EvalError(f"{path}: {flag} names a file; give a folder to write the figures in")
+        if not folder and path.is_dir():
+            raise EvalError(f"{path}: {flag} names a folder; give a file name (e.g. {path / 'results.json'})")
+        target = path if folder else path.parent
+    else:
+        target = path.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise EvalError(f"{path}: cannot write {flag} here: {target} is a file, not a folder; "
+                            "give a path inside a folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise EvalError(f"{path}: cannot write {flag} here: no write permission on {target}; "
+                        "give a path in a folder you can write")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def distinct_images(images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -57,7 +92,8 @@ def distinct_images(images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return images[keep], index
 
 
-def _image_sets(config: EvalConfig, echo: Callable[[str], None]) -> Iterator[Tuple[str, np.ndarray, Any, np.ndarray,
+def _image_sets(config: EvalConfig, echo: Callable[[str], None],
+                warn: Callable[[str], None]) -> Iterator[Tuple[str, np.ndarray, Any, np.ndarray,
                                                                                    Dict[str, Any]]]:
     """Yield ``(set name, crops, index, issame, extra info)`` one set at a time (sets can be large).
 
@@ -78,16 +114,24 @@ def _image_sets(config: EvalConfig, echo: Callable[[str], None]) -> Iterator[Tup
         else:
             pair_list = pairs.folder_pairs(source, config.max_positive_pairs, config.seed)
         loaded = pairs.load_pair_images(pair_list, aligned=config.aligned)
+        for path, reason, lost in loaded.unreadable:
+            warn(f"warning: skipped {path}: {reason} ({lost} pair(s) left out)")
+        skipped = {path for path, _, _ in loaded.unreadable}
         for (a, b, _), reason in loaded.dropped:
-            echo(f"  left out pair {a} {b}: {reason}")
+            if not skipped & {a, b}:
+                echo(f"  left out pair {a} {b}: {reason}")
         if config.save_bin:
             echo(f"wrote {bins.write_bin(config.save_bin, loaded.images, loaded.issame)}")
         yield (report.set_name(source), loaded.unique, loaded.index, loaded.issame,
                {"source": str(source), "pairs_total": len(pair_list), "pairs_dropped": len(loaded.dropped)})
 
 
-def evaluate(config: EvalConfig, echo: Callable[[str], None] = print) -> Dict[str, Any]:
+def evaluate(config: EvalConfig, echo: Callable[[str], None] = print,
+             warn: Callable[[str], None] = _stderr) -> Dict[str, Any]:
     """Run the evaluation ``config`` describes; print the table; write JSON/PNGs/Markdown if asked.
+
+    ``warn`` gets one line per photo left out because its file does not decode (stderr by default).
+    Output paths are checked before anything is loaded, so a bad ``--json`` fails at once.
 
     Returns ``{"results": {model: {set: summary}}, "compare": {set: {...}}, "table": markdown,
     "tar_table": markdown, "files": [written paths]}``; every summary has at least ``accuracy``,
@@ -110,7 +154,7 @@ def evaluate(config: EvalConfig, echo: Callable[[str], None] = print) -> Dict[st
             path = out / f"dist_{report.slug(set_name)}_{report.slug(model)}.png"
             files.append(str(report.plot_distances(result, path, f"{model} on {set_name}")))
 
-    for set_name, images, index, issame, extra in _image_sets(config, echo):
+    for set_name, images, index, issame, extra in _image_sets(config, echo, warn):
         embedded, distinct = {}, {}
         for path, backend in loaded.items():
             emb = backend.embed(images, batch_size=config.batch_size, flip=config.flip)

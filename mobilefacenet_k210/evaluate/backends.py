@@ -153,7 +153,9 @@ class KmodelBackend(Backend):
         if not self.path.is_file():
             raise BackendError(f"{self.path}: no such kmodel")
         if simulate is None:
-            from mobilefacenet_k210.export.kmodel import simulate
+            from mobilefacenet_k210.export.kmodel import check_made_by, simulate
+
+            check_made_by(self.path)  # simulate() gets bytes below, so the compile record is checked here
         self._simulate = simulate
         self._kmodel = self.path.read_bytes()
 

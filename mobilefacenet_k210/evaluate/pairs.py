@@ -24,14 +24,16 @@ class PairsError(Mfk210Error, ValueError):
 
 
 class PairSet(NamedTuple):
-    """Crops (2N, 112, 112, 3) uint8 RGB, labels (N,), the pairs left out with the reason, and the
-    distinct crops (U, 112, 112, 3) with ``images == unique[index]`` (embed each photo only once)."""
+    """Crops (2N, 112, 112, 3) uint8 RGB, labels (N,), the pairs left out with the reason, the
+    distinct crops (U, 112, 112, 3) with ``images == unique[index]`` (embed each photo only once),
+    and the photos that could not be read at all (path, why, how many pairs that left out)."""
 
     images: np.ndarray
     issame: np.ndarray
     dropped: List[Tuple[Pair, str]]
     unique: np.ndarray
     index: np.ndarray
+    unreadable: Sequence[Tuple[Path, str, int]] = ()
 
 
 def read_pairs_file(pairs_path: Union[str, Path], root: Union[str, Path, None] = None) -> List[Pair]:
@@ -43,8 +45,13 @@ def read_pairs_file(pairs_path: Union[str, Path], root: Union[str, Path, None] =
     if not pairs_path.is_file():
         raise PairsError(f"{pairs_path}: no such pairs file")
     root = Path(root) if root is not None else pairs_path.parent
+    try:
+        text = pairs_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PairsError(f"{pairs_path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the pairs file "
+                         "as UTF-8 with lines 'IMAGE_A IMAGE_B 1|0'") from None
     pairs, missing = [], []
-    for lineno, line in enumerate(pairs_path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -114,18 +121,33 @@ def folder_pairs(root: Union[str, Path], max_positive: int = 3000, seed: int = 0
     return [pairs[k] for k in rng.permutation(len(pairs))]
 
 
+class _Unreadable(NamedTuple):
+    """A photo file that does not decode (corrupt, not an image): left out, not fatal."""
+
+    reason: str
+
+
+def _read(path: Path):
+    """The RGB image at ``path``, or :class:`_Unreadable` saying why it cannot be decoded."""
+    from mobilefacenet_k210.data.align import ImageError, read_image
+
+    try:
+        return read_image(path)
+    except ImageError as exc:
+        return _Unreadable(exc.reason)
+
+
 def _read_crops(paths: Sequence[Path], aligned: bool, aligner, batch_size: int,
-                progress: bool) -> List[Optional[np.ndarray]]:
-    """112x112 RGB crops for ``paths`` (None where no face was found)."""
+                progress: bool) -> List[Union[np.ndarray, None, _Unreadable]]:
+    """112x112 RGB crops for ``paths`` (None where no face was found, ``_Unreadable`` where the file
+    does not decode: one bad photo in a large folder must not stop the evaluation)."""
     from tqdm import tqdm
 
-    from mobilefacenet_k210.data.align import read_image
-
-    crops: List[Optional[np.ndarray]] = []
+    crops: List[Union[np.ndarray, None, _Unreadable]] = []
     if aligned:
         for path in tqdm(paths, desc="read crops", unit="img", disable=not progress, leave=False):
-            image = read_image(path)
-            if image.shape != (INPUT_SIZE, INPUT_SIZE, 3):
+            image = _read(path)
+            if not isinstance(image, _Unreadable) and image.shape != (INPUT_SIZE, INPUT_SIZE, 3):
                 raise PairsError(f"{path}: {image.shape[1]}x{image.shape[0]} is not an aligned "
                                  f"{INPUT_SIZE}x{INPUT_SIZE} crop (leave out --aligned to align photos)")
             crops.append(image)
@@ -136,8 +158,10 @@ def _read_crops(paths: Sequence[Path], aligned: bool, aligner, batch_size: int,
         aligner = FaceAligner()
     with tqdm(total=len(paths), desc="align photos", unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            crops.extend(aligner.detect_align([read_image(p) for p in chunk]))
+            chunk = [_read(p) for p in paths[start:start + batch_size]]
+            readable = [image for image in chunk if not isinstance(image, _Unreadable)]
+            aligned_crops = iter(aligner.detect_align(readable) if readable else [])
+            crops.extend(image if isinstance(image, _Unreadable) else next(aligned_crops) for image in chunk)
             bar.update(len(chunk))
     return crops
 
@@ -146,23 +170,34 @@ def load_pair_images(pairs: Sequence[Pair], aligned: bool = False, aligner=None,
                      progress: bool = True) -> PairSet:
     """Read (and unless ``aligned``, align) every distinct photo once; build the (2N, ...) crop array.
 
-    Pairs with a photo where no face is found are dropped and listed in ``PairSet.dropped``.
+    Pairs with a photo where no face is found, or whose file does not decode, are dropped and listed
+    in ``PairSet.dropped``; the undecodable files are also listed in ``PairSet.unreadable``.
     """
     if not pairs:
         raise PairsError("no pairs to load")
     unique = sorted({p for a, b, _ in pairs for p in (a, b)})
     crops = dict(zip(unique, _read_crops(unique, aligned, aligner, batch_size, progress)))
+    bad = {p: c.reason for p, c in crops.items() if isinstance(c, _Unreadable)}
     kept, dropped = [], []
+    lost = {p: 0 for p in bad}
     for pair in pairs:
+        unreadable = [p for p in pair[:2] if p in bad]
         faceless = [str(p) for p in pair[:2] if crops[p] is None]
-        if faceless:
+        for p in set(unreadable):
+            lost[p] += 1
+        if unreadable:
+            dropped.append((pair, f"unreadable photo {', '.join(str(p) for p in unreadable)}"))
+        elif faceless:
             dropped.append((pair, f"no face found in {', '.join(faceless)}"))
         else:
             kept.append(pair)
+    unreadable_list = [(p, bad[p], lost[p]) for p in sorted(bad)]
     if not kept:
-        raise PairsError(f"no face found in the photos of any of the {len(pairs)} pairs")
+        why = f" ({len(bad)} unreadable, e.g. {min(bad)}: {bad[min(bad)]})" if bad else ""
+        raise PairsError(f"no face found in the photos of any of the {len(pairs)} pairs{why}")
     used = sorted({p for a, b, _ in kept for p in (a, b)})
     position = {p: i for i, p in enumerate(used)}
     unique = np.stack([crops[p] for p in used]).astype(np.uint8)
     index = np.array([position[p] for a, b, _ in kept for p in (a, b)], dtype=np.int64)
-    return PairSet(unique[index], np.array([s for _, _, s in kept], dtype=bool), dropped, unique, index)
+    return PairSet(unique[index], np.array([s for _, _, s in kept], dtype=bool), dropped, unique, index,
+                   unreadable_list)

@@ -37,6 +37,24 @@ def image_files(folder: Union[str, Path]) -> List[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _no_images(folder: Path) -> str:
+    """Why a calibration folder without image files cannot be used, and what to give instead."""
+    from mobilefacenet_k210.data.tfrecord import METADATA_FILE
+
+    wanted = (f"give a folder of aligned 112x112 face images ({', '.join(IMAGE_SUFFIXES)}) or a shard "
+              f"folder with its {METADATA_FILE}")
+    entries = [p for p in folder.rglob("*") if p.is_file()]
+    shards = [p for p in entries if p.suffix == ".tfrecord" or ".tfrecord" in p.name]
+    if shards:
+        return (f"{folder}: no face images here, but {len(shards)} TFRecord shard(s) without the {METADATA_FILE} "
+                "that says which shards and splits to read: copy it along from the `mfk210 build-tfrecords` "
+                f"output, or {wanted}")
+    if not entries:
+        return f"{folder}: no face images here (empty folder); {wanted}"
+    kinds = ", ".join(sorted({p.suffix or p.name for p in entries})[:5])
+    return f"{folder}: no face images here, only {len(entries)} other file(s) ({kinds}); {wanted}"
+
+
 def _pick(count: int, limit: Optional[int], seed: int) -> np.ndarray:
     if limit is None or limit >= count:
         return np.arange(count)
@@ -55,10 +73,12 @@ def _folder_faces(folder: Path, limit: Optional[int], seed: int, exclude: Sequen
     from mobilefacenet_k210.data.align import read_image
 
     skip = set(exclude)
-    files = [p for p in image_files(folder) if str(p.relative_to(folder)) not in skip]
+    found = image_files(folder)
+    if not found:
+        raise CalibrationError(_no_images(folder))
+    files = [p for p in found if str(p.relative_to(folder)) not in skip]
     if not files:
-        raise CalibrationError(f"{folder}: no face images here ({', '.join(IMAGE_SUFFIXES)})"
-                               + (" besides the calibration ones" if skip else ""))
+        raise CalibrationError(f"{folder}: no face images here besides the calibration ones")
     chosen = [files[i] for i in _pick(len(files), limit, seed)]
     images = np.stack([_check_face(read_image(p), str(p), size) for p in chosen])
     return images, [str(p.relative_to(folder)) for p in chosen]
@@ -119,7 +139,11 @@ def calibration_and_holdout(calib: Union[str, Path], holdout: Optional[Union[str
     if holdout is not None:
         held, held_ids = load_faces(holdout, holdout_samples, "val", seed + 1, size=size)
     elif is_shard_folder(calib):
-        held, held_ids = load_faces(calib, holdout_samples, "val", seed + 1, size=size)
+        try:
+            held, held_ids = load_faces(calib, holdout_samples, "val", seed + 1, size=size)
+        except CalibrationError as exc:
+            raise CalibrationError(f"{exc}: held-out faces for parity come from the val split; give other "
+                                   "faces with --holdout DIR") from None
     else:
         try:
             held, held_ids = load_faces(calib, holdout_samples, seed=seed + 1, exclude=ids, size=size)

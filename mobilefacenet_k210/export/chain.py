@@ -3,10 +3,11 @@
 Stages, each timed and printed: check (K210 rules), faces (calibration + held-out), tflite,
 int8 tflite, kmodel (nncase in a child process, IR dump read for KPU/CPU placement), parity
 (Keras vs float TFLite vs int8 TFLite vs kmodel in the simulator on held-out faces), report.
+Everything is written into a folder beside OUT that replaces OUT only once complete
+(``staging``): a failed export leaves the previous one whole.
 """
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +18,15 @@ import numpy as np
 from mobilefacenet_k210 import k210, preprocessing
 from mobilefacenet_k210.config import ExportConfig, to_dict
 from mobilefacenet_k210.export import calibration, kmodel, placement, report, tflite
+from mobilefacenet_k210.export.staging import ExportError, check_out_dir, staged_folder
 
 TFLITE_FILE = "model.tflite"
 TFLITE_INT8_FILE = "model_int8.tflite"
 KMODEL_FILE = "model.kmodel"
+IR_DUMP_DIR = "nncase_dump"
+OUTPUT_NAMES = (TFLITE_FILE, TFLITE_INT8_FILE, KMODEL_FILE, KMODEL_FILE + kmodel.INFO_SUFFIX, report.REPORT_JSON,
+                report.REPORT_MD, report.COSINE_PNG, IR_DUMP_DIR)
+"""Everything an export writes into OUT: a folder holding only these is an earlier export to replace."""
 
 
 class Stages:
@@ -47,7 +53,7 @@ def keras_embed(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
 def _check_input_size(model, model_path: Union[str, Path]) -> None:
     _, h, w, c = model.input_shape
     if (h, w, c) != (preprocessing.INPUT_SIZE, preprocessing.INPUT_SIZE, 3):
-        raise ValueError(f"{model_path}: model input is {h}x{w}x{c}, but aligned faces (calibration, camera, "
+        raise ExportError(f"{model_path}: model input is {h}x{w}x{c}, but aligned faces (calibration, camera, "
                          f"board) are {preprocessing.INPUT_SIZE}x{preprocessing.INPUT_SIZE}x3")
 
 
@@ -58,14 +64,17 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
     ``model_path``: run folder, ``embedding/`` folder or .keras/.h5 file. ``calib``: folder of aligned
     112x112 faces or shard folder. ``holdout``: optional folder/shards of other faces for parity.
     Writes model.tflite, model_int8.tflite (unless disabled), model.kmodel, model.kmodel.json,
-    report.json, report.md and cosine_histogram.png into ``out_dir``.
+    report.json, report.md and cosine_histogram.png as one set: ``out_dir`` is replaced whole at the
+    end (it must be new, empty or an earlier export). nncase being installed and ``out_dir`` being
+    usable are checked before anything is loaded.
     """
     from mobilefacenet_k210.model.io import load_embedding_model
-    from mobilefacenet_k210.model.summary import count_params, model_macs
 
     config = config or ExportConfig()
     config.validate()
     out_dir = Path(out_dir)
+    versions = kmodel.require_nncase()
+    check_out_dir(out_dir, OUTPUT_NAMES)
     stage = Stages(6 + int(config.int8_tflite))
 
     with stage("check", f"loading {model_path} and checking K210 rules"):
@@ -80,27 +89,36 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
         print(f"  {len(calib_images)} calibration faces, {len(held_images)} held-out faces")
         if config.quantize and len(calib_images) < 100:
             print(f"  note: {len(calib_images)} calibration faces; nncase's ranges are more reliable with >= 100")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with staged_folder(out_dir) as staging:
+        result = _build(model, model_path, config, calib_images, held_images, held_ids, warnings, versions,
+                        staging, stage)
+    print(f"wrote {out_dir / report.REPORT_MD}")
+    return result
+
+
+def _build(model, model_path: Union[str, Path], config: ExportConfig, calib_images: np.ndarray,
+           held_images: np.ndarray, held_ids: list, warnings: list, versions: Dict[str, str], out_dir: Path,
+           stage: Stages) -> Dict[str, Any]:
+    """The writing stages (tflite, int8 tflite, kmodel, parity, report) into the staging folder ``out_dir``."""
+    from mobilefacenet_k210.model.summary import count_params, model_macs
+
     with stage("tflite", "float32 TFLite, batch 1, NHWC"):
         tflite_path = tflite.convert_float(model, out_dir / TFLITE_FILE)
     int8_path = None
     if config.int8_tflite:
         with stage("tflite_int8", "full-integer TFLite (representative dataset = calibration faces)"):
             int8_path = tflite.convert_int8(model, calib_images, out_dir / TFLITE_INT8_FILE)
-    versions = kmodel.nncase_version()
     what = (f"nncase {versions['nncase_version']}, PTQ {config.calibrate_method} on {len(calib_images)} faces"
             if config.quantize else f"nncase {versions['nncase_version']}, float (no quantization)")
     with stage("kmodel", what):
-        dump = Path(tempfile.mkdtemp(prefix="nncase-dump-"))
-        try:
-            info = kmodel.compile_kmodel(
-                tflite_path, out_dir / KMODEL_FILE, calib_images if config.quantize else None,
-                config.calibrate_method, config.w_quant_type, config.use_mse_quant_w, dump, config.compile_timeout_s)
-            placed = placement.read_placement(dump)
-            if config.keep_ir_dump:
-                shutil.copytree(dump, out_dir / "nncase_dump", dirs_exist_ok=True)
-        finally:
-            shutil.rmtree(dump, ignore_errors=True)
+        dump = out_dir / IR_DUMP_DIR
+        dump.mkdir()
+        info = kmodel.compile_kmodel(
+            tflite_path, out_dir / KMODEL_FILE, calib_images if config.quantize else None,
+            config.calibrate_method, config.w_quant_type, config.use_mse_quant_w, dump, config.compile_timeout_s)
+        placed = placement.read_placement(dump)
+        if not config.keep_ir_dump:
+            shutil.rmtree(dump)
         macs = placement.mac_share(placed, model_macs(model))
         print(f"  {info['kmodel_bytes']:,} bytes, kmodel v{info['kmodel_version']}, "
               f"{100 * macs['kpu_mac_share']:.2f}% of multiply-adds on the KPU, nncase memory total "
@@ -136,5 +154,4 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
             result[f"cosine_{name}_min"] = float(np.min(values))
     result["stage_seconds"] = dict(stage.seconds)
     report.write_report(result, out_dir)
-    print(f"wrote {out_dir / report.REPORT_MD}")
     return result

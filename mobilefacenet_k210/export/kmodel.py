@@ -28,8 +28,24 @@ KMODEL_MAGIC = b"LDMK"  # the C constant 'KMDL' written little-endian
 INFO_SUFFIX = ".json"
 
 
+NNCASE_RELEASE = "1.1.0.20211203"
+"""The nncase release ``constraints.txt`` pins (the one CanMV feat/kpu's runtime embeds)."""
+
+
 class KmodelError(Mfk210Error, RuntimeError):
     """nncase failed (or crashed) compiling, or a kmodel cannot be read or run."""
+
+
+def require_nncase() -> Dict[str, str]:
+    """:func:`nncase_version`, or a :class:`KmodelError` saying how to install nncase when it is missing.
+
+    Called before an export writes anything: without the compiler, no output set can be completed.
+    """
+    try:
+        return nncase_version()
+    except ImportError as exc:
+        raise KmodelError(f"nncase (the K210 compiler) is not installed ({exc}): run `make setup`, or "
+                          f"`pip install nncase=={NNCASE_RELEASE}` in this Python 3.7-3.10 environment") from None
 
 
 def nncase_version() -> Dict[str, str]:
@@ -37,6 +53,7 @@ def nncase_version() -> Dict[str, str]:
     from importlib import metadata
 
     import _nncase
+    import nncase  # noqa: F401  (the Python package, not only its C extension)
 
     return {"nncase_version": metadata.version("nncase"),
             "nncase_runtime": str(getattr(_nncase, "__version__", "unknown"))}
@@ -138,20 +155,22 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
                    calibration: Optional[np.ndarray] = None, calibrate_method: str = "l2",
                    w_quant_type: str = "uint8", use_mse_quant_w: bool = True,
                    dump_dir: Optional[Union[str, Path]] = None, timeout_s: Optional[float] = None,
-                   input_size: int = preprocessing.INPUT_SIZE) -> Dict[str, Any]:
+                   input_size: int = preprocessing.INPUT_SIZE,
+                   work_dir: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
     """Compile a float TFLite into a K210 kmodel in a child process; write ``<kmodel>.json``; return that info.
 
     ``calibration`` (uint8 RGB NHWC faces) turns on post-training quantization; ``None`` compiles a
     float kmodel (everything on the CPU: for parity checks only, it does not fit the board).
     ``dump_dir`` keeps nncase's IR dump there (needed to see which operators run on the KPU).
     ``use_mse_quant_w`` picks weight ranges by least squared error instead of min/max (measured
-    better parity on MobileFaceNet).
+    better parity on MobileFaceNet). ``work_dir``: where the job folder (job file, calibration
+    samples, nncase's stray files) goes, default beside the kmodel, never the system temp folder.
     """
     tflite_path, kmodel_path = Path(tflite_path), Path(kmodel_path)
     assert_float_tflite(tflite_path, input_size)
     check_choice(calibrate_method, CALIBRATE_METHODS, "calibrate_method")
     kmodel_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="nncase-job-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".nncase-job-", dir=work_dir or kmodel_path.parent) as tmp:
         job = {"tflite": str(tflite_path.resolve()), "kmodel": str(kmodel_path.resolve()),
                "result": str(Path(tmp) / "result.json"), "calibrate_method": calibrate_method,
                "compile_options": compile_options(input_size, dump_dir, calibration is not None,
@@ -223,6 +242,22 @@ def read_kmodel_version(kmodel: Union[str, Path, bytes]) -> int:
     return int(struct.unpack("<I", data[4:8])[0])
 
 
+def check_made_by(kmodel_path: Union[str, Path], installed: Optional[str] = None) -> None:
+    """Refuse a kmodel whose compile record names another nncase release than the installed one.
+
+    nncase renumbers its CPU opcodes between releases, so such a kmodel loads and then computes
+    garbage or fails; a kmodel without a record is let through (its version is unknown).
+    """
+    if not info_path(kmodel_path).is_file():
+        return
+    made_by = kmodel_info(kmodel_path).get("nncase_version")
+    installed = installed or nncase_version()["nncase_version"]
+    if made_by and made_by != installed:
+        raise KmodelError(f"{kmodel_path}: made by nncase {made_by}, but nncase {installed} is installed; a "
+                          f"kmodel runs only on the runtime of its own version (`make setup NNCASE={made_by}`, "
+                          "or export the model again with this nncase)")
+
+
 def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray, progress: bool = False) -> np.ndarray:
     """Run uint8 RGB NHWC faces (N, S, S, 3) through a kmodel in ``nncase.Simulator`` -> float32 (N, D).
 
@@ -235,12 +270,8 @@ def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray, progress: bool
 
     data = _kmodel_bytes(kmodel)
     installed = nncase_version()
-    if not isinstance(kmodel, (bytes, bytearray, memoryview)) and info_path(kmodel).is_file():
-        made_by = kmodel_info(kmodel).get("nncase_version")
-        if made_by and made_by != installed["nncase_version"]:
-            raise KmodelError(f"{kmodel}: made by nncase {made_by}, but nncase {installed['nncase_version']} is "
-                              "installed; a kmodel runs only on the runtime of its own version "
-                              f"(`make setup NNCASE={made_by}`)")
+    if not isinstance(kmodel, (bytes, bytearray, memoryview)):
+        check_made_by(kmodel, installed["nncase_version"])
     version = read_kmodel_version(data)
     if version != k210.KMODEL_VERSION:
         raise KmodelError(f"kmodel v{version}: the nncase 1.x simulator runs only v{k210.KMODEL_VERSION}")
