@@ -106,11 +106,14 @@ def _pairs_bin(path: Path, pairs: int = 20, seed: int = 0) -> Path:
 
 
 def _one_line_error(capsys, *names: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("mfk210 train: error: "), err
+    """The error line ending stderr (after the run's own log lines), naming each of ``names``; no traceback."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("mfk210 ")]
+    assert len(errors) == 1 and lines[-1].startswith("mfk210 train: error: "), lines[-20:]
+    assert not any(line.startswith("Traceback") for line in lines), lines[-20:]
     for name in names:
-        assert name in err, err
-    return err
+        assert name in errors[0], errors[0]
+    return errors[0]
 
 
 def test_softmax_then_arcface_carries_the_backbone_and_keeps_the_best_by_verification(tiny_shards, tmp_path):
