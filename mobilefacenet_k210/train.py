@@ -2,7 +2,8 @@
 
 A run folder holds::
 
-    config.json           the config the run started with (a different one is refused on resume)
+    config.json           the run's fingerprint: its config and its data (counts and shard sha256s);
+                          a resume with another one is refused
     state.json            phases completed, best score so far (written atomically)
     backup/phase<i>/      BackupAndRestore state of the phase in progress: weights, optimizer slots
                           and iterations (hence the learning-rate position), epoch and step
@@ -13,6 +14,7 @@ A run folder holds::
 
 Kill the process at any moment and run the same command again: the phase in progress resumes at
 its epoch and step, on the same batches (the input stream is a function of seed, epoch and step).
+The rerun drops the log rows of the epochs it redoes and the temporary files the kill left.
 """
 import contextlib
 import csv
@@ -26,7 +28,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -477,7 +479,7 @@ def _export_copy(config: TrainConfig) -> tf.keras.Model:
         return MobileFaceNet(config.model)
 
 
-def class_embedding_sums(probe: tf.keras.Model, batches: tf.data.Dataset, num_classes: int, steps: int,
+def class_embedding_sums(probe: tf.keras.Model, batches: Iterable[Any], num_classes: int, steps: int,
                          progress: bool = True) -> np.ndarray:
     """(num_classes, dim) sum of the L2-normalized embeddings of each class over ``batches``.
 
