@@ -85,8 +85,11 @@ def _tensorboard_steps(folder: Path, tag: str) -> list:
 
     steps = []
     for f in sorted(folder.rglob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(f)):
-            steps += [event.step for v in event.summary.value if v.tag == tag]
+        try:
+            for event in tf.compat.v1.train.summary_iterator(str(f)):
+                steps += [event.step for v in event.summary.value if v.tag == tag]
+        except tf.errors.DataLossError:  # the killed writer's torn last event: what TensorBoard skips too
+            continue
     return sorted(steps)
 
 
