@@ -443,7 +443,8 @@ def plot_history(run_dir: Union[str, Path]) -> Optional[Path]:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
     for ax in (ax_loss, ax_acc):
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a triplet-only run has no accuracy curve
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return atomic.save_figure(fig, Path(run_dir) / PLOT_FILE, dpi=100)
