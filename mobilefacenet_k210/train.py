@@ -2,7 +2,8 @@
 
 A run folder holds::
 
-    config.json           the config the run started with (a different one is refused on resume)
+    config.json           the run's fingerprint: its config and its data (counts and shard sha256s);
+                          a resume with another one is refused
     state.json            phases completed, best score so far (written atomically)
     backup/phase<i>/      BackupAndRestore state of the phase in progress: weights, optimizer slots
                           and iterations (hence the learning-rate position), epoch and step
@@ -13,17 +14,21 @@ A run folder holds::
 
 Kill the process at any moment and run the same command again: the phase in progress resumes at
 its epoch and step, on the same batches (the input stream is a function of seed, epoch and step).
+The rerun drops the log rows of the epochs it redoes and the temporary files the kill left.
 """
 import contextlib
+import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -45,7 +50,7 @@ _NOT_COMPARED = ("strategy",)  # may change between a run and its resume (other 
 
 
 class ResumeError(Mfk210Error, RuntimeError):
-    """A run folder that cannot be resumed with the given config."""
+    """A run folder that cannot be used, or cannot be resumed with the given config and data."""
 
 
 # --- config checks and run state ------------------------------------------------------------------
@@ -63,18 +68,39 @@ def _flatten(data: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def _run_identity(config: TrainConfig, data: pipeline.DataInfo) -> Dict[str, Any]:
+def _run_fingerprint(config: TrainConfig, data: pipeline.DataInfo) -> Dict[str, Any]:
+    """What a run depends on: the config (less what may change on resume) and the data, content included.
+
+    ``data.shards_sha256`` hashes the shard list of ``metadata.json`` with each shard's sha256, so
+    shards rebuilt with other images but the same counts are another run's data.
+    """
     cfg = {k: v for k, v in to_dict(config).items() if k not in _NOT_COMPARED}
-    return {"config": cfg, "data": {"num_classes": data.num_classes, "train_records": data.train_records}}
+    listed = sorted((str(s.get("file")), str(s.get("split")), str(s.get("sha256"))) for s in data.meta["shards"])
+    content = hashlib.sha256(json.dumps(listed).encode("utf-8")).hexdigest()
+    return {"config": cfg, "data": {"num_classes": data.num_classes, "train_records": data.train_records,
+                                    "shards_sha256": content}}
+
+
+def _read_run_json(path: Path) -> Dict[str, Any]:
+    """A JSON object of the run folder; a damaged one raises :class:`ResumeError` naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResumeError(f"{path}: damaged, not valid JSON ({exc}); train into a new --out folder, or delete "
+                          f"{path.parent} to start this run again") from None
+    if not isinstance(value, dict):
+        raise ResumeError(f"{path}: damaged, not a JSON object; train into a new --out folder, or delete "
+                          f"{path.parent} to start this run again")
+    return value
 
 
 def _load_state(run_dir: Path, config: TrainConfig, data: pipeline.DataInfo, allow_config_change: bool,
                 log: logging.Logger) -> Dict[str, Any]:
-    """Start a run folder, or check that the config matches the one it was started with."""
-    identity = _run_identity(config, data)
+    """Start a run folder, or check that the config and data match the ones it was started with."""
+    identity = _run_fingerprint(config, data)
     saved_path = run_dir / CONFIG_FILE
     if saved_path.is_file():
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        saved = _read_run_json(saved_path)
         old, new = _flatten(saved), _flatten(json.loads(json.dumps(identity)))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
@@ -89,7 +115,11 @@ def _load_state(run_dir: Path, config: TrainConfig, data: pipeline.DataInfo, all
         atomic.write_json(saved_path, identity)
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
-        return json.loads(state_path.read_text(encoding="utf-8"))
+        state = _read_run_json(state_path)
+        if not isinstance(state.get("completed_phases"), int) or not isinstance(state.get("phases"), list):
+            raise ResumeError(f"{state_path}: damaged, no completed_phases/phases; train into a new --out "
+                              f"folder, or delete {run_dir} to start this run again")
+        return state
     return {"completed_phases": 0, "phases": [], "best": None}
 
 
@@ -113,8 +143,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ConfigError(f"strategy {name!r}: choose one of {STRATEGIES}")
 
 
-def _worker(strategy: tf.distribute.Strategy) -> Tuple[int, int]:
-    """(number of workers, this worker's index) for splitting the shards."""
+def _input_shard(strategy: tf.distribute.Strategy) -> Tuple[int, int]:
+    """(number of input shards, this worker's input-shard index): how the workers split the shards."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return 1, 0
@@ -382,7 +412,8 @@ def plot_history(run_dir: Union[str, Path]) -> Optional[Path]:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
     for ax in (ax_loss, ax_acc):
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a triplet-only run has no accuracy curve
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return atomic.save_figure(fig, Path(run_dir) / PLOT_FILE, dpi=100)
@@ -418,23 +449,110 @@ def _export_copy(config: TrainConfig) -> tf.keras.Model:
         return MobileFaceNet(config.model)
 
 
-def class_embedding_sums(embedding: tf.keras.Model, data: pipeline.DataInfo, config: TrainConfig,
+def class_embedding_sums(probe: tf.keras.Model, batches: Iterable[Any], num_classes: int, steps: int,
                          progress: bool = True) -> np.ndarray:
-    """(num_classes, dim) sum of the L2-normalized embeddings of each class's unaugmented train images.
+    """(num_classes, dim) sum of the L2-normalized embeddings of each class over ``batches``.
 
-    The sum points where the class mean does, which is all :func:`heads.imprint` needs.
+    The embeddings are computed in training mode (BatchNorm on batch statistics), as the phase to be
+    imprinted computes them: BatchNorm's moving statistics lag behind a short previous phase, so
+    inference-mode embeddings point elsewhere. ``probe`` is a throwaway copy of the backbone, since a
+    training-mode call moves its moving statistics. The sum points where the class mean does, which
+    is all :func:`heads.imprint` needs.
     """
     from tqdm import tqdm
 
-    dim = int(embedding.output_shape[-1])
-    sums = np.zeros((data.num_classes, dim), np.float64)
-    batch = config.pipeline.val_batch_size
-    batches = pipeline.plain_dataset(data.train_files, batch, config.model.input_size)
-    for (images, labels), _ in tqdm(batches, desc="imprint", unit="batch", total=math.ceil(data.train_records / batch),
-                                    disable=not progress, leave=False):
-        vectors = tf.math.l2_normalize(tf.cast(embedding(images, training=False), tf.float32), axis=1).numpy()
+    sums = np.zeros((num_classes, int(probe.output_shape[-1])), np.float64)
+    for (images, labels), _ in tqdm(batches, desc="imprint", unit="batch", total=steps, disable=not progress,
+                                    leave=False):
+        vectors = tf.math.l2_normalize(tf.cast(probe(images, training=True), tf.float32), axis=1).numpy()
         np.add.at(sums, labels.numpy(), vectors)
     return sums
+
+
+def first_epoch_batches(config: TrainConfig, index: int, data: pipeline.DataInfo, steps: int) -> tf.data.Dataset:
+    """The batches of phase ``index``'s first epoch, all workers' (what its imprinted centres are the means of)."""
+    return pipeline.train_dataset(data, phase_batch_size(config.phases[index]), config.model.input_size,
+                                  config.pipeline, seed=config.seed * 1009 + index, epochs=1, steps_per_epoch=steps)
+
+
+def find_undecodable_record(files: List[Path]) -> Optional[Tuple[Path, int]]:
+    """(shard, record index) of the first record whose image does not decode, or None if all do."""
+    for f in files:
+        ds = tf.data.TFRecordDataset(str(f)).map(lambda r: tf.shape(tf.io.decode_jpeg(
+            tfrecord.parse_example(r)[tfrecord.IMAGE], channels=3)))
+        it, i = iter(ds), 0
+        while True:
+            try:
+                next(it)
+            except StopIteration:
+                break
+            except tf.errors.InvalidArgumentError:
+                return f, i
+            i += 1
+    return None
+
+
+@contextlib.contextmanager
+def shard_errors(data: pipeline.DataInfo) -> Iterator[None]:
+    """Turn a bad shard met while reading (truncated file, undecodable image) into a ShardError naming it."""
+    try:
+        yield
+    except tf.errors.DataLossError as exc:
+        raise tfrecord.ShardError(f"{data.data_dir}: a shard is corrupt ({exc.message}); rebuild or "
+                                  "check the shards listed in metadata.json") from None
+    except tf.errors.InvalidArgumentError:
+        bad = find_undecodable_record(data.train_files + data.val_files)
+        if bad is None:
+            raise  # not the data's fault
+        raise tfrecord.ShardError(f"{bad[0]}: record {bad[1]} holds an image that does not decode (a corrupt JPEG "
+                                  f"written into the shard); rebuild {data.data_dir} with `mfk210 build-tfrecords` "
+                                  "from intact photos") from None
+
+
+def drop_logged_epochs(run_dir: Path, index: int, start_epoch: int) -> None:
+    """Forget what ``logs/phase<index>.csv`` and TensorBoard hold of epochs from ``start_epoch`` on.
+
+    Those epochs are about to run again (a resumed phase restarts within or after the last backup),
+    so their rows would otherwise appear twice.
+    """
+    path = run_dir / "logs" / f"phase{index}.csv"
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < start_epoch]
+        if len(kept) < len(rows):
+            with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerows(kept)
+    from tensorflow.core.util import event_pb2
+
+    for folder in sorted(p for p in (run_dir / "tensorboard" / f"phase{index}").glob("*") if p.is_dir()):
+        files = sorted(folder.glob("events.out.tfevents.*"))
+        records, dropped = [], 0
+        for f in files:
+            with contextlib.suppress(tf.errors.DataLossError):  # a kill can leave a torn last event
+                for raw in tf.data.TFRecordDataset(str(f)).as_numpy_iterator():
+                    event = event_pb2.Event.FromString(raw)
+                    if event.HasField("summary") and event.step >= start_epoch:
+                        dropped += 1
+                    else:
+                        records.append(raw)
+        if dropped:
+            with atomic.atomic_path(files[0]) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+                for raw in records:
+                    writer.write(raw)
+            for f in files[1:]:
+                f.unlink()
+
+
+_LEFTOVER = re.compile(r"^\..+\.[0-9a-f]{8}(\.tmp|\.keras|\.h5|\.png)$")  # atomic.atomic_path's temp names
+
+
+def remove_leftovers(run_dir: Path) -> List[Path]:
+    """Delete the temporary files that a killed run left from its atomic writes; return them."""
+    found = [p for p in run_dir.rglob(".*") if p.is_file() and _LEFTOVER.match(p.name)]
+    for p in found:
+        p.unlink()
+    return found
 
 
 def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir: Path, state: Dict[str, Any],
@@ -461,13 +579,17 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
             previous = load_embedding_model(run_dir / "phases" / f"phase{index - 1}")
             embedding.set_weights(previous.get_weights())
         model, head = heads.build_training_model(embedding, phase, data.num_classes)
-        if phase.head_init == "imprint" and not (start_epoch or start_step):  # a resumed head comes from the backup
-            sums = class_embedding_sums(embedding, data, config, progress and _is_chief(strategy))
-            heads.imprint(head, sums)
-            log.info("%s: class centres imprinted from the mean embedding of each of %d classes", title, len(sums))
         optimizer = make_optimizer(phase, steps)
         model.compile(optimizer=optimizer, loss=heads.make_loss(phase), metrics=heads.make_metrics(phase))
-    workers, worker_index = _worker(strategy)
+    export_copy = _export_copy(config)
+    if phase.head_init == "imprint" and not (start_epoch or start_step):  # a resumed head comes from the backup
+        export_copy.set_weights(embedding.get_weights())
+        with shard_errors(data):
+            sums = class_embedding_sums(export_copy, first_epoch_batches(config, index, data, steps), data.num_classes,
+                                        steps, progress and _is_chief(strategy))
+        heads.imprint(head, sums)
+        log.info("%s: class centres imprinted from the mean embedding of each of %d classes", title, len(sums))
+    workers, worker_index = _input_shard(strategy)
     pk = (phase.identities_per_batch, phase.images_per_identity) if phase.head == "triplet" else None
     train_ds = pipeline.train_dataset(data, batch, config.model.input_size, config.pipeline,
                                       seed=config.seed * 1009 + index, epochs=phase.epochs, steps_per_epoch=steps,
@@ -477,8 +599,9 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
         if config.pipeline.validation else None
     monitor, mode = _monitor(config, phase, val_ds is not None)
     chief = _is_chief(strategy)
-    export_copy = _export_copy(config)
     (run_dir / "logs").mkdir(exist_ok=True)
+    if chief:
+        drop_logged_epochs(run_dir, index, start_epoch)
     callbacks: List[tf.keras.callbacks.Callback] = []
     if config.verification:
         callbacks.append(EveryNVerification(embedding, config.verification, config.verification_batch_size,
@@ -496,12 +619,9 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
         ]
     callbacks.append(ExactBackupAndRestore(backup_dir, config.backup_every_steps, steps))
     start = time.perf_counter()
-    try:
+    with shard_errors(data):
         model.fit(train_ds, epochs=phase.epochs, steps_per_epoch=steps, validation_data=val_ds,
                   callbacks=callbacks, verbose=0)
-    except tf.errors.DataLossError as exc:
-        raise tfrecord.ShardError(f"{data.data_dir}: a shard is corrupt ({exc.message}); rebuild or "
-                                  "check the shards listed in metadata.json") from None
     export_copy.set_weights(embedding.get_weights())
     if chief:
         save_embedding_model(export_copy, run_dir / "phases" / f"phase{index}" / "model.keras")
@@ -518,6 +638,9 @@ def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, P
     """
     config.validate()
     run_dir = Path(out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ResumeError(f"{run_dir}: --out is a file, not a run folder; give a new folder, or the run folder "
+                          "of the run to resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _logger(run_dir)
     try:
@@ -527,6 +650,9 @@ def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, P
         if config.deterministic_ops:
             tf.config.experimental.enable_op_determinism()
         strategy = make_strategy(config.strategy)
+        if _is_chief(strategy):
+            for leftover in remove_leftovers(run_dir):
+                log.info("removed %s, left by an interrupted run", leftover)
         log.info("training %s: %d classes, %d train / %d val records, %s strategy (%d replicas)%s",
                  data.data_dir, data.num_classes, data.train_records, data.val_records, config.strategy,
                  strategy.num_replicas_in_sync, ", mixed float16" if config.mixed_precision else "")
