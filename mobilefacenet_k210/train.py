@@ -471,7 +471,7 @@ def class_embedding_sums(probe: tf.keras.Model, batches: Iterable[Any], num_clas
 
 def first_epoch_batches(config: TrainConfig, index: int, data: pipeline.DataInfo, steps: int) -> tf.data.Dataset:
     """The batches of phase ``index``'s first epoch, all workers' (what its imprinted centres are the means of)."""
-    return pipeline.train_dataset(data, phase_batch_size(config.phases[index]), config.model.input_size,
+    return pipeline.train_dataset(data, config.phases[index].batch, config.model.input_size,
                                   config.pipeline, seed=config.seed * 1009 + index, epochs=1, steps_per_epoch=steps)
 
 
