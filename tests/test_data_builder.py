@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilefacenet_k210.data import builder, interop, tfrecord
+from mobilefacenet_k210.data import builder, interop, tfrecord, writer
 from mobilefacenet_k210.data.builder import build, load_build_config
+from mobilefacenet_k210.data.cache import WORK_DIR
 
 
 def _write_aligned(root: Path, counts, seed=0) -> Path:
@@ -79,11 +80,11 @@ def test_aligned_build_round_trip(tmp_path):
     assert (out / "labels.txt").read_text().splitlines() == ["id01", "id02", "id03"]
     assert (out / "property").read_text().strip() == "3,112,112"
     assert (out / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
-    assert not (out / builder.WORK_DIR).exists()
+    assert not (out / WORK_DIR).exists()
     for key in ("class_counts", "splits", "shards", "policy", "build_config", "package_version"):
         assert key in meta
     assert [s["records"] for s in meta["shards"] if s["split"] == "train"] == \
-        builder.shard_counts(meta["splits"]["train"], 150)
+        writer.shard_counts(meta["splits"]["train"], 150)
     for s in meta["shards"]:
         assert tfrecord.sha256_file(out / s["file"]) == s["sha256"]
     labels = {}
@@ -198,7 +199,7 @@ def _resume_after_kill(tmp_path, runner: str):
             "--aligned", "--workers", "1", "--val-fraction", "0.05", "--quiet", "--set", "records_per_shard=500",
             "--runner", runner]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    work = tmp_path / "killed" / builder.WORK_DIR
+    work = tmp_path / "killed" / WORK_DIR
     done = _kill_when_cached(args, env, work, 3)
     assert not (tmp_path / "killed" / "metadata.json").exists(), "the build finished before it was killed"
     assert 3 <= done and not list(work.glob("*/*.pkl"))
@@ -289,10 +290,38 @@ def test_inspect_counts_and_contact_sheet(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
 
 
+def _live_aligners() -> int:
+    import gc
+
+    from mobilefacenet_k210.data.align import FaceAligner
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, FaceAligner))
+
+
 def test_two_workers_equal_one(tmp_path, orl_small):
-    """Processes change nothing: 2 workers write the same shards as 1 (real MTCNN detection)."""
-    one = build(orl_small, tmp_path / "one", load_build_config(policy="none", workers=1, val_fraction=0.25),
-                progress=False)
+    """Processes change nothing: 2 workers write the same shards as 1 (real MTCNN detection). The one-worker
+    build runs in this process and leaves nothing of its worker state behind: no detector, no thread limit,
+    no environment variable (the demo trains in the same process)."""
+    import cv2
+    import tensorflow as tf
+
+    from mobilefacenet_k210.data import local_runner
+
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads((os.cpu_count() or 1) + 5)  # a count no build chooses: a limit set by the build would show
+    before = (cv2.getNumThreads(), dict(os.environ), _live_aligners(),
+              tf.config.threading.get_intra_op_parallelism_threads(),
+              tf.config.threading.get_inter_op_parallelism_threads())
+    try:
+        one = build(orl_small, tmp_path / "one", load_build_config(policy="none", workers=1, val_fraction=0.25),
+                    progress=False)
+        assert local_runner._WORKER == {}
+        assert (cv2.getNumThreads(), dict(os.environ), _live_aligners(),
+                tf.config.threading.get_intra_op_parallelism_threads(),
+                tf.config.threading.get_inter_op_parallelism_threads()) == before
+    finally:
+        cv2.setNumThreads(cv2_threads)
     two = build(orl_small, tmp_path / "two", load_build_config(policy="none", workers=2, val_fraction=0.25),
                 progress=False)
     assert one["faces"] == two["faces"] == 12 and two["workers"] == 2
@@ -310,6 +339,11 @@ def test_beam_direct_runner_equals_local(tmp_path, orl_small):
     assert (tmp_path / "local" / "labels.txt").read_text() == (tmp_path / "beam" / "labels.txt").read_text()
     meta = tfrecord.load_metadata(tmp_path / "beam")
     assert meta["class_counts"] == tfrecord.load_metadata(tmp_path / "local")["class_counts"]
+    # one writer for both runners: the same files, the contact sheet that the metadata names included
+    files = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "beam").iterdir())
+    assert set(meta["files"].values()) <= set(files) and "contact_sheet.png" in files
+    assert (tmp_path / "beam" / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_lst_labels_keep_their_numeric_order(tmp_path):

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from mobilefacenet_k210.config import PolicyRule
-from mobilefacenet_k210.data import augment, builder, policy
-from mobilefacenet_k210.data.builder import PhotoResult, identity_records, load_build_config
+from mobilefacenet_k210.data import augment, policy, writer
+from mobilefacenet_k210.data.builder import load_build_config
+from mobilefacenet_k210.data.stages import PhotoResult, identity_records
 
 
 def _sources(n):
@@ -133,9 +134,9 @@ def test_augment_dispatch():
 
 
 def test_shard_counts_and_order():
-    assert builder.shard_counts(0, 10) == []
-    assert builder.shard_counts(25, 10) == [9, 8, 8]
-    assert sum(builder.shard_counts(10001, 10000)) == 10001
+    assert writer.shard_counts(0, 10) == []
+    assert writer.shard_counts(25, 10) == [9, 8, 8]
+    assert sum(writer.shard_counts(10001, 10000)) == 10001
     names = [f"n{i}" for i in range(20)]
-    assert sorted(builder.shard_order(names, 0)) == sorted(names) != builder.shard_order(names, 0)
-    assert builder.shard_order(names, 0) == builder.shard_order(list(reversed(names)), 0)
+    assert sorted(writer.shard_order(names, 0)) == sorted(names) != writer.shard_order(names, 0)
+    assert writer.shard_order(names, 0) == writer.shard_order(list(reversed(names)), 0)

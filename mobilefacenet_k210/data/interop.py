@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
 from mobilefacenet_k210 import atomic
-from mobilefacenet_k210.data import builder, tfrecord
+from mobilefacenet_k210.data import stages, tfrecord, writer
 
 
 def write_lst(aligned_dir: Union[str, Path], out_lst: Union[str, Path]) -> Dict[str, Any]:
@@ -18,16 +18,16 @@ def write_lst(aligned_dir: Union[str, Path], out_lst: Union[str, Path]) -> Dict[
     beside it. Files are listed as found (not decoded); hidden and nested entries are skipped."""
     aligned_dir = Path(aligned_dir).resolve()
     if not aligned_dir.is_dir():
-        raise builder.BuildError(f"{aligned_dir}: no such folder of aligned identity folders")
-    tasks, skipped = builder.scan_folder(aligned_dir, aligned=True)
+        raise stages.BuildError(f"{aligned_dir}: no such folder of aligned identity folders")
+    tasks, skipped = stages.scan_folder(aligned_dir, aligned=True)
     if not tasks:
-        raise builder.BuildError(f"{aligned_dir}: no identity folder with image files")
+        raise stages.BuildError(f"{aligned_dir}: no identity folder with image files")
     out_lst = Path(out_lst)
     out_lst.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"1\t{Path(p.path).resolve()}\t{label}\n" for label, t in enumerate(tasks) for p in t.photos]
     atomic.write_text(out_lst, "".join(lines), sync=True)
-    prop = out_lst.parent / builder.PROPERTY_FILE
-    builder.write_property(prop, len(tasks))
+    prop = out_lst.parent / writer.PROPERTY_FILE
+    writer.write_property(prop, len(tasks))
     return {"lst": str(out_lst), "property": str(prop), "num_classes": len(tasks), "images": len(lines),
             "skipped": len(skipped)}
 
@@ -63,9 +63,9 @@ def merge(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path], overwri
     """
     if len(inputs) < 2:
         raise tfrecord.ShardError("merge needs at least two shard folders")
-    target = builder.plan_output(out_dir, inputs, overwrite, lambda meta: False, error=tfrecord.ShardError)
+    target = writer.plan_output(out_dir, inputs, overwrite, lambda meta: False, error=tfrecord.ShardError)
     meta = _merge_into(inputs, target)
-    builder.finish_output(target, Path(out_dir))
+    writer.finish_output(target, Path(out_dir))
     return meta
 
 
@@ -87,7 +87,7 @@ def _merge_into(inputs: Sequence[Union[str, Path]], out_dir: Path) -> Dict[str, 
     for _, _, names in sets:
         for n in set(names):
             seen[n] = seen.get(n, 0) + 1
-    builder.prepare_out_dir(out_dir)
+    writer.prepare_out_dir(out_dir)
     if (out_dir / tfrecord.METADATA_FILE).exists():
         (out_dir / tfrecord.METADATA_FILE).unlink()
     all_names: List[str] = []
@@ -134,9 +134,9 @@ def _merge_into(inputs: Sequence[Union[str, Path]], out_dir: Path) -> Dict[str, 
         if rej.is_file():
             with open(rej, newline="", encoding="utf-8") as f:
                 rows.extend((f"{d.name}/{r['path']}", r["reason"]) for r in csv.DictReader(f))
-    builder.write_rejected(out_dir / tfrecord.REJECTED_FILE, rows)
-    builder.write_labels(out_dir / tfrecord.LABELS_FILE, all_names)
-    builder.write_property(out_dir / builder.PROPERTY_FILE, len(all_names))
+    writer.write_rejected(out_dir / tfrecord.REJECTED_FILE, rows)
+    writer.write_labels(out_dir / tfrecord.LABELS_FILE, all_names)
+    writer.write_property(out_dir / writer.PROPERTY_FILE, len(all_names))
     splits = {s: sum(sh["records"] for sh in shards if sh["split"] == s) for s in tfrecord.SPLITS}
     aug: Dict[str, int] = {}
     for _, meta, _ in sets:
@@ -159,7 +159,7 @@ def _merge_into(inputs: Sequence[Union[str, Path]], out_dir: Path) -> Dict[str, 
                                          for i, (d, m, _) in enumerate(sets)]},
         "package_version": __version__,
         "image_size": [112, 112, 3],
-        "files": {"labels": tfrecord.LABELS_FILE, "rejected": tfrecord.REJECTED_FILE, "property": builder.PROPERTY_FILE},
+        "files": {"labels": tfrecord.LABELS_FILE, "rejected": tfrecord.REJECTED_FILE, "property": writer.PROPERTY_FILE},
     }
     atomic.write_json(out_dir / tfrecord.METADATA_FILE, meta_out)
     return meta_out
