@@ -8,9 +8,9 @@ alignment of :class:`~mobilefacenet_k210.data.align.AlignerBase`.
 
 YuNet's five points are the person's right eye, left eye, nose tip, right and left mouth corner:
 on the photo, image-left first, which is the template's order (MTCNN's ``left_eye`` is also the
-image-left one). Its scores on photos a person would call faces run lower than OpenCV's default
-threshold of 0.9 (grayscale ORL photos score down to about 0.87), so ``score_threshold`` is 0.7,
-MTCNN's last-stage threshold; NMS at 0.3 IoU as in OpenCV's own YuNet sample.
+image-left one). The int8 model scores clear frontal faces of grayscale photos (the ORL demo faces)
+below OpenCV's default threshold of 0.9 at times, so ``score_threshold`` is 0.7, MTCNN's last-stage
+threshold; NMS at 0.3 IoU and top-k 5000 as in OpenCV's own YuNet sample.
 """
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
