@@ -304,6 +304,7 @@ def test_two_workers_equal_one(tmp_path, orl_small):
     build runs in this process and leaves nothing of its worker state behind: no detector, no thread limit,
     no environment variable (the demo trains in the same process)."""
     import cv2
+    import mtcnn  # noqa: F401  its first import sets KMP_INIT_AT_FORK (through joblib): a library's, not the build's
     import tensorflow as tf
 
     from mobilefacenet_k210.data import local_runner
@@ -326,6 +327,7 @@ def test_two_workers_equal_one(tmp_path, orl_small):
                 progress=False)
     assert one["faces"] == two["faces"] == 12 and two["workers"] == 2
     assert _shard_digests(tmp_path / "one") == _shard_digests(tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "metadata.json").read_text())["detector"]["name"] == "mtcnn"
 
 
 def test_beam_direct_runner_equals_local(tmp_path, orl_small):
@@ -473,3 +475,15 @@ def test_inspect_names_a_damaged_shard(tmp_path, two_sets, capsys, how):
     shard = _damaged_copy(two_sets[0], tmp_path / "bad", how)
     assert main(["inspect", str(tmp_path / "bad")]) == 2
     assert "truncated or corrupt" in _one_line_error(capsys, shard)
+
+
+def test_yunet_builds_the_same_faces_and_says_so_in_metadata(tmp_path, orl_small):
+    """--detector yunet: every real ORL face found, 2 processes, and metadata.json names the detector and its model."""
+    from mobilefacenet_k210.data.models import YUNET_SHA256
+
+    summary = build(orl_small, tmp_path / "yunet", load_build_config(policy="none", workers=2, detector="yunet"),
+                    progress=False)
+    assert summary["faces"] == 12
+    meta = json.loads((tmp_path / "yunet" / "metadata.json").read_text())
+    assert meta["detector"]["name"] == "yunet" and meta["detector"]["model_sha256"] == YUNET_SHA256
+    assert meta["build_config"]["detector"] == "yunet"

@@ -16,6 +16,7 @@ from mobilefacenet_k210 import config as config_lib
 from mobilefacenet_k210.config import BuildConfig
 from mobilefacenet_k210.data import beam_runner, local_runner
 from mobilefacenet_k210.data import policy as policy_lib
+from mobilefacenet_k210.data.detectors import describe_detector
 from mobilefacenet_k210.data.stages import BuildError
 from mobilefacenet_k210.data.writer import finish_output, plan_output, same_input
 
@@ -51,6 +52,8 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     """
     cfg = config or BuildConfig()
     cfg.validate()
+    if not cfg.aligned:
+        describe_detector(cfg)  # fetches the detector's model once, before any worker needs it
     out_dir = Path(out_dir)
     target = plan_output(out_dir, [raw_dir], overwrite, same_input(raw_dir))
     summary = RUNNERS[cfg.runner](raw_dir, target, cfg, progress)

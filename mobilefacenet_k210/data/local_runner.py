@@ -55,7 +55,7 @@ def _pool_init(cfg_dict: Dict[str, Any], work: str, threads: int, needs_detector
         from mobilefacenet_k210.data.align import configure_threads
 
         cv2.setNumThreads(threads)
-        if needs_detector:  # aligned input never touches TensorFlow: do not pay its import
+        if needs_detector and cfg_dict.get("detector") == "mtcnn":  # only MTCNN runs on TensorFlow
             configure_threads(threads)
     except Exception as exc:
         _WORKER["error"] = f"worker start failed: {type(exc).__name__}: {exc}"

@@ -211,11 +211,10 @@ def scan_input(raw_dir: Union[str, Path], cfg: BuildConfig) -> Tuple[List[Identi
 
 # --- per photo -------------------------------------------------------------------------------------
 def make_aligner(cfg: BuildConfig) -> Any:
-    """The MTCNN :class:`FaceAligner` this config asks for (one per process; reuse it)."""
-    from mobilefacenet_k210.data.align import FaceAligner
+    """The detector+aligner ``cfg.detector`` names (one per process; reuse it)."""
+    from mobilefacenet_k210.data import detectors
 
-    return FaceAligner(min_face_size=cfg.min_face_size, select=cfg.select, detect_max_side=cfg.detect_max_side,
-                       pad_multiple=cfg.detect_pad_multiple, batch_size=cfg.detect_batch_size)
+    return detectors.make_aligner(cfg)
 
 
 def align_photos(photos: Sequence[Photo], aligner: Any) -> List[PhotoResult]:

@@ -25,6 +25,7 @@ from mobilefacenet_k210.config import BuildConfig
 from mobilefacenet_k210.data import tfrecord
 from mobilefacenet_k210.data.augment import stable_seed
 from mobilefacenet_k210.data.cache import WORK_DIR, cache_load_records, cache_load_summary, config_key
+from mobilefacenet_k210.data.detectors import describe_detector
 from mobilefacenet_k210.data.stages import BuildError, IdentityTask
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
@@ -95,6 +96,7 @@ def build_metadata(cfg: BuildConfig, names: Sequence[str], class_counts: Dict[in
         "rejected": rejected_count,
         "policy": config_lib.to_dict(cfg.policy),
         "build_config": config_lib.to_dict(cfg),
+        "detector": None if cfg.aligned else describe_detector(cfg),
         "config_key": config_key(cfg),
         "input": input_path,
         "package_version": __version__,
