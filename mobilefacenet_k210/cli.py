@@ -388,6 +388,32 @@ def run_inspect(args) -> int:
     return 0
 
 
+def add_add_teacher(sub) -> None:
+    p = sub.add_parser("add-teacher", help="copy shards, adding a teacher's embeddings of each crop and its mirror",
+                       description="Run a teacher (default: SFace, fetched once) on every record of SHARDS and "
+                                   "write the shards with its L2-normalised embeddings of the crop and of its "
+                                   "mirror to a new folder, the teacher's name, sha256 and size in metadata.json. "
+                                   "Built beside NEW and renamed when complete; rerun after a kill to resume.")
+    p.add_argument("shards_dir", metavar="SHARDS", help="a folder written by build-tfrecords or merge")
+    p.add_argument("--teacher", default="sface", metavar="MODEL",
+                   help="'sface' (default), .onnx (contract in MODEL.onnx.json), .tflite, Keras model, or "
+                        ".npy precomputed embeddings with a .txt list of record sources beside it")
+    p.add_argument("--out", required=True, metavar="NEW", help="new shard folder (must not exist)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_add_teacher)
+
+
+def run_add_teacher(args) -> int:
+    from mobilefacenet_k210.teacher.shards import add_teacher
+
+    meta = add_teacher(args.shards_dir, args.teacher, args.out, args.batch_size, progress=not args.quiet)
+    t = meta["teacher"]
+    print(f"{args.out}: {sum(s['records'] for s in meta['shards'])} records with {t['name']} "
+          f"({t['dim']}-d, sha256 {t['sha256'][:12]}) embeddings")
+    return 0
+
+
 # --- demo / bench ---------------------------------------------------------------------------------
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the ORL faces (what `make demo` runs)",
@@ -433,7 +459,7 @@ def run_bench(args) -> int:
 
 
 # --- registry -------------------------------------------------------------------------------------
-COMMANDS = [add_check, add_build_tfrecords, add_lst, add_merge, add_inspect, add_train, add_evaluate, add_export, add_kfpkg, add_flash, add_board_files, add_enroll, add_identify, add_demo, add_bench]
+COMMANDS = [add_check, add_build_tfrecords, add_lst, add_merge, add_inspect, add_add_teacher, add_train, add_evaluate, add_export, add_kfpkg, add_flash, add_board_files, add_enroll, add_identify, add_demo, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

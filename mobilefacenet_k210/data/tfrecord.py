@@ -24,6 +24,9 @@ LABEL = "image/label"  # int64, 0..num_classes-1
 IDENTITY = "image/identity"  # UTF-8 folder name of the identity
 SOURCE = "image/source"  # UTF-8 path of the raw photo, relative to the input root
 AUGMENTATION = "image/augmentation"  # tag of the copy: original, opening, gaussian, saltpepper, ...
+TEACHER = "teacher/embedding"  # optional float list: the teacher's L2-normalised embedding of the crop
+TEACHER_MIRROR = "teacher/embedding_mirror"  # optional float list: the same, of the crop's horizontal mirror
+TEACHER_META = "teacher"  # metadata.json key: {"name", "sha256", "dim", "mirror"} of the stored teacher
 
 
 class ShardError(Mfk210Error, ValueError):
@@ -35,8 +38,19 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def encode_example(jpeg: bytes, label: int, identity: str, source: str, augmentation: str) -> bytes:
-    """One serialized ``tf.train.Example`` holding an aligned crop and where it came from."""
+def _floats(values: Any) -> Any:
+    import numpy as np
+    import tensorflow as tf
+
+    return tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(values, np.float32).ravel()))
+
+
+def encode_example(jpeg: bytes, label: int, identity: str, source: str, augmentation: str,
+                   teacher: Any = None, teacher_mirror: Any = None) -> bytes:
+    """One serialized ``tf.train.Example`` holding an aligned crop and where it came from.
+
+    ``teacher`` / ``teacher_mirror``: optional (D,) teacher embeddings of the crop and of its mirror.
+    """
     import tensorflow as tf
 
     def b(v: bytes) -> tf.train.Feature:
@@ -49,31 +63,45 @@ def encode_example(jpeg: bytes, label: int, identity: str, source: str, augmenta
         SOURCE: b(source.encode("utf-8")),
         AUGMENTATION: b(augmentation.encode("utf-8")),
     }
+    if teacher is not None:
+        feature[TEACHER] = _floats(teacher)
+    if teacher_mirror is not None:
+        feature[TEACHER_MIRROR] = _floats(teacher_mirror)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def feature_spec() -> Dict[str, Any]:
-    """The ``tf.io.parse_single_example`` spec of a record."""
+def feature_spec(teacher_dim: int = 0, teacher_mirror: bool = False) -> Dict[str, Any]:
+    """The ``tf.io.parse_single_example`` spec of a record.
+
+    ``teacher_dim`` > 0 also parses the teacher embedding (and, with ``teacher_mirror``, its mirror's);
+    take both from the metadata's :data:`TEACHER_META` entry (:func:`teacher_info`).
+    """
     import tensorflow as tf
 
-    return {
+    spec = {
         IMAGE: tf.io.FixedLenFeature([], tf.string),
         LABEL: tf.io.FixedLenFeature([], tf.int64),
         IDENTITY: tf.io.FixedLenFeature([], tf.string, default_value=""),
         SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
         AUGMENTATION: tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
+    if teacher_dim:
+        spec[TEACHER] = tf.io.FixedLenFeature([teacher_dim], tf.float32)
+        if teacher_mirror:
+            spec[TEACHER_MIRROR] = tf.io.FixedLenFeature([teacher_dim], tf.float32)
+    return spec
 
 
-def parse_example(serialized: Any) -> Dict[str, Any]:
+def parse_example(serialized: Any, teacher_dim: int = 0, teacher_mirror: bool = False) -> Dict[str, Any]:
     """Parse one serialized record (a tf string tensor) into a dict of tensors keyed by feature name."""
     import tensorflow as tf
 
-    return tf.io.parse_single_example(serialized, feature_spec())
+    return tf.io.parse_single_example(serialized, feature_spec(teacher_dim, teacher_mirror))
 
 
 def decode_record(serialized: bytes) -> Dict[str, Any]:
-    """Eager, numpy-side decode of one record (for inspect, merge and tests)."""
+    """Eager, numpy-side decode of one record (for inspect, merge and tests); teacher features are None if absent."""
+    import numpy as np
     import tensorflow as tf
 
     ex = tf.train.Example.FromString(serialized)
@@ -84,6 +112,8 @@ def decode_record(serialized: bytes) -> Dict[str, Any]:
         IDENTITY: f[IDENTITY].bytes_list.value[0].decode("utf-8"),
         SOURCE: f[SOURCE].bytes_list.value[0].decode("utf-8"),
         AUGMENTATION: f[AUGMENTATION].bytes_list.value[0].decode("utf-8"),
+        TEACHER: np.asarray(f[TEACHER].float_list.value, np.float32) if TEACHER in f else None,
+        TEACHER_MIRROR: np.asarray(f[TEACHER_MIRROR].float_list.value, np.float32) if TEACHER_MIRROR in f else None,
     }
 
 
@@ -181,3 +211,19 @@ def shard_files(shards_dir: Union[str, Path], split: str, meta: Dict[str, Any] =
     meta = meta or load_metadata(shards_dir)
     files = [Path(shards_dir) / s["file"] for s in meta["shards"] if s.get("split") == split]
     return files
+
+
+def teacher_info(meta: Dict[str, Any], shards_dir: Union[str, Path] = "") -> Dict[str, Any]:
+    """The metadata's teacher entry (``name``, ``sha256``, ``dim``, ``mirror``), checked.
+
+    Shards without teacher embeddings raise :class:`ShardError` naming the metadata file and saying
+    how to add them (a distillation phase cannot run on them).
+    """
+    path = Path(shards_dir) / METADATA_FILE
+    info = meta.get(TEACHER_META)
+    if not info:
+        raise ShardError(f"{path}: these shards hold no teacher embeddings; add them with "
+                         f"`mfk210 add-teacher {shards_dir or 'SHARDS'} --teacher MODEL --out NEW`")
+    if not isinstance(info, dict) or not isinstance(info.get("dim"), int) or info["dim"] < 1:
+        raise ShardError(f"{path}: '{TEACHER_META}' must hold name, sha256, dim (a positive integer) and mirror")
+    return info

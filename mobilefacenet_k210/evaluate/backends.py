@@ -1,4 +1,5 @@
-"""One ``embed(images)`` for every form of the model: Keras, TFLite and the kmodel (nncase simulator).
+"""One ``embed(images)`` for every form of the model: Keras, TFLite, the kmodel (nncase simulator) and
+ONNX (OpenCV's DNN module, with the model's own input contract: see ``teacher/contract.py``).
 
 Every backend takes uint8 RGB crops (N, 112, 112, 3) and applies the one normalization of
 ``preprocessing.normalize`` (the kmodel has it compiled in as nncase's ``input_range``, derived from
@@ -163,10 +164,28 @@ class KmodelBackend(Backend):
         return self._simulate(self._kmodel, batch)
 
 
+class OnnxBackend(Backend):
+    """An ``.onnx`` face model (e.g. the SFace teacher) through OpenCV, fed as its input contract says."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Union[str, Path]):
+        from mobilefacenet_k210.teacher.onnx import OnnxNet
+
+        self.path = Path(path)
+        self.name = self.path.name
+        self._net = OnnxNet(self.path)
+
+    def _run(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
+        return self._net.run(batch)
+
+
 def load_backend(path: Union[str, Path]) -> Backend:
-    """The backend for a model path: ``.tflite``, ``.kmodel``, or a Keras model (run dir, .keras, .h5)."""
+    """The backend for a model path: ``.tflite``, ``.kmodel``, ``.onnx``, or a Keras model (run dir, .keras, .h5)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return OnnxBackend(path)
     if suffix == ".tflite":
         if not path.is_file():
             raise BackendError(f"{path}: no such TFLite file")

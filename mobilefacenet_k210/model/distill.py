@@ -1,0 +1,73 @@
+"""Distillation losses: the student's embedding pulled towards the teacher's stored embedding.
+
+- :func:`cosine_distill_loss`: ``1 - cos(student, teacher)`` per sample, the batch mean.
+- :func:`relation_loss`: the mean squared difference between the batch's pairwise cosine-similarity
+  matrices of student and teacher (relational knowledge distillation: the student copies how the
+  teacher places faces relative to each other, not only where).
+- :class:`DistillLoss`: both as a Keras loss, ``cosine + relation_weight * relation``.
+- :class:`TeacherProjection`: a linear map from the student's embedding size to the teacher's, for
+  training only; it sits beside the embedding model and is never part of the exported model.
+
+``y_true`` is the teacher embedding (B, D_t), ``y_pred`` the student's (B, D_t) (projected if need be).
+Neither has to be normalised: the losses normalise both.
+"""
+from typing import Any, Dict
+
+import tensorflow as tf
+
+
+def _unit(x: tf.Tensor) -> tf.Tensor:
+    return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1, epsilon=1e-12)
+
+
+def cosine_distill_loss(teacher: tf.Tensor, student: tf.Tensor) -> tf.Tensor:
+    """Per-sample ``1 - cos(student, teacher)`` (B,): 0 when aligned, 2 when opposite."""
+    return 1.0 - tf.reduce_sum(_unit(teacher) * _unit(student), axis=-1)
+
+
+def relation_loss(teacher: tf.Tensor, student: tf.Tensor) -> tf.Tensor:
+    """Scalar: mean over the B x B entries of ``(cos_s(i, j) - cos_t(i, j))^2``."""
+    t, s = _unit(teacher), _unit(student)
+    diff = tf.matmul(s, s, transpose_b=True) - tf.matmul(t, t, transpose_b=True)
+    return tf.reduce_mean(tf.square(diff))
+
+
+@tf.keras.utils.register_keras_serializable(package="mfk210")
+class DistillLoss(tf.keras.losses.Loss):
+    """Cosine distillation plus ``relation_weight`` times the relation term, as one Keras loss."""
+
+    def __init__(self, relation_weight: float = 0.0, name: str = "distill", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.relation_weight = float(relation_weight)
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        loss = cosine_distill_loss(y_true, y_pred)
+        if self.relation_weight:
+            loss = loss + self.relation_weight * relation_loss(y_true, y_pred)
+        return loss
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "relation_weight": self.relation_weight}
+
+
+@tf.keras.utils.register_keras_serializable(package="mfk210")
+class TeacherProjection(tf.keras.layers.Layer):
+    """Training-only linear map (no bias) from the student's embedding to the teacher's size."""
+
+    def __init__(self, teacher_dim: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.teacher_dim = int(teacher_dim)
+        self.dense = tf.keras.layers.Dense(self.teacher_dim, use_bias=False, name="kernel_map")
+
+    def call(self, embedding: tf.Tensor) -> tf.Tensor:
+        return self.dense(tf.cast(embedding, tf.float32))
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "teacher_dim": self.teacher_dim}
+
+
+def match_teacher(student_embedding: tf.Tensor, teacher_dim: int) -> tf.Tensor:
+    """The student's embedding as compared with the teacher's: itself if the sizes agree, else projected."""
+    if int(student_embedding.shape[-1]) == int(teacher_dim):
+        return student_embedding
+    return TeacherProjection(teacher_dim, name="teacher_projection")(student_embedding)
