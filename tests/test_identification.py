@@ -219,3 +219,16 @@ def test_evaluate_identification_writes_the_table_det_png_and_json(tmp_path, peo
         assert scores == sorted(scores)  # a larger gallery never needs a lower threshold
     threshold = ident.threshold_from_identification(js, 7, 0.1)
     assert threshold["score"] == pytest.approx(r["by_gallery_size"]["7"]["0.1"]["score"])
+
+
+def test_demo_report_shows_the_open_set_figures_and_the_board_threshold(tmp_path):
+    from mobilefacenet_k210 import demo_report
+
+    result = ident.open_set(*_hand_built(), enroll_photos=1, fpirs=(0.01, 0.1), gallery_sizes=(1, 2))
+    threshold = ident.threshold_for_gallery(np.array(result["impostor_tail"]), result["impostor_count"], 2, 0.01)
+    section = "\n".join(demo_report._open_set(tmp_path, {"table": ident.table({"m.kmodel": result}),
+                                                         "results": {"m.kmodel": result}},
+                                              {**threshold, "from": "open-set identification"}))
+    assert "| m.kmodel | 87.5% | 62.5% (85.7) | 12.5% (50.0) |" in section  # rank-1 7/8, FNIR 5/8 and 1/8
+    assert f"score > {threshold['score']:.1f} (open-set identification, FPIR 1% for a gallery of 2 people)" in section
+    assert "det_identification.png" in section

@@ -50,7 +50,7 @@ def board_scores(features: np.ndarray, gallery: np.ndarray) -> np.ndarray:
 
 
 def score_to_distance(score: float) -> float:
-    """Squared L2 distance between unit vectors whose board score is ``score`` (cos = 2 score/100 - 1, d = 2 - 2 cos)."""
+    """Squared L2 distance of unit vectors with board score ``score``: cos = 2 score/100 - 1, d = 2 - 2 cos."""
     return 2.0 * (1.0 - (float(score) / 100.0 - 0.5) / 0.5)
 
 
@@ -142,7 +142,8 @@ def open_set(features: np.ndarray, labels: Sequence[str], order: Sequence[int], 
                                       "lower the enrolled photos or add photos")
         enrolled_sizes.append(len(names))
         names = np.asarray(names)
-        mated, nonmated = board_scores(features[fold["mated"]], gallery), board_scores(features[fold["nonmated"]], gallery)
+        mated = board_scores(features[fold["mated"]], gallery)
+        nonmated = board_scores(features[fold["nonmated"]], gallery)
         top_m.append(mated.max(axis=1))
         ok.append(names[mated.argmax(axis=1)] == labels[fold["mated"]])
         top_n.append(nonmated.max(axis=1))
@@ -187,7 +188,8 @@ def _key(fpir: float) -> str:
 def table(results: Dict[str, Dict[str, Any]], fpirs: Sequence[float] = FPIR_TARGETS) -> str:
     """Markdown: per model rank-1 and FNIR at each FPIR (threshold in board score), then thresholds per gallery size."""
     head = " | ".join(f"FNIR @FPIR {100 * f:g}% (score >)" for f in fpirs)
-    lines = [f"| Model | rank-1 | {head} | enrolled / mated / strangers |", "|---|---:|" + "---:|" * len(fpirs) + "---|"]
+    lines = [f"| Model | rank-1 | {head} | enrolled / mated / strangers |",
+             "|---|---:|" + "---:|" * len(fpirs) + "---|"]
     for model, r in results.items():
         cells = [f"{100 * r['at_fpir'][_key(f)]['fnir']:.1f}% ({r['at_fpir'][_key(f)]['threshold_score']:.1f})"
                  for f in fpirs]
@@ -211,7 +213,7 @@ def table(results: Dict[str, Dict[str, Any]], fpirs: Sequence[float] = FPIR_TARG
 
 
 def plot_det(results: Dict[str, Dict[str, Any]], path: Path, title: str) -> Path:
-    """DET (FNIR against FPIR, log FPIR) per model, the FPIR targets marked; threshold against gallery size beside it."""
+    """DET (FNIR against FPIR, log FPIR) per model, FPIR targets marked; beside it, threshold against gallery size."""
     import matplotlib
 
     matplotlib.use("Agg")
