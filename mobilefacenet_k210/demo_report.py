@@ -44,7 +44,9 @@ def _open_set(out: Path, openset: Any, threshold: Dict[str, Any]) -> List[str]:
         return []
     method = next(iter(openset["results"].values()))["gallery_size_method"]
     carried = (f"The board files carry score > {threshold['score']:.1f} ({threshold.get('from', '?')}, "
-               f"FPIR {100 * threshold['fpir']:g}% for a gallery of {threshold['gallery_size']} people)."
+               f"FPIR {100 * threshold['fpir']:g}% for a gallery of {threshold['gallery_size']} people"
+               + ("; the highest impostor score seen, as the measured comparisons cannot resolve that rate)."
+                  if threshold.get("limited") else ").")
                if threshold.get("gallery_size") else
                f"The board files carry score > {threshold.get('score', float('nan')):.1f} from 1:1 verification.")
     return ["## 5b. Open-set identification (as the board does it)", "",

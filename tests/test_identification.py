@@ -132,6 +132,11 @@ def test_board_files_takes_the_open_set_threshold_for_the_gallerys_size(tmp_path
     assert main(["board-files", "--out", str(tmp_path / "sd2"), "--kmodel", str(kmodel), "--embedding-size", "6",
                  "--ident-eval", str(ident_json), "--gallery-size", "1", "--fpir", "0.1"]) == 0
     assert json.loads((tmp_path / "sd2" / files.CONFIG_NAME).read_text())["threshold"]["score"] == pytest.approx(50.0)
+    assert main(["board-files", "--out", str(tmp_path / "sd4"), "--kmodel", str(kmodel), "--embedding-size", "6",
+                 "--ident-eval", str(ident_json), "--gallery-size", "10"]) == 0  # FPIR 1%: finer than 1 in 32
+    printed = capsys.readouterr().out
+    assert "WARNING" in printed and "highest impostor score seen" in printed
+    assert json.loads((tmp_path / "sd4" / files.CONFIG_NAME).read_text())["threshold"]["limited"] is True
     assert main(["board-files", "--out", str(tmp_path / "sd3"), "--kmodel", str(kmodel), "--eval", str(verification),
                  "--embedding-size", "6"]) == 0
     plain = json.loads((tmp_path / "sd3" / files.CONFIG_NAME).read_text())["threshold"]
@@ -230,5 +235,7 @@ def test_demo_report_shows_the_open_set_figures_and_the_board_threshold(tmp_path
                                                          "results": {"m.kmodel": result}},
                                               {**threshold, "from": "open-set identification"}))
     assert "| m.kmodel | 87.5% | 62.5% (85.7) | 12.5% (50.0) |" in section  # rank-1 7/8, FNIR 5/8 and 1/8
-    assert f"score > {threshold['score']:.1f} (open-set identification, FPIR 1% for a gallery of 2 people)" in section
+    assert threshold["limited"]  # 0.5% per comparison is finer than 1 in 32
+    assert (f"score > {threshold['score']:.1f} (open-set identification, FPIR 1% for a gallery of 2 people; "
+            "the highest impostor score seen") in section
     assert "det_identification.png" in section

@@ -117,7 +117,12 @@ def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"files": [str(out / name) for name in names], "config": cfg, "warnings": check["warnings"]}
+    warnings = list(check["warnings"])
+    if threshold.get("limited"):
+        warnings.append(f"{ident_eval}: FPIR {threshold['fpir']:g} for {threshold['gallery_size']} people needs a "
+                        f"per-comparison rate below 1 in {threshold['impostor_comparisons']} measured; the threshold "
+                        "is the highest impostor score seen (measure on more people for a finer one)")
+    return {"files": [str(out / name) for name in names], "config": cfg, "warnings": warnings}
 
 
 def _threshold(eval_json: Optional[Union[str, Path]], eval_set: Optional[str], ident_eval: Optional[Union[str, Path]],
