@@ -65,6 +65,10 @@ def add_evaluate(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--out", metavar="DIR", help="write ROC/histogram PNGs and results.md here")
     p.add_argument("--save-bin", metavar="FILE.bin", help="also save the --pairs/--folder crops as an InsightFace .bin")
+    p.add_argument("--identification", action="store_true",
+                   help="open-set 1:N identification on --folder as the board does it: rank-1, FNIR at FPIR, DET PNG")
+    p.add_argument("--enroll-photos", type=int, help="--identification: photos enrolled per person (default 5)")
+    p.add_argument("--gallery-size", type=int, help="--identification: also the threshold for a gallery of N people")
     p.set_defaults(handler=run_evaluate)
 
 
@@ -192,9 +196,13 @@ def add_board_files(sub) -> None:
                                    "(on the SD card, or in flash with --flash-address) and the gallery.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder whose files go to the SD card root")
     p.add_argument("--kmodel", required=True, help="our .kmodel (checked as for `mfk210 kfpkg`)")
-    p.add_argument("--eval", required=True, metavar="EVAL.json", dest="eval_json",
+    p.add_argument("--eval", metavar="EVAL.json", dest="eval_json",
                    help="`mfk210 evaluate --json` output: its best_threshold becomes the board's threshold")
-    p.add_argument("--eval-set", help="which result in EVAL.json when it holds several")
+    p.add_argument("--ident-eval", metavar="IDENT.json", help="`mfk210 evaluate --identification --json` output: "
+                   "the threshold giving --fpir for the gallery's size (used instead of --eval)")
+    p.add_argument("--fpir", type=float, default=0.01, help="--ident-eval: strangers named at most this often")
+    p.add_argument("--gallery-size", type=int, help="--ident-eval: people enrolled (default: those in --gallery)")
+    p.add_argument("--eval-set", help="which result in EVAL.json (or model in IDENT.json) when it holds several")
     p.add_argument("--gallery", metavar="GALLERY.json", help="gallery from `mfk210 enroll` (else the board "
                                                              "starts empty and enrolls with its button)")
     p.add_argument("--flash-address", type=_address, help="load the kmodel from flash here instead of the SD card")
@@ -209,7 +217,7 @@ def run_board_files(args) -> int:
 
     result = files.write_board_files(args.out, args.kmodel, args.eval_json, args.eval_set, args.gallery,
                                      args.flash_address, cfg.load(cfg.BoardConfig, args.config, args.set),
-                                     args.embedding_size)
+                                     args.embedding_size, args.ident_eval, args.fpir, args.gallery_size)
     print(files.describe(result))
     return 0
 

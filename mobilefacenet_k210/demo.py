@@ -28,7 +28,8 @@ STEPS = [
     ("export", "export: float TFLite, int8 TFLite, kmodel (nncase) with the parity report", 20),
     ("evaluate", "10-fold verification of the Keras model and the kmodel on the test identities", 7),
     ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 4),
-    ("board", "package the kmodel (.kfpkg) and the CanMV board files with the measured threshold", 1),
+    ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 3),
+    ("board", "package the kmodel (.kfpkg) and the CanMV board files with the open-set threshold", 1),
     ("inspect", "contact sheet of the training shards", 3),
 ]
 STEP_CONFIG = {
@@ -37,6 +38,7 @@ STEP_CONFIG = {
     "train": ("train_config",),
     "export": ("calibrate_method", "calibration_samples"),
     "identify": ("enroll_photos",),
+    "openset": ("enroll_photos", "test"),
 }
 """The DemoConfig fields each step's output depends on (``workers`` changes speed only). A field naming
 a config file stands for the file's content too."""
@@ -44,7 +46,7 @@ CONFIG_FILES = ("build_config", "train_config")
 STEP_OUTPUTS = {
     "faces": ("raw",), "shards": ("shards",), "aligned": ("aligned",), "pairs": ("select.bin", "test.bin"),
     "train": ("train",), "export": ("export",), "evaluate": ("evaluate",), "identify": ("identify",),
-    "board": ("board",), "inspect": ("inspect",),
+    "openset": ("openset",), "board": ("board",), "inspect": ("inspect",),
 }
 """What each step writes under OUT: removed before a step reruns for a changed input."""
 
@@ -296,7 +298,8 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
 
     demo.run("evaluate", evaluate)
     demo.run("identify", lambda: identify_test(out, config))
-    demo.run("board", lambda: board_files(out))
+    demo.run("openset", lambda: open_set_test(out, config))
+    demo.run("board", lambda: board_files(out, len(config.test)))
     demo.run("inspect", lambda: inspect_shards(out))
     figures = summarize(demo)
     figures["demo_seconds_this_run"] = time.perf_counter() - t0
@@ -347,18 +350,31 @@ def identify_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
     return results
 
 
-def board_files(out: Path) -> Dict[str, Any]:
-    """The .kfpkg for kflash and the CanMV script with the kmodel's measured threshold and gallery."""
+def open_set_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
+    """The kmodel's open-set figures on the test identities (the board's job), thresholds up to their number."""
+    from mobilefacenet_k210.config import EvalConfig
+    from mobilefacenet_k210.evaluate import evaluate as evaluate_fn
+
+    cfg = EvalConfig(models=[_models(out)["kmodel"]], folder=str(out / "aligned" / "test"), aligned=True,
+                     identification=True, enroll_photos=config.enroll_photos, gallery_size=len(config.test),
+                     json=str(out / "openset" / "results.json"), out=str(out / "openset"))
+    result = evaluate_fn(cfg)
+    keep = ("rank1", "at_fpir", "enrolled_people", "mated_probes", "nonmated_probes", "gallery_size_method")
+    return {"table": result["table"], "results": {m: {k: r[k] for k in keep} for m, r in result["results"].items()}}
+
+
+def board_files(out: Path, gallery_size: int) -> Dict[str, Any]:
+    """The .kfpkg for kflash and the CanMV script with the kmodel's open-set threshold (FPIR 1%) and gallery."""
     from mobilefacenet_k210.board import files, kfpkg
 
     kmodel = _models(out)["kmodel"]
     plan = kfpkg.build_kfpkg(kmodel, out / "board" / "mfk210.kfpkg")
-    written = files.write_board_files(out / "board" / "sd", kmodel, out / "evaluate" / "results.json",
-                                      eval_set=_eval_set(out, kmodel),
-                                      gallery=out / "identify" / "gallery_kmodel.json")
+    written = files.write_board_files(out / "board" / "sd", kmodel, None, eval_set=kmodel,
+                                      gallery=out / "identify" / "gallery_kmodel.json",
+                                      ident_eval=out / "openset" / "results.json", fpir=0.01,
+                                      gallery_size=gallery_size)
     return {"kfpkg": str(out / "board" / "mfk210.kfpkg"), "flash": plan.get("files", plan),
-            "files": written["files"], "threshold_score": written["config"].get("threshold_score"),
-            "warnings": written["warnings"]}
+            "files": written["files"], "threshold": written["config"]["threshold"], "warnings": written["warnings"]}
 
 
 def inspect_shards(out: Path) -> Dict[str, Any]:

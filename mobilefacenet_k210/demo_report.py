@@ -38,6 +38,25 @@ def _targets(figures: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _open_set(out: Path, openset: Any, threshold: Dict[str, Any]) -> List[str]:
+    """Section 5b: open-set figures of the kmodel and the threshold the board files carry."""
+    if not openset:
+        return []
+    method = next(iter(openset["results"].values()))["gallery_size_method"]
+    carried = (f"The board files carry score > {threshold['score']:.1f} ({threshold.get('from', '?')}, "
+               f"FPIR {100 * threshold['fpir']:g}% for a gallery of {threshold['gallery_size']} people"
+               + ("; the highest impostor score seen, as the measured comparisons cannot resolve that rate)."
+                  if threshold.get("limited") else ").")
+               if threshold.get("gallery_size") else
+               f"The board files carry score > {threshold.get('score', float('nan')):.1f} from 1:1 verification.")
+    return ["## 5b. Open-set identification (as the board does it)", "",
+            "Half of the held-out people enrolled, the other half strangers, then swapped; rank-1 and FNIR "
+            "(enrolled people not named correctly) at FPIR (strangers given a name), board score in ().",
+            "", openset["table"], f"Threshold for N people: {method}. {carried}", "",
+            _image(out, out / "openset" / "det_identification.png", "DET curve and threshold against gallery size"),
+            ""]
+
+
 def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict[str, float],
            figures: Dict[str, Any], steps: Sequence[Tuple[str, str, Any]]) -> str:
     """Markdown for ``OUT/report.md``; image links are relative to ``OUT``; ``steps`` are (name, what, ...)."""
@@ -114,6 +133,7 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         f"The kmodel (in nncase's simulator) gives the same answer as Keras on {ident['same_names']} of "
         f"{ident['probes']} photos.",
         "",
+        *_open_set(out, results.get("openset"), board.get("threshold") or {}),
         "## 6. Board",
         "",
         f"`{board['kfpkg']}` (kflash package) and the CanMV `feat/kpu` files in `board/sd/`: "

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Union
 from mobilefacenet_k210 import atomic, k210, preprocessing
 from mobilefacenet_k210.board import gallery as board_gallery
 from mobilefacenet_k210.board import kfpkg
-from mobilefacenet_k210.board.score import threshold_from_eval
+from mobilefacenet_k210.board.score import ThresholdError, threshold_from_eval, threshold_from_identification
 from mobilefacenet_k210.config import BoardConfig
 
 SCRIPT = "canmv_face_id.py"
@@ -63,27 +63,31 @@ def board_config(kmodel_check: Dict[str, Any], threshold: Dict[str, Any], config
     }
 
 
-def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json: Union[str, Path],
+def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json: Optional[Union[str, Path]],
                       eval_set: Optional[str] = None, gallery: Optional[Union[str, Path]] = None,
                       flash_address: Optional[int] = None, config: Optional[BoardConfig] = None,
-                      embedding_size: Optional[int] = None) -> Dict[str, Any]:
+                      embedding_size: Optional[int] = None, ident_eval: Optional[Union[str, Path]] = None,
+                      fpir: float = 0.01, gallery_size: Optional[int] = None) -> Dict[str, Any]:
     """Write the script, ``mfk210_config.json`` and, if given, the gallery and (unless flashed) the kmodel.
 
     The set is written into a hidden folder beside ``out`` and swapped in at the end, so a failure
     leaves the previous set whole, and files of an earlier set that this one lacks do not linger.
 
     ``embedding_size`` is needed only when neither the kmodel's compile record nor the gallery says it.
+    The threshold comes from ``ident_eval`` (open-set identification: the score giving ``fpir`` for a
+    gallery of ``gallery_size`` people, by default the people in ``gallery``) when given, else from
+    ``eval_json`` (1:1 verification); the config records which, and for which gallery size.
     Returns ``{"files": [...], "config": {...}, "warnings": [...]}``.
     """
     config = config or BoardConfig()
     out = Path(out) if Path(out).name else Path(out).resolve()  # "." has no name to put a sibling beside
-    threshold = threshold_from_eval(eval_json, eval_set)
+    people = board_gallery.load_gallery(gallery) if gallery is not None else None
+    threshold = _threshold(eval_json, eval_set, ident_eval, fpir,
+                           gallery_size or (len(people["people"]) if people else None))
     check = kfpkg.check_kmodel(kmodel, flash_address if flash_address is not None else k210.FLASH_MODEL_ADDRESS,
                                config.runtime)
     cfg = board_config(check, threshold, config, flash_address)
-    people = None
-    if gallery is not None:
-        people = board_gallery.load_gallery(gallery)
+    if people is not None:
         board_gallery.check_model(people, gallery, kmodel, check["sha256"])
         size = len(people["people"][0]["feature"])
         if cfg["embedding_size"] not in (None, size):
@@ -113,7 +117,27 @@ def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"files": [str(out / name) for name in names], "config": cfg, "warnings": check["warnings"]}
+    warnings = list(check["warnings"])
+    if threshold.get("limited"):
+        warnings.append(f"{ident_eval}: FPIR {threshold['fpir']:g} for {threshold['gallery_size']} people needs a "
+                        f"per-comparison rate below 1 in {threshold['impostor_comparisons']} measured; the threshold "
+                        "is the highest impostor score seen (measure on more people for a finer one)")
+    return {"files": [str(out / name) for name in names], "config": cfg, "warnings": warnings}
+
+
+def _threshold(eval_json: Optional[Union[str, Path]], eval_set: Optional[str], ident_eval: Optional[Union[str, Path]],
+               fpir: float, gallery_size: Optional[int]) -> Dict[str, Any]:
+    """The board threshold and where it came from: open-set identification if given, else verification."""
+    if ident_eval is not None:
+        if gallery_size is None:
+            raise ThresholdError(f"{ident_eval}: the open-set threshold depends on how many people are enrolled; "
+                                 "pass --gallery or --gallery-size")
+        return threshold_from_identification(ident_eval, gallery_size, fpir, eval_set)
+    if eval_json is None:
+        raise ThresholdError("no threshold source: pass --eval (`mfk210 evaluate --json`) or --ident-eval "
+                             "(`mfk210 evaluate --identification --json`)")
+    return {**threshold_from_eval(eval_json, eval_set), "from": "1:1 verification (10-fold best accuracy)",
+            "gallery_size": None}
 
 
 def _check_own_folder(out: Path, config: BoardConfig) -> None:
@@ -156,8 +180,13 @@ def describe(result: Dict[str, Any]) -> str:
     model = cfg["model"]
     lines.append("  model: " + (model["path"] if "path" in model else
                                 f"flash {model['flash_address']:#x}, {model['size']} bytes (flash it with `mfk210 flash`)"))
-    lines.append(f"  threshold: score > {t['score']:.4f}  (= squared L2 distance < {t['distance']:.4f}, "
-                 f"best_threshold from {t['source']}{' [' + t['set'] + ']' if t.get('set') else ''})")
+    where = f"{t['source']}{' [' + t['set'] + ']' if t.get('set') else ''}"
+    if t.get("gallery_size"):
+        lines.append(f"  threshold: score > {t['score']:.4f}  (= squared L2 distance < {t['distance']:.4f}), "
+                     f"FPIR {100 * t['fpir']:g}% for {t['gallery_size']} people, open-set identification {where}")
+    else:
+        lines.append(f"  threshold: score > {t['score']:.4f}  (= squared L2 distance < {t['distance']:.4f}, "
+                     f"best_threshold from {where})")
     lines.append(f"  detector {cfg['detector']['path']}, landmarks {cfg['landmarks']['path']} (CanMV's examples)")
     lines.append(f"  on the board: run {SCRIPT} (or save it as /sd/main.py) on CanMV feat/kpu with kmodel v5 enabled")
     for w in result["warnings"]:

@@ -9,10 +9,13 @@ threshold ``100 - 25 t`` (a face matches when its score is above it), with no ap
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import numpy as np
-
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.errors import Mfk210Error
+from mobilefacenet_k210.evaluate.identification import (board_scores, score_to_distance,  # the one copy
+                                                        threshold_from_identification)
+
+__all__ = ["ThresholdError", "board_scores", "distance_to_score", "score_to_distance", "threshold_from_eval",
+           "threshold_from_identification"]
 
 
 class ThresholdError(Mfk210Error, ValueError):
@@ -23,19 +26,6 @@ def distance_to_score(distance: float) -> float:
     """Board score of a squared-L2 distance between normalized embeddings: (0.5 + 0.5 * (1 - d/2)) * 100."""
     cos = 1.0 - float(distance) / 2.0
     return (0.5 + 0.5 * cos) * 100.0
-
-
-def score_to_distance(score: float) -> float:
-    """Inverse of :func:`distance_to_score`."""
-    return 2.0 * (1.0 - (float(score) / 100.0 - 0.5) / 0.5)
-
-
-def board_scores(features: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """``Feat.compare`` of every feature (N, D) with every gallery feature (G, D): (0.5 + 0.5 * dot) * 100.
-
-    Like the board, no normalization happens here: both sides must already be unit vectors.
-    """
-    return (0.5 + 0.5 * np.asarray(features, np.float32) @ np.asarray(gallery, np.float32).T) * 100.0
 
 
 def threshold_from_eval(path: Union[str, Path], name: Optional[str] = None) -> Dict[str, Any]:

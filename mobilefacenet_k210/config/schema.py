@@ -315,7 +315,9 @@ class EvalConfig:
     ``seed``), or precomputed ``embeddings`` + ``issame`` .npy files. ``compare`` names two models
     whose accuracies, drop and embedding cosine agreement are reported. ``flip`` sums each crop's
     embedding with its mirror's (InsightFace's test-time flip). ``out`` receives the PNGs and the
-    Markdown table; ``json`` the full results.
+    Markdown table; ``json`` the full results. ``identification`` runs open-set 1:N identification on
+    ``folder`` instead (``evaluate/identification.py``): ``enroll_photos`` photos per enrolled person,
+    thresholds also for a gallery of ``gallery_size`` people.
     """
 
     models: List[str] = dataclasses.field(default_factory=list)
@@ -335,12 +337,18 @@ class EvalConfig:
     json: Optional[str] = None
     out: Optional[str] = None
     save_bin: Optional[str] = None
+    identification: bool = False
+    enroll_photos: int = 5
+    gallery_size: Optional[int] = None
 
     def validate(self, where: str = "evaluate") -> None:
         """Refuse fold counts and sizes the protocol cannot use, naming the field."""
         if self.nfolds < 2:
             raise ConfigError(f"{where}.nfolds {self.nfolds}: at least 2 folds")
-        _positive(where, batch_size=self.batch_size, max_positive_pairs=self.max_positive_pairs)
+        _positive(where, batch_size=self.batch_size, max_positive_pairs=self.max_positive_pairs,
+                  enroll_photos=self.enroll_photos)
+        if self.gallery_size is not None:
+            _positive(where, gallery_size=self.gallery_size)
         if self.compare and len(self.compare) != 2:
             raise ConfigError(f"{where}.compare: name exactly two models")
 

@@ -139,6 +139,10 @@ def evaluate(config: EvalConfig, echo: Callable[[str], None] = print,
     """
     from mobilefacenet_k210.evaluate import backends, metrics, report
 
+    if config.identification:
+        from mobilefacenet_k210.evaluate.identification import evaluate_identification
+
+        return evaluate_identification(config, echo)
     model_paths = _check_config(config)
     out = Path(config.out) if config.out else None
     loaded = {path: backends.load_backend(path) for path in model_paths}
