@@ -14,7 +14,7 @@ JOBS ?= $(shell nproc)
 # nncase 1.x has wheels for CPython 3.7-3.10 only: find a 3.10 on PATH or through pyenv.
 PYTHON310 := $(shell tools/find_python310.sh)
 
-.PHONY: setup demo test bench bench-gpu data train export clean help
+.PHONY: setup demo test bench bench-gpu bench-scale data train export clean help
 
 help:
 	@echo "make demo    raw ORL photos -> aligned shards -> train -> evaluate -> kmodel (runs/demo/report.md)"
@@ -22,6 +22,7 @@ help:
 	@echo "make setup   the Python 3.10 venv in $(VENV) (NNCASE=$(NNCASE))"
 	@echo "make bench   measure every target into bench/results.json and bench/results.md"
 	@echo "make bench-gpu  add GPU training images/s (batch 512, mixed float16 vs float32) to bench/results.*"
+	@echo "make bench-scale  how cost grows with size: bench/scale.json, table and plot in docs/scale.md"
 	@echo "make data RAW=DIR DATA=DIR | make train CONFIG=... DATA=... RUN=... | make clean"
 
 setup: $(STAMP)
@@ -56,6 +57,9 @@ bench-gpu: $(STAMP)
 	  $(PY) -m pip uninstall -q -y tensorflow-cpu && \
 	  $(PY) -m pip install -q -c constraints.txt "tensorflow[and-cuda]==$$(grep -oP '^tensorflow-cpu==\K\S+' constraints.txt)"; fi
 	$(MFK) bench --gpu --out bench
+
+bench-scale: $(STAMP)
+	$(MFK) bench --scale --out bench
 
 data: $(STAMP)
 	$(MFK) build-tfrecords $(RAW) $(DATA) --workers $(JOBS)

@@ -453,13 +453,20 @@ def add_bench(sub) -> None:
     p.add_argument("--gpu", action="store_true",
                    help="only add the GPU figures (training images/s at batch 512, mixed float16 vs float32) "
                         "to OUT/results.json; needs a GPU build of TensorFlow")
+    p.add_argument("--scale", action="store_true",
+                   help="only measure how cost grows with size (builder records, tf.data shards, head classes) into "
+                        "OUT/scale.json and docs/scale.md (about 15 minutes)")
     p.set_defaults(handler=run_bench)
 
 
 def run_bench(args) -> int:
     from mobilefacenet_k210 import bench
 
-    if args.gpu:
+    if args.scale:
+        from mobilefacenet_k210.bench_scale import run_bench_scale
+
+        run_bench_scale(args.out)
+    elif args.gpu:
         bench.run_bench_gpu(args.out)
     else:
         bench.run_bench(args.out, args.demo_out, args.train_config, tests=not args.no_tests)

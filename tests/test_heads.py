@@ -114,3 +114,47 @@ def test_imprint_points_each_centre_at_its_class_and_keeps_empty_classes():
         heads.imprint(head, np.ones((2, 4)))
     with pytest.raises(TypeError):
         heads.imprint(heads.SoftmaxHead(3), sums)
+
+
+def test_sampled_margin_head_scores_the_batch_classes_and_a_draw_of_the_others():
+    """Partial FC: in training, the batch's classes are always scored, exactly as by the full head; the
+    classes left out get SAMPLED_OUT; outside training (and at sample_rate 1) the head is the full one."""
+    tf.keras.utils.set_random_seed(3)
+    full = heads.ArcFace(50, scale=16.0, margin=0.3)
+    sampled = heads.ArcFace(50, scale=16.0, margin=0.3, sample_rate=0.2)
+    x = tf.random.normal((6, 8))
+    y = tf.constant([3, 3, 17, 41, 0, 49])
+    full([x, y])
+    sampled([x, y])
+    sampled.centers.assign(full.centers)
+    reference = full([x, y], training=True).numpy()
+    np.testing.assert_allclose(sampled([x, y], training=False).numpy(), reference, rtol=1e-5, atol=1e-5)
+    few = heads.ArcFace(50, sample_rate=0.02)  # one class by rate, five in the batch: all five scored
+    few([x, y])
+    assert (few([x, y], training=True).numpy()[0] != heads.SAMPLED_OUT).sum() == 5
+    for _ in range(5):
+        logits = sampled([x, y], training=True).numpy()
+        scored = np.flatnonzero(logits[0] != heads.SAMPLED_OUT)
+        assert len(scored) == 10 and set(y.numpy()) <= set(scored)
+        assert (logits[:, scored] != heads.SAMPLED_OUT).all()
+        np.testing.assert_allclose(logits[:, scored], reference[:, scored], rtol=1e-5, atol=1e-5)
+        loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits).numpy()
+        restricted = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+            np.searchsorted(scored, y.numpy()), reference[:, scored]).numpy()
+        np.testing.assert_allclose(loss, restricted, rtol=1e-5)
+
+
+def test_sampled_head_trains_and_is_refused_where_it_means_nothing():
+    tf.keras.utils.set_random_seed(1)
+    x, y = _separable(num_classes=8)
+    phase = PhaseConfig(head="arcface", scale=16.0, margin=0.3, sample_rate=0.5)
+    backbone = tf.keras.Sequential([tf.keras.Input((x.shape[1],)), tf.keras.layers.Dense(8)])
+    model, head = heads.build_training_model(backbone, phase, num_classes=8)
+    assert head.sample_rate == 0.5 and heads.ArcFace.from_config(head.get_config()).sample_rate == 0.5
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.02), loss=heads.make_loss(phase))
+    before = model.evaluate((x, y), y, batch_size=len(x), verbose=0)
+    model.fit((x, y), y, batch_size=16, epochs=60, verbose=0)  # about 2 classes a batch: the others sampled
+    assert model.evaluate((x, y), y, batch_size=len(x), verbose=0) < 0.7 * before  # scored by the full head
+    for bad in (PhaseConfig(head="softmax", sample_rate=0.5), PhaseConfig(head="arcface", sample_rate=0.0)):
+        with pytest.raises(ValueError, match="sample_rate"):
+            bad.validate()

@@ -124,6 +124,7 @@ class PhaseConfig:
     images_per_identity: int = 4
     init: str = "previous"
     head_init: str = "random"
+    sample_rate: float = 1.0  # margin heads: fraction of the classes scored each step (Partial FC); 1 = all
 
     @property
     def batch(self) -> int:
@@ -140,6 +141,10 @@ class PhaseConfig:
             raise ConfigError(f"{where}.head_init imprint: only for the margin heads {MARGIN_HEADS}")
         if self.epochs < 1 or self.batch < 1 or self.lr <= 0:
             raise ConfigError(f"{where}: epochs, batch size and lr must be positive")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"{where}.sample_rate {self.sample_rate}: expected 0 < rate <= 1")
+        if self.sample_rate < 1.0 and self.head not in MARGIN_HEADS:
+            raise ConfigError(f"{where}.sample_rate: only the margin heads {MARGIN_HEADS} sample their classes")
         if self.head == "triplet" and self.images_per_identity < 2:
             raise ConfigError(f"{where}.images_per_identity: a triplet batch needs at least 2 images per identity")
 

@@ -15,7 +15,7 @@ the mixed-precision policy (``dtype="float32"``; the float16 embeddings are cast
 :func:`build_training_model` wraps an embedding model into ``(image, label) -> logits``.
 """
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -40,15 +40,26 @@ class SoftmaxHead(tf.keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
+SAMPLED_OUT = -1e4
+"""The logit of a class left out of a sampled step: exp() of it is 0 next to any scaled cosine."""
+
+
 class MarginHead(tf.keras.layers.Layer):
-    """Combined angular margin: logit of the true class ``s*(cos(m1*theta + m2) - m3)``, others ``s*cos``."""
+    """Combined angular margin: logit of the true class ``s*(cos(m1*theta + m2) - m3)``, others ``s*cos``.
+
+    ``sample_rate`` < 1 is Partial FC (An et al. 2022, arcface_torch): in training, each step scores
+    only the classes of the batch plus a random draw of the others, ``sample_rate`` of all classes
+    in total, and every class left out gets the logit ``SAMPLED_OUT``, so the softmax, the loss and
+    the accuracy are those over the sample while the costly (batch x classes) product shrinks.
+    """
 
     def __init__(self, num_classes: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
-                 **kwargs):
+                 sample_rate: float = 1.0, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.scale, self.m1, self.m2, self.m3 = float(scale), float(m1), float(m2), float(m3)
+        self.sample_rate = float(sample_rate)
 
     def build(self, input_shape):
         dim = int(input_shape[0][-1])
@@ -56,11 +67,20 @@ class MarginHead(tf.keras.layers.Layer):
                                        initializer=tf.keras.initializers.GlorotNormal(), trainable=True)
         super().build(input_shape)
 
-    def cosine(self, embeddings: tf.Tensor) -> tf.Tensor:
-        """Cosine between each embedding and each class centre, (N, num_classes) float32."""
+    def cosine(self, embeddings: tf.Tensor, centers: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """Cosine between each embedding and each class centre (or each of ``centers``), (N, classes) float32."""
         x = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
-        w = tf.math.l2_normalize(self.centers, axis=0)
+        w = tf.math.l2_normalize(self.centers if centers is None else centers, axis=0)
         return tf.clip_by_value(tf.matmul(x, w), -1.0, 1.0)
+
+    def sample(self, labels: tf.Tensor) -> tf.Tensor:
+        """Sorted class indices of one sampled step: every label of the batch, then random others up to
+        ``sample_rate`` of all classes (more when the batch alone holds more classes than that)."""
+        positives = tf.unique(labels).y
+        count = tf.maximum(max(1, int(round(self.sample_rate * self.num_classes))), tf.size(positives))
+        priority = tf.tensor_scatter_nd_update(tf.random.uniform([self.num_classes]), positives[:, None],
+                                               tf.fill(tf.shape(positives), 2.0))
+        return tf.sort(tf.math.top_k(priority, k=count).indices)
 
     def target_logit(self, cos: tf.Tensor) -> tf.Tensor:
         """``cos(m1*theta + m2) - m3`` with the monotonic fallback past pi (before scaling)."""
@@ -77,16 +97,24 @@ class MarginHead(tf.keras.layers.Layer):
         fallback = cos - self.m2 * math.sin(self.m2)
         return tf.where(valid, shifted, fallback) - self.m3
 
-    def call(self, inputs):
+    def _margin_logits(self, cos: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        onehot = tf.one_hot(labels, tf.shape(cos)[1], dtype=tf.float32)
+        return self.scale * tf.where(onehot > 0, self.target_logit(cos), cos)
+
+    def call(self, inputs, training=None):
         embeddings, labels = inputs
-        cos = self.cosine(embeddings)
-        onehot = tf.one_hot(tf.reshape(tf.cast(labels, tf.int32), [-1]), self.num_classes, dtype=tf.float32)
-        logits = tf.where(onehot > 0, self.target_logit(cos), cos)
-        return self.scale * logits
+        labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+        if not training or self.sample_rate >= 1.0:
+            return self._margin_logits(self.cosine(embeddings), labels)
+        index = self.sample(labels)
+        local = tf.searchsorted(index, labels)  # a label's position in the sorted sample
+        sampled = self._margin_logits(self.cosine(embeddings, tf.gather(self.centers, index, axis=1)), local)
+        full = tf.fill([self.num_classes, tf.shape(sampled)[0]], SAMPLED_OUT)
+        return tf.transpose(tf.tensor_scatter_nd_update(full, index[:, None], tf.transpose(sampled)))
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "num_classes": self.num_classes, "scale": self.scale,
-                "m1": self.m1, "m2": self.m2, "m3": self.m3}
+                "m1": self.m1, "m2": self.m2, "m3": self.m3, "sample_rate": self.sample_rate}
 
 
 class ArcFace(MarginHead):
@@ -157,11 +185,12 @@ def make_head(phase: PhaseConfig, num_classes: int) -> tf.keras.layers.Layer:
     if phase.head == "softmax":
         return SoftmaxHead(num_classes, name="head")
     if phase.head == "arcface":
-        return ArcFace(num_classes, scale=phase.scale, margin=phase.margin, name="head")
+        return ArcFace(num_classes, scale=phase.scale, margin=phase.margin, sample_rate=phase.sample_rate, name="head")
     if phase.head == "cosface":
-        return CosFace(num_classes, scale=phase.scale, margin=phase.margin, name="head")
+        return CosFace(num_classes, scale=phase.scale, margin=phase.margin, sample_rate=phase.sample_rate, name="head")
     if phase.head == "combined":
-        return MarginHead(num_classes, scale=phase.scale, m1=phase.m1, m2=phase.m2, m3=phase.m3, name="head")
+        return MarginHead(num_classes, scale=phase.scale, m1=phase.m1, m2=phase.m2, m3=phase.m3,
+                          sample_rate=phase.sample_rate, name="head")
     if phase.head == "triplet":
         return L2Embedding(name="head")
     raise ValueError(f"head {phase.head!r}: choose one of {HEADS}")
