@@ -38,13 +38,15 @@ def model_figures() -> Dict[str, Any]:
 def demo_figures(demo_out: Path) -> Dict[str, Any]:
     """Accuracy and identification from the demo (run or resumed here), and its kmodel's figures."""
     from mobilefacenet_k210.demo import run_demo
+    from mobilefacenet_k210.export.result import ExportResult
 
     figures = run_demo(demo_out)
-    report = atomic.read_json(demo_out / "export" / "report.json", "no export report (rerun `make demo`)")
+    report = ExportResult.read(demo_out / "export")
     keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
     out = {k: figures[k] for k in keep}
-    out.update({f"demo_{k}": report[k] for k in ("kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean",
-                                                  "cosine_kmodel_min")})
+    out.update({"demo_kmodel_bytes": report.kmodel_bytes, "demo_kpu_mac_share": report.kpu_mac_share,
+                "demo_cosine_kmodel_mean": report.cosine_kmodel_mean,
+                "demo_cosine_kmodel_min": report.cosine_kmodel_min})
     return out
 
 
@@ -62,8 +64,10 @@ def export_figures(demo_out: Path, work: Path, train_config: str) -> Dict[str, A
     run = work / "train_default"
     train_lib.train(cfg, demo_out / "shards", run)
     report = export_model(run, demo_out / "shards", work / "export_default", holdout=demo_out / "aligned" / "test")
-    return {k: report[k] for k in ("kmodel_bytes", "kmodel_version", "kpu_mac_share", "cosine_kmodel_mean",
-                                   "cosine_kmodel_min", "nncase_version", "calibrate_method", "calibration_samples")}
+    return {"kmodel_bytes": report.kmodel_bytes, "kmodel_version": report.kmodel_version,
+            "kpu_mac_share": report.kpu_mac_share, "cosine_kmodel_mean": report.cosine_kmodel_mean,
+            "cosine_kmodel_min": report.cosine_kmodel_min, "nncase_version": report.nncase_version,
+            "calibrate_method": report.calibrate_method, "calibration_samples": report.calibration_samples}
 
 
 def builder_figures(demo_out: Path, work: Path) -> Dict[str, Any]:

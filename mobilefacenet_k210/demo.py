@@ -283,7 +283,8 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
         from mobilefacenet_k210.export.chain import export_model
 
         cfg = ExportConfig(calibrate_method=config.calibrate_method, calibration_samples=config.calibration_samples)
-        return export_model(out / "train", out / "shards", out / "export", cfg, holdout=out / "aligned" / "test")
+        return export_model(out / "train", out / "shards", out / "export", cfg,
+                            holdout=out / "aligned" / "test").to_dict()
 
     demo.run("export", export)
 
@@ -391,16 +392,18 @@ def summarize(demo: Demo) -> Dict[str, Any]:
     models = _models(demo.out)
     accuracy = {k: r["evaluate"]["results"][m][_eval_set(demo.out, m).rsplit("/", 1)[1]]
                 for k, m in models.items()}
-    export = r["export"]
+    from mobilefacenet_k210.export.result import ExportResult
+
+    export = ExportResult.from_dict(r["export"], str(demo.path("steps", "export.json")))
     figures = {
         "orl_acc_keras": accuracy["keras"]["accuracy"],
         "orl_acc_keras_std": accuracy["keras"]["accuracy_std"],
         "orl_acc_kmodel": accuracy["kmodel"]["accuracy"],
         "orl_acc_kmodel_std": accuracy["kmodel"]["accuracy_std"],
-        "kmodel_bytes": export["kmodel_bytes"],
-        "kpu_mac_share": export["kpu_mac_share"],
-        "cosine_kmodel_mean": export["cosine_kmodel_mean"],
-        "cosine_kmodel_min": export["cosine_kmodel_min"],
+        "kmodel_bytes": export.kmodel_bytes,
+        "kpu_mac_share": export.kpu_mac_share,
+        "cosine_kmodel_mean": export.cosine_kmodel_mean,
+        "cosine_kmodel_min": export.cosine_kmodel_min,
         "identify_keras": r["identify"]["keras"]["accuracy"],
         "identify_kmodel": r["identify"]["kmodel"]["accuracy"],
         "seconds": demo.seconds,

@@ -8,7 +8,8 @@ import pytest
 
 from mobilefacenet_k210 import k210, preprocessing
 from mobilefacenet_k210.config import ExportConfig, ModelConfig
-from mobilefacenet_k210.export import export_model, kmodel, report, tflite
+from mobilefacenet_k210.errors import FileFormatError
+from mobilefacenet_k210.export import ExportResult, export_model, kmodel, report, tflite
 from mobilefacenet_k210.export.calibration import CalibrationError, load_faces
 from mobilefacenet_k210.model.io import ModelFileError
 
@@ -82,6 +83,7 @@ def test_round_trip_writes_v5_kmodel_and_report(exported):
     for key in ("kmodel_bytes", "kmodel_version", "kpu_mac_share", "cosine_kmodel_mean", "cosine_kmodel_min",
                 "calibrate_method", "calibration_samples", "nncase_version"):
         assert key in on_disk, key
+    assert on_disk == json.loads(json.dumps(result.to_dict())) == ExportResult.read(out).to_dict()
     assert on_disk["kmodel_bytes"] == (out / "model.kmodel").stat().st_size
     assert on_disk["calibrate_method"] == "no_clip" and on_disk["calibration_samples"] == 10
     assert on_disk["holdout_samples"] == 4
@@ -98,11 +100,11 @@ def test_round_trip_places_convolutions_on_the_kpu(exported):
     result = exported["report"]
     # Every conv but the 7x7 GDConv runs on the KPU, the projection too (default gdc_linear_kpu head), and
     # each of the 12 residual adds becomes one more KPU conv.
-    assert result["kpu_ops"]["KPUConv2D"] == 49 + 12
-    assert set(result["cpu_conv_layers"]) == {"gdconv"}
-    assert not result["unplaced_layers"] and not result["ambiguous_layers"]
-    assert 0.98 < result["kpu_mac_share"] <= 1.0
-    assert result["macs_kpu"] + result["macs_cpu"] == result["macs_total"]
+    assert result.kpu_ops["KPUConv2D"] == 49 + 12
+    assert set(result.cpu_conv_layers) == {"gdconv"}
+    assert not result.unplaced_layers and not result.ambiguous_layers
+    assert 0.98 < result.kpu_mac_share <= 1.0
+    assert result.macs_kpu + result.macs_cpu == result.macs_total
 
 
 def test_simulator_runs_the_kmodel_and_tracks_keras(exported):
@@ -114,8 +116,16 @@ def test_simulator_runs_the_kmodel_and_tracks_keras(exported):
     keras = exported["model"].predict(preprocessing.normalize(faces), verbose=0)
     assert report.cosine(keras, embeddings).mean() > 0.9
     result = exported["report"]
-    assert result["cosine_tflite_min"] > 0.9999
-    assert result["cosine_kmodel_min"] <= result["cosine_kmodel_mean"] <= 1.0
+    assert result.cosine_tflite_min > 0.9999
+    assert result.cosine_kmodel_min <= result.cosine_kmodel_mean <= 1.0
+
+
+def test_a_report_of_another_version_is_refused_naming_it(exported, tmp_path):
+    data = exported["report"].to_dict()
+    data["kpu_share"] = data.pop("kpu_mac_share")
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    with pytest.raises(FileFormatError, match=r"report\.json: not an export report.*kpu_mac_share.*kpu_share"):
+        ExportResult.read(tmp_path)
 
 
 def test_float_kmodel_matches_keras(exported, tmp_path):
@@ -323,6 +333,7 @@ def test_rerun_replaces_the_set_and_cleans_a_killed_exports_leftovers(exported, 
     assert names == {"model.tflite", "model.kmodel", "model.kmodel.json", "report.json", "report.md",
                      report.COSINE_PNG}
     on_disk = json.loads((out / "report.json").read_text())
+    assert "cosine_int8_mean" not in on_disk and ExportResult.read(out).cosine_int8_mean is None
     assert on_disk["tflite_int8_bytes"] is None and on_disk["kmodel_bytes"] == (out / "model.kmodel").stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -18,10 +18,10 @@ import numpy as np
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.board import score as board_score
 from mobilefacenet_k210.errors import Mfk210Error
+from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file, sha256_file
 
 GALLERY_FORMAT = "mfk210-gallery"
 GALLERY_VERSION = 1
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 
 
 class GalleryError(Mfk210Error, ValueError):
@@ -35,7 +35,7 @@ def gallery_folders(root: Union[str, Path]) -> Dict[str, List[Path]]:
         raise GalleryError(f"{root}: no such gallery folder (expected one sub-folder of photos per person)")
     people = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in folder.iterdir() if is_image_file(p))
         if images:
             people[folder.name] = images
     if not people:
@@ -50,29 +50,17 @@ def load_crops(paths: Sequence[Union[str, Path]], aligned: bool = False,
     With ``aligned`` the files must already be 112x112 crops; otherwise MTCNN finds the largest face
     and aligns it to the template (a photo without a face is skipped and reported).
     """
-    from mobilefacenet_k210.data.align import FaceAligner, read_image
+    from mobilefacenet_k210.data.crops import read_crops
     from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
-    images = [read_image(p) for p in paths]
-    skipped = []
-    if aligned:
-        crops, kept = [], []
-        for i, (path, image) in enumerate(zip(paths, images)):
-            if image.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
-                raise GalleryError(f"{path}: {image.shape[1]}x{image.shape[0]}, but --aligned needs "
-                                   f"{INPUT_SIZE}x{INPUT_SIZE} crops; leave --aligned off to detect and align")
-            crops.append(image)
-            kept.append(i)
-    else:
-        aligner = aligner or FaceAligner()
-        results = aligner.detect_align(images)
-        crops, kept = [], []
-        for i, (path, crop) in enumerate(zip(paths, results)):
-            if crop is None:
-                skipped.append(f"{path}: no face found")
-            else:
-                crops.append(crop)
-                kept.append(i)
+    def wrong_size(path: Path, image: np.ndarray) -> GalleryError:
+        return GalleryError(f"{path}: {image.shape[1]}x{image.shape[0]}, but --aligned needs {INPUT_SIZE}x"
+                            f"{INPUT_SIZE} crops; leave --aligned off to detect and align")
+
+    found = read_crops(paths, aligned, wrong_size, aligner)
+    kept = [i for i, crop in enumerate(found) if crop is not None]
+    crops = [found[i] for i in kept]
+    skipped = [f"{path}: no face found" for path, crop in zip(paths, found) if crop is None]
     array = np.stack(crops).astype(np.uint8) if crops else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
     return array, kept, skipped
 
@@ -87,12 +75,9 @@ def model_sha256(model: Union[str, Path]) -> str:
     path = Path(model)
     if not path.is_file():
         path = resolve_model_path(path)
-    digest = hashlib.sha256()
     if path.is_file():
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(path)
+    digest = hashlib.sha256()
     for member in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(member.relative_to(path)).encode("utf-8") + b"\0" + member.read_bytes())
     return digest.hexdigest()

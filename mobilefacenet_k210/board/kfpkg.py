@@ -10,7 +10,6 @@ Before packing, the kmodel is checked against what the board can load: kmodel v5
 than CanMV's RAM limit, inside the free flash area, and compiled by the nncase release the chosen
 runtime embeds (a mismatch loads and then fails when run, so it is warned about loudly).
 """
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from mobilefacenet_k210 import atomic, k210
 from mobilefacenet_k210.errors import Mfk210Error
+from mobilefacenet_k210.files import sha256_file
 
 KFPKG_VERSION = "0.1.0"
 """The ``version`` field kflash_gui and Sipeed's packages write; kflash itself does not read it."""
@@ -43,10 +43,6 @@ def _kmodel_facts(path: Path) -> Dict[str, Any]:
         raise KfpkgError(str(exc)) from None
     info = kmodel_info(path) if info_path(path).is_file() else {}
     return {"version": version, "nncase_version": info.get("nncase_version"), "memory": info.get("memory") or {}}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_kmodel(kmodel: Union[str, Path], address: int = k210.FLASH_MODEL_ADDRESS,
@@ -79,7 +75,7 @@ def check_kmodel(kmodel: Union[str, Path], address: int = k210.FLASH_MODEL_ADDRE
         warnings.append(f"{path}: compiled by nncase {compiler} but runtime '{runtime}' embeds nncase "
                         f"{runtime_nncase}: it will load and then fail when run (opcodes differ between "
                         f"releases). Recompile with nncase=={runtime_nncase}.* or pick the matching --runtime")
-    return {"path": str(path), "size": size, "sha256": _sha256(path), "version": facts["version"],
+    return {"path": str(path), "size": size, "sha256": sha256_file(path), "version": facts["version"],
             "nncase_version": compiler, "runtime": runtime, "runtime_nncase": runtime_nncase,
             "memory": facts["memory"], "warnings": warnings}
 
@@ -116,7 +112,7 @@ def build_plan(kmodel: Union[str, Path], firmware: Optional[Union[str, Path]] = 
             raise KfpkgError(f"{fw}: {fw_size} bytes (+{k210.KFPKG_FIRMWARE_HEADER_BYTES} header) end at "
                              f"{fw_end:#x}, over the kmodel at {address:#x}")
         files.append({"role": "firmware", "bin": fw.name, "source": str(fw), "address": 0, "size": fw_size,
-                      "end": fw_end, "sha256Prefix": True, "sha256": _sha256(fw)})
+                      "end": fw_end, "sha256Prefix": True, "sha256": sha256_file(fw)})
     name = Path(kmodel).name
     if files and files[0]["bin"] == name:
         raise KfpkgError(f"{kmodel}: the firmware and the kmodel have the same file name {name!r}")

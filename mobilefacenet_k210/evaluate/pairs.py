@@ -7,14 +7,13 @@ out and reported, never silently counted.
 """
 import itertools
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
-from mobilefacenet_k210.preprocessing import INPUT_SIZE
 from mobilefacenet_k210.errors import Mfk210Error
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file
+from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
 Pair = Tuple[Path, Path, bool]
 
@@ -77,7 +76,7 @@ def identity_images(root: Union[str, Path]) -> List[Tuple[str, List[Path]]]:
         raise PairsError(f"{root}: no such folder")
     identities = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in sub.iterdir() if is_image_file(p))
         if files:
             identities.append((sub.name, files))
     if not identities:
@@ -121,49 +120,9 @@ def folder_pairs(root: Union[str, Path], max_positive: int = 3000, seed: int = 0
     return [pairs[k] for k in rng.permutation(len(pairs))]
 
 
-class _Unreadable(NamedTuple):
-    """A photo file that does not decode (corrupt, not an image): left out, not fatal."""
-
-    reason: str
-
-
-def _read(path: Path):
-    """The RGB image at ``path``, or :class:`_Unreadable` saying why it cannot be decoded."""
-    from mobilefacenet_k210.data.align import ImageError, read_image
-
-    try:
-        return read_image(path)
-    except ImageError as exc:
-        return _Unreadable(exc.reason)
-
-
-def _read_crops(paths: Sequence[Path], aligned: bool, aligner, batch_size: int,
-                progress: bool) -> List[Union[np.ndarray, None, _Unreadable]]:
-    """112x112 RGB crops for ``paths`` (None where no face was found, ``_Unreadable`` where the file
-    does not decode: one bad photo in a large folder must not stop the evaluation)."""
-    from tqdm import tqdm
-
-    crops: List[Union[np.ndarray, None, _Unreadable]] = []
-    if aligned:
-        for path in tqdm(paths, desc="read crops", unit="img", disable=not progress, leave=False):
-            image = _read(path)
-            if not isinstance(image, _Unreadable) and image.shape != (INPUT_SIZE, INPUT_SIZE, 3):
-                raise PairsError(f"{path}: {image.shape[1]}x{image.shape[0]} is not an aligned "
-                                 f"{INPUT_SIZE}x{INPUT_SIZE} crop (leave out --aligned to align photos)")
-            crops.append(image)
-        return crops
-    if aligner is None:
-        from mobilefacenet_k210.data.align import FaceAligner
-
-        aligner = FaceAligner()
-    with tqdm(total=len(paths), desc="align photos", unit="img", disable=not progress, leave=False) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = [_read(p) for p in paths[start:start + batch_size]]
-            readable = [image for image in chunk if not isinstance(image, _Unreadable)]
-            aligned_crops = iter(aligner.detect_align(readable) if readable else [])
-            crops.extend(image if isinstance(image, _Unreadable) else next(aligned_crops) for image in chunk)
-            bar.update(len(chunk))
-    return crops
+def _wrong_size(path: Path, image: np.ndarray) -> PairsError:
+    return PairsError(f"{path}: {image.shape[1]}x{image.shape[0]} is not an aligned {INPUT_SIZE}x{INPUT_SIZE} "
+                      "crop (leave out --aligned to align photos)")
 
 
 def load_pair_images(pairs: Sequence[Pair], aligned: bool = False, aligner=None, batch_size: int = 32,
@@ -176,8 +135,11 @@ def load_pair_images(pairs: Sequence[Pair], aligned: bool = False, aligner=None,
     if not pairs:
         raise PairsError("no pairs to load")
     unique = sorted({p for a, b, _ in pairs for p in (a, b)})
-    crops = dict(zip(unique, _read_crops(unique, aligned, aligner, batch_size, progress)))
-    bad = {p: c.reason for p, c in crops.items() if isinstance(c, _Unreadable)}
+    from mobilefacenet_k210.data.crops import Unreadable, read_crops
+
+    crops = dict(zip(unique, read_crops(unique, aligned, _wrong_size, aligner, batch_size, skip_unreadable=True,
+                                        progress=progress)))
+    bad = {p: c.reason for p, c in crops.items() if isinstance(c, Unreadable)}
     kept, dropped = [], []
     lost = {p: 0 for p in bad}
     for pair in pairs:

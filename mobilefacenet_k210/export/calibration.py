@@ -12,8 +12,7 @@ import numpy as np
 
 from mobilefacenet_k210 import preprocessing
 from mobilefacenet_k210.errors import Mfk210Error
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file
 
 
 class CalibrationError(Mfk210Error, ValueError):
@@ -34,7 +33,7 @@ def image_files(folder: Union[str, Path]) -> List[Path]:
         raise CalibrationError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise CalibrationError(f"{folder}: not a folder (give a folder of aligned face images or shards)")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
 
 
 def _no_images(folder: Path) -> str:
@@ -61,16 +60,15 @@ def _pick(count: int, limit: Optional[int], seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
 
 
-def _check_face(image: np.ndarray, where: str, size: int) -> np.ndarray:
-    if image.shape[:2] != (size, size):
-        raise CalibrationError(f"{where}: {image.shape[1]}x{image.shape[0]} pixels, expected an aligned "
-                               f"{size}x{size} face crop (align photos with `mfk210 build-tfrecords` first)")
-    return image
+def _wrong_size(where: Union[str, Path], image: np.ndarray) -> CalibrationError:
+    return CalibrationError(f"{where}: {image.shape[1]}x{image.shape[0]} pixels, expected an aligned "
+                            f"{preprocessing.INPUT_SIZE}x{preprocessing.INPUT_SIZE} face crop (align photos with "
+                            "`mfk210 build-tfrecords` first)")
 
 
-def _folder_faces(folder: Path, limit: Optional[int], seed: int, exclude: Sequence[str],
-                  size: int) -> Tuple[np.ndarray, List[str]]:
-    from mobilefacenet_k210.data.align import read_image
+def _folder_faces(folder: Path, limit: Optional[int], seed: int,
+                  exclude: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
+    from mobilefacenet_k210.data.crops import read_crop
 
     skip = set(exclude)
     found = image_files(folder)
@@ -80,12 +78,12 @@ def _folder_faces(folder: Path, limit: Optional[int], seed: int, exclude: Sequen
     if not files:
         raise CalibrationError(f"{folder}: no face images here besides the calibration ones")
     chosen = [files[i] for i in _pick(len(files), limit, seed)]
-    images = np.stack([_check_face(read_image(p), str(p), size) for p in chosen])
+    images = np.stack([read_crop(p, _wrong_size) for p in chosen])
     return images, [str(p.relative_to(folder)) for p in chosen]
 
 
-def _shard_faces(folder: Path, split: str, limit: Optional[int], seed: int, exclude: Sequence[str],
-                 size: int) -> Tuple[np.ndarray, List[str]]:
+def _shard_faces(folder: Path, split: str, limit: Optional[int], seed: int,
+                 exclude: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
     import cv2
     import tensorflow as tf
 
@@ -111,42 +109,44 @@ def _shard_faces(folder: Path, split: str, limit: Optional[int], seed: int, excl
         bgr = cv2.imdecode(np.frombuffer(records[i], np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
             raise CalibrationError(f"{folder}/{sources[i]}: record's JPEG does not decode")
-        images.append(_check_face(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{folder}/{sources[i]}", size))
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if image.shape != (preprocessing.INPUT_SIZE, preprocessing.INPUT_SIZE, 3):
+            raise _wrong_size(f"{folder}/{sources[i]}", image)
+        images.append(image)
     return np.stack(images), [sources[i] for i in chosen]
 
 
 def load_faces(source: Union[str, Path], limit: Optional[int] = None, split: str = "train", seed: int = 0,
-               exclude: Sequence[str] = (), size: int = preprocessing.INPUT_SIZE) -> Tuple[np.ndarray, List[str]]:
-    """Up to ``limit`` aligned faces (uint8 RGB (N, size, size, 3)) and their ids from a folder or shards.
+               exclude: Sequence[str] = ()) -> Tuple[np.ndarray, List[str]]:
+    """Up to ``limit`` aligned faces (uint8 RGB (N, 112, 112, 3)) and their ids from a folder or shards.
 
     ``split`` applies to shards only; ``exclude`` lists ids (as returned) to leave out. A random but
     seeded subset is drawn when there are more than ``limit``.
     """
     source = Path(source)
     if is_shard_folder(source):
-        return _shard_faces(source, split, limit, seed, exclude, size)
-    return _folder_faces(source, limit, seed, exclude, size)
+        return _shard_faces(source, split, limit, seed, exclude)
+    return _folder_faces(source, limit, seed, exclude)
 
 
 def calibration_and_holdout(calib: Union[str, Path], holdout: Optional[Union[str, Path]], calibration_samples: int,
-                            holdout_samples: int, seed: int = 0,
-                            size: int = preprocessing.INPUT_SIZE) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+                            holdout_samples: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Calibration faces from ``calib`` and disjoint held-out faces for parity (from ``holdout`` if given).
 
     Returns (calibration images, held-out images, held-out ids).
     """
-    calibration, ids = load_faces(calib, calibration_samples, "train", seed, size=size)
+    calibration, ids = load_faces(calib, calibration_samples, "train", seed)
     if holdout is not None:
-        held, held_ids = load_faces(holdout, holdout_samples, "val", seed + 1, size=size)
+        held, held_ids = load_faces(holdout, holdout_samples, "val", seed + 1)
     elif is_shard_folder(calib):
         try:
-            held, held_ids = load_faces(calib, holdout_samples, "val", seed + 1, size=size)
+            held, held_ids = load_faces(calib, holdout_samples, "val", seed + 1)
         except CalibrationError as exc:
             raise CalibrationError(f"{exc}: held-out faces for parity come from the val split; give other "
                                    "faces with --holdout DIR") from None
     else:
         try:
-            held, held_ids = load_faces(calib, holdout_samples, seed=seed + 1, exclude=ids, size=size)
+            held, held_ids = load_faces(calib, holdout_samples, seed=seed + 1, exclude=ids)
         except CalibrationError as exc:
             raise CalibrationError(f"{exc}: every image went to calibration; give held-out faces "
                                    "(--holdout DIR) or lower the calibration sample count") from None

@@ -11,13 +11,15 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Dict, Iterator, Optional, Union
 
 import numpy as np
 
 from mobilefacenet_k210 import k210, preprocessing
 from mobilefacenet_k210.config import ExportConfig, to_dict
+from mobilefacenet_k210.evaluate.backends import KerasBackend, KmodelBackend, TFLiteBackend
 from mobilefacenet_k210.export import calibration, kmodel, placement, report, tflite
+from mobilefacenet_k210.export.result import ExportResult
 from mobilefacenet_k210.export.staging import ExportError, check_out_dir, staged_folder
 
 TFLITE_FILE = "model.tflite"
@@ -45,11 +47,6 @@ class Stages:
         print(f"[{self.count}/{self.total}] {name}: done in {self.seconds[name]:.1f} s", file=self.stream, flush=True)
 
 
-def keras_embed(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Embeddings of uint8 RGB faces with the Keras model (normalized exactly as in training)."""
-    return np.asarray(model.predict(preprocessing.normalize(images), batch_size=batch_size, verbose=0), np.float32)
-
-
 def _check_input_size(model, model_path: Union[str, Path]) -> None:
     _, h, w, c = model.input_shape
     if (h, w, c) != (preprocessing.INPUT_SIZE, preprocessing.INPUT_SIZE, 3):
@@ -58,8 +55,8 @@ def _check_input_size(model, model_path: Union[str, Path]) -> None:
 
 
 def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir: Union[str, Path],
-                 config: Optional[ExportConfig] = None, holdout: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
-    """Export a saved Keras embedding model for the K210 and measure it; return the report (also written).
+                 config: Optional[ExportConfig] = None, holdout: Optional[Union[str, Path]] = None) -> ExportResult:
+    """Export a saved Keras embedding model for the K210 and measure it; return what it measured (also written).
 
     ``model_path``: run folder, ``embedding/`` folder or .keras/.h5 file. ``calib``: folder of aligned
     112x112 faces or shard folder. ``holdout``: optional folder/shards of other faces for parity.
@@ -98,7 +95,7 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
 
 def _build(model, model_path: Union[str, Path], config: ExportConfig, calib_images: np.ndarray,
            held_images: np.ndarray, held_ids: list, warnings: list, versions: Dict[str, str], out_dir: Path,
-           stage: Stages) -> Dict[str, Any]:
+           stage: Stages) -> ExportResult:
     """The writing stages (tflite, int8 tflite, kmodel, parity, report) into the staging folder ``out_dir``."""
     from mobilefacenet_k210.model.summary import count_params, model_macs
 
@@ -124,34 +121,32 @@ def _build(model, model_path: Union[str, Path], config: ExportConfig, calib_imag
               f"{100 * macs['kpu_mac_share']:.2f}% of multiply-adds on the KPU, nncase memory total "
               f"{info['memory'].get('total', 0):,} bytes")
     with stage("parity", f"embedding {len(held_images)} held-out faces with every backend"):
-        reference = keras_embed(model, held_images)
-        cosines = {"tflite": report.cosine(reference, tflite.run_tflite(tflite_path, held_images))}
+        reference = KerasBackend(model).embed(held_images, batch_size=32, progress=False)
+        backends = {"tflite": TFLiteBackend(tflite_path)}
         if int8_path is not None:
-            cosines["int8"] = report.cosine(reference, tflite.run_tflite(int8_path, held_images))
-        cosines["kmodel"] = report.cosine(reference, kmodel.simulate(out_dir / KMODEL_FILE, held_images,
-                                                                     progress=True))
+            backends["int8"] = TFLiteBackend(int8_path)
+        backends["kmodel"] = KmodelBackend(out_dir / KMODEL_FILE)
+        cosines = {name: report.cosine(reference, backend.embed(held_images, progress=name == "kmodel"))
+                   for name, backend in backends.items()}
         for name, values in cosines.items():
             print(f"  cosine vs Keras, {report.BACKEND_LABELS[name]}: mean {values.mean():.4f}, min {values.min():.4f}")
     with stage("report", "collecting figures and plotting the cosine histogram"):
         report.plot_cosines(cosines, out_dir / report.COSINE_PNG)
         files = {p.name: p.stat().st_size for p in (tflite_path, int8_path, out_dir / KMODEL_FILE) if p is not None}
-        result: Dict[str, Any] = {
-            "model_name": model.name, "model_path": str(model_path), "params": count_params(model),
+        result = ExportResult(
+            model_name=model.name, model_path=str(model_path), params=count_params(model),
             **{k: info[k] for k in ("nncase_version", "nncase_runtime", "kmodel_version", "kmodel_bytes",
-                                    "quantized", "calibration_samples", "memory", "input")},
-            "calibrate_method": info["calibrate_method"], "w_quant_type": info["w_quant_type"],
-            "compile_seconds": info["compile_seconds"], "options_skipped": info["options_skipped"],
-            "memory_total_bytes": info["memory"].get("total"), "memory_data_bytes": info["memory"].get("data"),
-            "kpu_modules": placed["kpu_modules"], "kpu_ops": placed["kpu_ops"], "cpu_ops": placed["cpu_ops"],
-            "ambiguous_layers": placed["ambiguous_layers"],
+                                    "quantized", "calibration_samples", "memory", "input", "calibrate_method",
+                                    "w_quant_type", "compile_seconds", "options_skipped")},
+            memory_total_bytes=info["memory"].get("total"), memory_data_bytes=info["memory"].get("data"),
+            **{k: placed[k] for k in ("kpu_modules", "kpu_ops", "cpu_ops", "ambiguous_layers")},
             **macs,
-            "holdout_samples": len(held_images), "holdout_ids": held_ids,
-            "files": files, "tflite_bytes": files[TFLITE_FILE], "tflite_int8_bytes": files.get(TFLITE_INT8_FILE),
-            "k210_warnings": warnings, "config": to_dict(config),
-        }
-        for name, values in cosines.items():
-            result[f"cosine_{name}_mean"] = float(np.mean(values))
-            result[f"cosine_{name}_min"] = float(np.min(values))
-    result["stage_seconds"] = dict(stage.seconds)
+            holdout_samples=len(held_images), holdout_ids=held_ids,
+            files=files, tflite_bytes=files[TFLITE_FILE], tflite_int8_bytes=files.get(TFLITE_INT8_FILE),
+            k210_warnings=warnings, config=to_dict(config),
+            **{f"cosine_{name}_{stat}": float(fn(values)) for name, values in cosines.items()
+               for stat, fn in (("mean", np.mean), ("min", np.min))},
+            stage_seconds={})
+    result.stage_seconds = dict(stage.seconds)
     report.write_report(result, out_dir)
     return result

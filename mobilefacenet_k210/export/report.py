@@ -5,8 +5,8 @@ from typing import Any, Dict, Union
 import numpy as np
 
 from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.export.result import REPORT_JSON, ExportResult
 
-REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 COSINE_PNG = "cosine_histogram.png"
 BACKEND_LABELS = {"tflite": "float TFLite", "int8": "int8 TFLite", "kmodel": "kmodel (nncase simulator)"}
@@ -82,8 +82,9 @@ def render_markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: Dict[str, Any], out_dir: Union[str, Path]) -> None:
+def write_report(result: ExportResult, out_dir: Union[str, Path]) -> None:
     """Write ``report.json`` and ``report.md`` into ``out_dir``."""
     out_dir = Path(out_dir)
+    report = result.to_dict()
     atomic.write_json(out_dir / REPORT_JSON, report)
     atomic.write_text(out_dir / REPORT_MD, render_markdown(report))

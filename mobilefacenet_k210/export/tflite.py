@@ -95,27 +95,3 @@ def assert_float_tflite(path: Union[str, Path], input_size: int = preprocessing.
     if shape != (1, input_size, input_size, 3):
         raise TFLiteError(f"{path}: input shape {shape}, expected (1, {input_size}, {input_size}, 3) "
                           "(batch 1, NHWC RGB)")
-
-
-def run_tflite(path: Union[str, Path], images: np.ndarray) -> np.ndarray:
-    """Embed uint8 RGB NHWC ``images`` with a float or full-integer TFLite, one image at a time -> float32 (N, D)."""
-    images = _check_images(images)
-    interpreter = _interpreter(path)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    results = []
-    for image in images:
-        x = preprocessing.normalize(image[None])
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.rint(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-        interpreter.set_tensor(inp["index"], x)
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"])
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        results.append(np.asarray(y, np.float32).reshape(-1))
-    return np.stack(results)

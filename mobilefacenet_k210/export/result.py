@@ -1,0 +1,90 @@
+"""What an export measured, as a dataclass: ``report.json`` on disk, read by field name in code.
+
+``export_model`` returns an :class:`ExportResult`; the demo and the bench read its attributes, so a
+renamed or removed figure fails where it is read (and in the type checker) rather than as a
+``KeyError`` at the end of a long demo. ``to_dict``/``from_dict`` are the JSON form, unchanged:
+the int8 TFLite's cosines are absent, not null, when no int8 TFLite was made.
+"""
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.errors import FileFormatError
+
+REPORT_JSON = "report.json"
+_OPTIONAL_KEYS = ("cosine_int8_mean", "cosine_int8_min")
+"""Keys left out of the JSON when None (no int8 TFLite), as the report has always done."""
+
+
+@dataclass
+class ExportResult:
+    """The figures of one export (see ``export.chain._build`` for where each comes from)."""
+
+    model_name: str
+    model_path: str
+    params: int
+    nncase_version: str
+    nncase_runtime: str
+    kmodel_version: int
+    kmodel_bytes: int
+    quantized: bool
+    calibration_samples: int
+    calibrate_method: Optional[str]
+    w_quant_type: Optional[str]
+    compile_seconds: float
+    options_skipped: List[str]
+    memory: Dict[str, int]
+    memory_total_bytes: Optional[int]
+    memory_data_bytes: Optional[int]
+    input: Dict[str, Any]
+    kpu_modules: int
+    kpu_ops: Dict[str, int]
+    cpu_ops: Dict[str, int]
+    ambiguous_layers: List[str]
+    macs_total: int
+    macs_kpu: int
+    macs_cpu: int
+    kpu_mac_share: float
+    cpu_conv_layers: Dict[str, int]
+    unplaced_layers: List[str]
+    holdout_samples: int
+    holdout_ids: List[str]
+    files: Dict[str, int]
+    tflite_bytes: int
+    tflite_int8_bytes: Optional[int]
+    k210_warnings: List[str]
+    config: Dict[str, Any]
+    cosine_tflite_mean: float
+    cosine_tflite_min: float
+    cosine_kmodel_mean: float
+    cosine_kmodel_min: float
+    stage_seconds: Dict[str, float]
+    cosine_int8_mean: Optional[float] = None
+    cosine_int8_min: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON form written as ``report.json`` (and recorded by the demo's export step)."""
+        data = dataclasses.asdict(self)
+        for key in _OPTIONAL_KEYS:
+            if data[key] is None:
+                del data[key]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], where: str = "export result") -> "ExportResult":
+        """Back from :meth:`to_dict`; a missing or unknown key (another version's report) raises naming ``where``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
+        if missing or unknown:
+            raise FileFormatError(f"{where}: not an export report of this version (missing {missing or 'none'}, "
+                                  f"unknown {unknown or 'none'}); export the model again")
+        return cls(**data)
+
+    @classmethod
+    def read(cls, out_dir: Union[str, Path]) -> "ExportResult":
+        """The ``report.json`` of the export in ``out_dir``."""
+        path = Path(out_dir) / REPORT_JSON
+        return cls.from_dict(atomic.read_json(path, "no export report here (run `mfk210 export`)"), str(path))
