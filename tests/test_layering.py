@@ -19,7 +19,7 @@ PACKAGE = "mobilefacenet_k210"
 ROOT = Path(mobilefacenet_k210.__file__).parent
 # Lowest first. A module may import modules of its own layer or of layers listed before it.
 LAYERS = [
-    ["errors"], ["atomic", "files", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
+    ["errors"], ["atomic", "files", "wheels", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
     ["model", "data"], ["evaluate", "export", "teacher"], ["train"], ["board"],
     ["demo_report"], ["demo"], ["bench", "bench_scale"], ["cli"], ["__main__"],
 ]

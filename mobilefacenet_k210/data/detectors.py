@@ -77,7 +77,8 @@ class YuNetAligner(AlignerBase):
 
 def yunet_description(model: Optional[Union[str, Path]] = None) -> Dict[str, str]:
     """``yunet``, the ONNX file's name and its sha256 (the file is fetched first if not cached)."""
-    from mobilefacenet_k210.data.models import fetch_yunet, sha256_file
+    from mobilefacenet_k210.data.models import fetch_yunet
+    from mobilefacenet_k210.files import sha256_file
 
     path = Path(model) if model else fetch_yunet()
     return {"name": YuNetAligner.name, "model": path.name, "model_sha256": sha256_file(path)}

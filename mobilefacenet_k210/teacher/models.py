@@ -6,13 +6,12 @@ records' crops and of their horizontal mirrors, with the teacher's name, sha256 
 ``metadata.json``. Only ONNX models run through the input contract of ``contract.py``; TFLite and
 Keras teachers take the package's own normalization, as the student does.
 """
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mobilefacenet_k210.data.tfrecord import sha256_file
+from mobilefacenet_k210.files import sha256_file
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
 from mobilefacenet_k210.teacher.contract import TeacherError
 
@@ -27,16 +26,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, np.float32(1e-12))
 
 
-def _sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (SavedModel) in name order."""
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0" + sha256_file(f).encode())
-    return h.hexdigest()
-
-
 class Teacher:
     """A face embedding model run on uint8 RGB crops: ``embed`` and ``embed_records`` give unit rows."""
 
@@ -45,7 +34,7 @@ class Teacher:
 
     def __init__(self, name: str, path: Path, run: Callable[[np.ndarray], np.ndarray], dim: int):
         self.name, self.path, self._run, self.dim = name, Path(path), run, int(dim)
-        self.sha256 = _sha256(self.path)
+        self.sha256 = sha256_file(self.path)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings (N, D) of uint8 RGB crops (N, INPUT_SIZE, INPUT_SIZE, 3)."""
