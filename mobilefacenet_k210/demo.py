@@ -206,13 +206,15 @@ def lay_out_faces(out: Path, config: DemoConfig) -> Dict[str, Any]:
     return {"orl": str(orl), "photos": {g: sum(c.values()) for g, c in counts.items()}, "counts": counts}
 
 
-def align_tree(src: Path, dst: Path, workers: int) -> Dict[str, Any]:
-    """Aligned 112x112 PNG crops of an identity-per-folder tree (builder with no policy, then unpacked)."""
+def align_tree(src: Path, dst: Path, workers: int, detector: Optional[str] = None) -> Dict[str, Any]:
+    """Aligned 112x112 PNG crops of an identity-per-folder tree (builder with no policy, then unpacked);
+    ``detector``: the builder's default unless named (the bench compares detectors)."""
     from mobilefacenet_k210.config import BuildConfig
     from mobilefacenet_k210.data import builder, policy, tfrecord
 
     shards = dst.with_name(dst.name + "_shards")
-    cfg = BuildConfig(workers=workers, val_fraction=0.0, policy=policy.preset("none"))
+    cfg = BuildConfig(workers=workers, val_fraction=0.0, policy=policy.preset("none"),
+                      **({"detector": detector} if detector else {}))
     summary = builder.build(src, shards, cfg)
     import cv2
     import numpy as np

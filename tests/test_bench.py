@@ -1,6 +1,10 @@
 """`make bench-gpu`'s stage: a clear refusal without a GPU, the mixed vs float32 measurement path (run here
-on the CPU at a tiny size) merged into results.json and the table, and a broken results.json named."""
+on the CPU at a tiny size) merged into results.json and the table, and a broken results.json named.
+`make bench`'s detector stages (issue 15) at toy size: Beam with 2 processes, YuNet vs the plain MTCNN
+loop, and the demo's protocol on YuNet crops."""
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -47,3 +51,67 @@ def test_malformed_results_json_is_named(tmp_path, text, why, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("mfk210 bench: error: "), err
     assert str(tmp_path / "results.json") in err and why in err
     assert (tmp_path / "results.json").read_text() == text
+
+
+@pytest.fixture(scope="module")
+def orl_demo_raw(tmp_path_factory):
+    """A toy demo layout of real ORL photos: raw/train (3 people x 5), raw/select (2 x 4), raw/test (3 x 4)."""
+    from mobilefacenet_k210.data.orl import fetch_orl
+
+    src, root = fetch_orl(), tmp_path_factory.mktemp("demo")
+    for group, people, count in (("train", (1, 2, 3), 5), ("select", (4, 5), 4), ("test", (6, 7, 8), 4)):
+        for i in people:
+            (root / "raw" / group / f"s{i}").mkdir(parents=True)
+            for p in sorted((src / f"s{i}").glob("*.pgm"))[:count]:
+                shutil.copy(p, root / "raw" / group / f"s{i}" / p.name)
+    return root
+
+
+def test_detector_figures_measure_beam_yunet_and_the_plain_loop_on_the_same_photos(tmp_path, orl_demo_raw):
+    raw = orl_demo_raw / "raw" / "train"
+    figures = bench.detector_figures(tmp_path, raw=raw)
+    assert figures["detector_photos"] == 15
+    for key in ("builder_beam_img_per_s_2w", "builder_yunet_img_per_s_2w", "builder_mtcnn_plain_loop_img_per_s"):
+        assert figures[key] > 0, key
+    assert figures["yunet_over_plain_mtcnn"] == pytest.approx(
+        figures["builder_yunet_img_per_s_2w"] / figures["builder_mtcnn_plain_loop_img_per_s"])
+    for name, detector in (("builder_beam_img_per_s_2w", "mtcnn"), ("builder_yunet_img_per_s_2w", "yunet")):
+        meta = json.loads((tmp_path / name / "metadata.json").read_text())
+        assert meta["detector"]["name"] == detector and meta["build_config"]["detector"] == detector
+        assert sum(meta["class_counts"].values()) == 15, name  # every ORL face found
+    # both detectors found the face on every photo, and put the points on the same face (within a
+    # quarter of the 112-pixel crop: a different face or a swapped order would be far off)
+    assert figures["landmark_photos"] == 15
+    assert 0 <= figures["landmark_distance_px"] <= figures["landmark_distance_px_max"] < 28
+
+
+TOY_TRAIN = ["model.width_multiplier=0.25", "model.embedding_size=32", "verification_every=1",
+             "verification_batch_size=8", *(f"phases.{i}.{k}" for i in (0, 1) for k in (
+                 "epochs=1", "lr_steps=[]", "warmup_epochs=0", "batch_size=8"))]
+
+
+def test_detector_accuracy_trains_and_evaluates_on_that_detectors_crops(tmp_path, orl_demo_raw):
+    from mobilefacenet_k210.config import DemoConfig
+    from mobilefacenet_k210.evaluate import bins
+
+    figures = bench.detector_accuracy(orl_demo_raw, tmp_path, "yunet", DemoConfig().build_config,
+                                      DemoConfig().train_config, train_overrides=TOY_TRAIN, workers=1)
+    base = tmp_path / "demo_yunet"
+    for folder in (base / "shards", base / "aligned" / "select_shards", base / "aligned" / "test_shards"):
+        assert json.loads((folder / "metadata.json").read_text())["detector"]["name"] == "yunet", folder
+    assert figures["yunet_train_faces"] == 15 and figures["yunet_train_rejected"] == 0
+    assert sorted(p.name for p in (base / "aligned" / "test").iterdir()) == ["s6", "s7", "s8"]
+    _, issame = bins.load_bin(base / "test.bin")
+    assert len(issame) == 36 and sum(issame) == 18  # 3 people x C(4, 2) same-person pairs, as many others
+    saved = json.loads((base / "evaluate.json").read_text())
+    accuracy = next(iter(next(iter(saved["results"].values())).values()))
+    assert figures["orl_acc_keras_yunet"] == accuracy["accuracy"] and 0 <= accuracy["accuracy"] <= 1
+
+
+def test_accuracy_row_compares_with_the_mtcnn_figure_when_both_are_measured():
+    row = lambda results: next(line for line in bench.render_markdown(results).splitlines()
+                               if line.startswith("| orl_acc_keras_yunet |"))
+    base = {"machine": "m", "date": "d"}
+    assert row({**base, "orl_acc_keras_yunet": 0.9}).endswith("| - |")  # nothing to compare with
+    assert row({**base, "orl_acc_keras_yunet": 0.9, "orl_acc_keras": 0.92}).endswith("| **fail** |")
+    assert row({**base, "orl_acc_keras_yunet": 0.92, "orl_acc_keras": 0.92}).endswith("| pass |")

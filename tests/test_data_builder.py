@@ -331,6 +331,8 @@ def test_two_workers_equal_one(tmp_path, orl_small):
 
 
 def test_beam_direct_runner_equals_local(tmp_path, orl_small):
+    """The DirectRunner in this process, and with 2 worker subprocesses (each builds its own MTCNN):
+    the same shards as the local runner, and the photos were aligned in the subprocesses only."""
     pytest.importorskip("apache_beam")
     local = build(orl_small, tmp_path / "local", load_build_config(policy="none", workers=1, val_fraction=0.25),
                   progress=False)
@@ -338,6 +340,13 @@ def test_beam_direct_runner_equals_local(tmp_path, orl_small):
                  load_build_config(policy="none", runner="beam", val_fraction=0.25), progress=False)
     assert local["records"] == beam["records"] and beam["runner"] == "beam"
     assert _shard_digests(tmp_path / "local") == _shard_digests(tmp_path / "beam")
+    assert beam["align_processes"] == [os.getpid()] and beam["workers"] is None
+    multi = build(orl_small, tmp_path / "beam2", load_build_config(
+        policy="none", runner="beam", val_fraction=0.25,
+        beam_options=["--direct_num_workers=2", "--direct_running_mode=multi_processing"]), progress=False)
+    assert multi["workers"] == 2 and multi["faces"] == local["faces"] == 12
+    assert 1 <= len(multi["align_processes"]) <= 2 and os.getpid() not in multi["align_processes"]
+    assert _shard_digests(tmp_path / "local") == _shard_digests(tmp_path / "beam2")
     assert (tmp_path / "local" / "labels.txt").read_text() == (tmp_path / "beam" / "labels.txt").read_text()
     meta = tfrecord.load_metadata(tmp_path / "beam")
     assert meta["class_counts"] == tfrecord.load_metadata(tmp_path / "local")["class_counts"]
