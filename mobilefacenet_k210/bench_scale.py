@@ -172,11 +172,16 @@ def plot(results: Dict[str, Any], path: Path) -> Path:
 def table(results: Dict[str, Any]) -> str:
     """The Markdown that goes between the markers of ``docs/scale.md``."""
     lines = [f"Measured {results['date']} on {results['machine']} (`make bench-scale`, `bench/scale.json`).", "",
-             "| builder records | identities | seconds | records/s | peak MB main / worker | metadata.json bytes |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['records']:,} | {r['records'] // PER_IDENTITY:,} | {r['seconds']:.1f} | {r['records_per_s']:.0f} "
-              f"| {r['maxrss_main_mb']:.0f} / {r['maxrss_worker_mb']:.0f} | {r['metadata_bytes']:,} |"
-              for r in results["builder"]]
+             "| builder records | identities | seconds | records/s | records/s of the added records | "
+             "peak MB main / worker | metadata.json bytes |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    previous = None
+    for r in results["builder"]:
+        marginal = "" if previous is None else \
+            f"{(r['records'] - previous['records']) / max(r['seconds'] - previous['seconds'], 1e-9):.0f}"
+        lines.append(f"| {r['records']:,} | {r['records'] // PER_IDENTITY:,} | {r['seconds']:.1f} | "
+                     f"{r['records_per_s']:.0f} | {marginal} | {r['maxrss_main_mb']:.0f} / {r['maxrss_worker_mb']:.0f} "
+                     f"| {r['metadata_bytes']:,} |")
+        previous = r
     lines += ["", "| tf.data shards | images/s | first batch s |", "|---:|---:|---:|"]
     lines += [f"| {r['shards']} | {r['images_per_s']:.0f} | {r['first_batch_s']:.2f} |" for r in results["input"]]
     lines += ["", "| head classes | sample_rate | parameters | MB weights+SGD slot | MB with Adam | s per step |",
