@@ -20,7 +20,12 @@ import yaml
 
 from mobilefacenet_k210 import cli, train
 from mobilefacenet_k210.config import ModelConfig, TrainConfig, load
+from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC
 from mobilefacenet_k210.model.io import load_embedding_model
+from mobilefacenet_k210.training import run_folder
+from mobilefacenet_k210.training.callbacks import EmbeddingCheckpoints
+from mobilefacenet_k210.training.context import Monitor, RunContext
+from mobilefacenet_k210.training.imprint import class_embedding_sums, first_epoch_batches
 
 TINY = {
     "model": {"input_size": 64, "width_multiplier": 0.25, "embedding_size": 32},
@@ -169,13 +174,13 @@ def test_best_checkpoint_keeps_the_best_epoch_and_the_later_one_on_a_tie(tmp_pat
     model_config = ModelConfig(input_size=64, width_multiplier=0.25, embedding_size=32)
     model, export_copy = MobileFaceNet(model_config), MobileFaceNet(model_config)
     state: dict = {"best": None}
-    saver = train.EmbeddingCheckpoints(model, export_copy, tmp_path, state, 0, train.VERIFICATION, "max", True,
-                                       logging.getLogger("test_best_checkpoint"))
+    run = RunContext(tmp_path, state, logging.getLogger("test_best_checkpoint"))
+    saver = EmbeddingCheckpoints(model, export_copy, run, 0, Monitor(VERIFICATION_METRIC, "max"))
     weights_at = {}
     for epoch, score in enumerate([0.5, 0.75, 0.75, 0.5]):
         model.set_weights([w + 0.01 * (epoch + 1) for w in model.get_weights()])
         weights_at[epoch] = model.get_weights()
-        saver.on_epoch_end(epoch, {train.VERIFICATION: score})
+        saver.on_epoch_end(epoch, {VERIFICATION_METRIC: score})
     assert (state["best"]["epoch"], state["best"]["value"]) == (3, 0.75)  # the tie went to the later epoch
     for name, epoch in (("embedding", 2), ("last", 3)):
         saved = load_embedding_model(tmp_path / name / "model.keras").get_weights()
@@ -204,10 +209,10 @@ def test_imprinted_centres_are_where_the_arcface_phase_puts_each_class(tiny_shar
     info = pipeline.DataInfo(data)
     steps = pipeline.steps_per_epoch(info, 8)
     backbone = load_embedding_model(run / "phases" / "phase0")
-    batches = list(train.first_epoch_batches(config, 1, info, steps))
+    batches = list(first_epoch_batches(config, 1, info, steps))
     _, imprinted = heads.build_training_model(backbone, config.phases[1], 4)
     _, random_head = heads.build_training_model(backbone, config.phases[1], 4)
-    heads.imprint(imprinted, train.class_embedding_sums(backbone, batches, 4, steps, progress=False))
+    heads.imprint(imprinted, class_embedding_sums(backbone, batches, 4, steps, progress=False))
     own, correct, losses = {"imprint": [], "random": []}, [], []
     for (images, labels), _ in batches:
         embeddings = backbone(images, training=True)
@@ -286,9 +291,9 @@ def test_drop_logged_epochs_keeps_the_rows_of_the_epochs_before_the_resume(tmp_p
     (tmp_path / "logs").mkdir()
     path = tmp_path / "logs" / "phase0.csv"
     path.write_text("epoch,loss\n0,3.0\n1,2.0\n2,1.5\n1,2.1\n")
-    train.drop_logged_epochs(tmp_path, 0, 1)
+    run_folder.drop_logged_epochs(tmp_path, 0, 1)
     assert path.read_text().splitlines() == ["epoch,loss", "0,3.0"]
-    train.drop_logged_epochs(tmp_path, 0, 0)
+    run_folder.drop_logged_epochs(tmp_path, 0, 0)
     assert path.read_text().splitlines() == ["epoch,loss"]
 
 
