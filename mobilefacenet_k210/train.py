@@ -18,6 +18,7 @@ The rerun drops the log rows of the epochs it redoes and the temporary files the
 """
 import contextlib
 import dataclasses
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ from mobilefacenet_k210.training import run_folder
 from mobilefacenet_k210.training.callbacks import (EmbeddingCheckpoints, EpochLog, EveryNVerification,
                                                    ExactBackupAndRestore, LossPlot, resume_point)
 from mobilefacenet_k210.training.context import Monitor, RunContext
-from mobilefacenet_k210.training.distribute import input_shard, is_chief, make_strategy, precision_policy
+from mobilefacenet_k210.training.distribute import (input_shard, is_chief, make_strategy, mixed_policy,
+                                                    precision_policy, with_loss_scaling, worker_write_dir)
 from mobilefacenet_k210.training.imprint import class_embedding_sums, first_epoch_batches
 from mobilefacenet_k210.training.plot import plot_history
 from mobilefacenet_k210.training.run_folder import ResumeError
@@ -141,11 +143,13 @@ def build_models(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo, 
     with strategy.scope():
         embedding = MobileFaceNet(config.model)
         if plan.index > 0 and plan.phase.init == "previous":
-            previous = load_embedding_model(run.run_dir / "phases" / f"phase{plan.index - 1}")
-            embedding.set_weights(previous.get_weights())
+            # this process's own copy if it ran the previous phase, else the chief's (a resumed run)
+            own = run.out / "phases" / f"phase{plan.index - 1}"
+            previous = own if (own / "model.keras").is_file() else run.run_dir / "phases" / f"phase{plan.index - 1}"
+            embedding.set_weights(load_embedding_model(previous).get_weights())
         model, head = heads.build_training_model(embedding, plan.phase, data.num_classes)
-        model.compile(optimizer=make_optimizer(plan.phase, plan.steps), loss=heads.make_loss(plan.phase),
-                      metrics=heads.make_metrics(plan.phase))
+        model.compile(optimizer=with_loss_scaling(make_optimizer(plan.phase, plan.steps)),
+                      loss=heads.make_loss(plan.phase), metrics=heads.make_metrics(plan.phase))
     models = PhaseModels(embedding, model, head, float32_backbone(config))
     if plan.phase.head_init == "imprint" and not plan.resumed:  # a resumed head comes from the backup
         models.export_copy.set_weights(embedding.get_weights())
@@ -158,16 +162,58 @@ def build_models(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo, 
     return models
 
 
-def build_datasets(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo,
-                   strategy: tf.distribute.Strategy) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset]]:
-    """(train, val or None): this worker's share of the phase's batches, from the resume point on."""
-    workers, worker_index = input_shard(strategy)
+def _triplet_groups(phase: PhaseConfig, replicas: int) -> Optional[Tuple[int, int]]:
+    """(P identities, K images) of one replica's triplet batch; None for the other heads."""
+    if phase.head != "triplet":
+        return None
+    return phase.identities_per_batch // replicas, phase.images_per_identity
+
+
+def worker_train_dataset(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo,
+                         context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """One worker's input in a multi-worker run: its own shards, in batches of one replica's share.
+
+    ``context`` says how many input pipelines (workers) there are, which one this is and how many
+    replicas train in all. Each worker reads a disjoint part of every epoch (see
+    :func:`pipeline.train_dataset`); each of its R replicas takes the next batch, so an epoch of the
+    worker's stream is R x steps batches, and a resume skips R x the steps done.
+    """
     phase = plan.phase
-    pk = (phase.identities_per_batch, phase.images_per_identity) if phase.head == "triplet" else None
-    train_ds = pipeline.train_dataset(data, phase.batch, config.model.input_size, config.pipeline, seed=plan.seed,
-                                      epochs=phase.epochs, steps_per_epoch=plan.steps, start_epoch=plan.start_epoch,
-                                      start_step=plan.start_step, pk=pk, num_input_pipelines=workers,
-                                      input_index=worker_index)
+    replicas = context.num_replicas_in_sync
+    local = max(1, replicas // context.num_input_pipelines)
+    pk = _triplet_groups(phase, replicas)
+    return pipeline.train_dataset(data, context.get_per_replica_batch_size(phase.batch), config.model.input_size,
+                                  config.pipeline, seed=plan.seed, epochs=phase.epochs,
+                                  steps_per_epoch=plan.steps * local, start_epoch=plan.start_epoch,
+                                  start_step=plan.start_step * local, pk=pk,
+                                  num_input_pipelines=context.num_input_pipelines,
+                                  input_index=context.input_pipeline_id)
+
+
+def build_datasets(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo,
+                   strategy: tf.distribute.Strategy) -> Tuple[Any, Optional[tf.data.Dataset]]:
+    """(train, val or None): this worker's share of the phase's batches, from the resume point on.
+
+    On one machine the global batches are split over the local replicas by ``model.fit``. In a
+    cluster every worker builds its own input with :func:`worker_train_dataset` (the pipeline splits
+    the shards between workers itself, so nothing is sharded again by tf.distribute).
+    """
+    workers, _ = input_shard(strategy)
+    phase = plan.phase
+    replicas = strategy.num_replicas_in_sync
+    if workers > 1:
+        per_replica = phase.identities_per_batch if phase.head == "triplet" else phase.batch
+        if per_replica % replicas:
+            what = "identities_per_batch" if phase.head == "triplet" else "batch_size"
+            raise ConfigError(f"phases.{plan.index}.{what}: {per_replica} does not split evenly over the "
+                              f"{replicas} replicas of the cluster; use a multiple of {replicas}")
+        train_ds = strategy.distribute_datasets_from_function(
+            lambda context: worker_train_dataset(config, plan, data, context))
+    else:
+        train_ds = pipeline.train_dataset(data, phase.batch, config.model.input_size, config.pipeline, seed=plan.seed,
+                                          epochs=phase.epochs, steps_per_epoch=plan.steps,
+                                          start_epoch=plan.start_epoch, start_step=plan.start_step,
+                                          pk=_triplet_groups(phase, 1))
     val_ds = pipeline.val_dataset(data, config.pipeline.val_batch_size, config.model.input_size) \
         if config.pipeline.validation else None
     return train_ds, val_ds
@@ -193,15 +239,13 @@ def build_callbacks(config: TrainConfig, plan: PhasePlan, models: PhaseModels, m
         EpochLog(run, plan.title, plan.phase.epochs, plan.phase.batch, make_schedule(plan.phase, plan.steps),
                  plan.steps, plan.start_step),
         EmbeddingCheckpoints(models.embedding, models.export_copy, run, plan.index, monitor),
+        tf.keras.callbacks.CSVLogger(str(run.out / "logs" / f"phase{plan.index}.csv"), append=True),
+        tf.keras.callbacks.TensorBoard(str(run.out / "tensorboard" / f"phase{plan.index}"), write_graph=False,
+                                       profile_batch=0),
+        LossPlot(run.out),
+        # every worker backs up; TensorFlow has the non-chief ones write beside it and delete their copy
+        ExactBackupAndRestore(plan.backup_dir, config.backup_every_steps, plan.steps),
     ]
-    if run.chief:
-        callbacks += [
-            tf.keras.callbacks.CSVLogger(str(run.run_dir / "logs" / f"phase{plan.index}.csv"), append=True),
-            tf.keras.callbacks.TensorBoard(str(run.run_dir / "tensorboard" / f"phase{plan.index}"), write_graph=False,
-                                           profile_batch=0),
-            LossPlot(run.run_dir),
-        ]
-    callbacks.append(ExactBackupAndRestore(plan.backup_dir, config.backup_every_steps, plan.steps))
     return callbacks
 
 
@@ -217,20 +261,27 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run: Run
                      plan.phase.batch, plan.phase.optimizer, plan.phase.lr)
     models = build_models(config, plan, data, run, strategy)
     train_ds, val_ds = build_datasets(config, plan, data, strategy)
-    (run.run_dir / "logs").mkdir(exist_ok=True)
-    if run.chief:
-        run_folder.drop_logged_epochs(run.run_dir, index, plan.start_epoch)
+    (run.out / "logs").mkdir(exist_ok=True)
+    run_folder.drop_logged_epochs(run.out, index, plan.start_epoch)
     callbacks = build_callbacks(config, plan, models, monitor_for(config, plan.phase, val_ds is not None), run)
     start = time.perf_counter()
     with shard_errors(data):
         models.training.fit(train_ds, epochs=plan.phase.epochs, steps_per_epoch=plan.steps, validation_data=val_ds,
                             callbacks=callbacks, verbose=0)
     models.export_copy.set_weights(models.embedding.get_weights())
-    if run.chief:
-        save_embedding_model(models.export_copy, run.run_dir / "phases" / f"phase{index}" / "model.keras")
+    save_embedding_model(models.export_copy, run.out / "phases" / f"phase{index}" / "model.keras")
+    run.log.info("%s: done, backbone weights sha256 %s", plan.title, weights_digest(models.export_copy))
     return {"head": plan.phase.head, "epochs": plan.phase.epochs, "steps_per_epoch": plan.steps,
             "optimizer_iterations": int(models.training.optimizer.iterations.numpy()),
             "seconds": time.perf_counter() - start}
+
+
+def weights_digest(model: tf.keras.Model) -> str:
+    """sha256 of a model's weights, in order: the workers of a cluster log it to show they agree."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(w.astype(w.dtype.newbyteorder("<")).tobytes())
+    return digest.hexdigest()[:16]
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -247,38 +298,50 @@ def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, P
         raise ResumeError(f"{run_dir}: --out is a file, not a run folder; give a new folder, or the run folder "
                           "of the run to resume")
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_folder.open_log(run_dir)
+    # first: a multi-worker strategy must exist before TensorFlow runs any op
+    strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    write_dir = worker_write_dir(run_dir, strategy)
+    log = run_folder.open_log(write_dir)
     try:
         data = pipeline.DataInfo(data_dir)
         pipeline.check_shards(data.train_files + data.val_files, data.meta)
-        state = run_folder.load_state(run_dir, config, data, allow_config_change, log)
+        state = run_folder.load_state(run_dir, config, data, allow_config_change, log, write=chief)
         if config.deterministic_ops:
             tf.config.experimental.enable_op_determinism()
-        strategy = make_strategy(config.strategy)
-        run = RunContext(run_dir, state, log, chief=is_chief(strategy), progress=progress)
-        if run.chief:
+        run = RunContext(run_dir, state, log, chief=chief, progress=progress, write_dir=write_dir)
+        if chief:
             for leftover in run_folder.remove_leftovers(run_dir):
                 log.info("removed %s, left by an interrupted run", leftover)
+        policy = mixed_policy() if config.mixed_precision else "float32"
         log.info("training %s: %d classes, %d train / %d val records, %s strategy (%d replicas)%s",
                  data.data_dir, data.num_classes, data.train_records, data.val_records, config.strategy,
-                 strategy.num_replicas_in_sync, ", mixed float16" if config.mixed_precision else "")
-        with precision_policy("mixed_float16" if config.mixed_precision else "float32"):
+                 strategy.num_replicas_in_sync, f", mixed precision {policy}" if config.mixed_precision else "")
+        if not chief:
+            log.info("worker %d of %d: the chief writes %s; this worker writes into %s, deleted at the end",
+                     input_shard(strategy)[1], input_shard(strategy)[0], run_dir, write_dir)
+        with precision_policy(policy):
             for index in range(len(config.phases)):
                 backup_dir = run_dir / "backup" / f"phase{index}"
                 if index < state["completed_phases"]:
-                    shutil.rmtree(backup_dir, ignore_errors=True)
+                    if chief:
+                        shutil.rmtree(backup_dir, ignore_errors=True)
                     continue
                 summary = run_phase(config, index, data, run, strategy)
                 state["phases"] = state["phases"][:index] + [summary]
                 state["completed_phases"] = index + 1
                 run.save_state()
-                shutil.rmtree(backup_dir, ignore_errors=True)
-        if not (run_dir / "embedding" / "model.keras").is_file() and (run_dir / "last" / "model.keras").is_file():
-            save_embedding_model(load_embedding_model(run_dir / "last" / "model.keras"), run_dir)
-        plot_history(run_dir)
+                if chief:
+                    shutil.rmtree(backup_dir, ignore_errors=True)
+        best_path, last_path = write_dir / "embedding" / "model.keras", write_dir / "last" / "model.keras"
+        if not best_path.is_file() and last_path.is_file():
+            save_embedding_model(load_embedding_model(last_path), write_dir)
+        plot_history(write_dir)
         best = state.get("best") or {}
         log.info("done: %d phase(s); best %s %s; embedding model %s", state["completed_phases"],
                  best.get("monitor", "-"), f"{best['value']:.4f}" if best else "-", run_dir / "embedding" / "model.keras")
         return state
     finally:
         run_folder.close_log(log)
+        if write_dir != run_dir:
+            shutil.rmtree(write_dir, ignore_errors=True)

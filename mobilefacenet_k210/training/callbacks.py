@@ -93,20 +93,19 @@ class EmbeddingCheckpoints(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
         logs = logs or {}
+        # every worker reads the weights: in a cluster, reading BatchNorm's statistics is a collective
         self.export_copy.set_weights(self.embedding_model.get_weights())
-        if not self.run.chief:
-            return
-        save_embedding_model(self.export_copy, self.run.run_dir / "last" / "model.keras")
+        save_embedding_model(self.export_copy, self.run.out / "last" / "model.keras")
         value = logs.get(self.monitor.name)
         if value is None or not math.isfinite(float(value)):
             return
         if self._better(float(value)):
-            save_embedding_model(self.export_copy, self.run.run_dir)
+            save_embedding_model(self.export_copy, self.run.out)
             self.run.state["best"] = {"monitor": self.monitor.name, "mode": self.monitor.mode, "value": float(value),
                                       "phase": self.phase_index, "epoch": epoch + 1}
             self.run.save_state()
             self.run.log.info("  new best %s %.4f: saved %s", self.monitor.name, float(value),
-                              self.run.run_dir / "embedding" / "model.keras")
+                              self.run.out / "embedding" / "model.keras")
 
 
 class EpochLog(tf.keras.callbacks.Callback):

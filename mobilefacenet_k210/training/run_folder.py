@@ -72,8 +72,11 @@ def read_run_json(path: Path) -> Dict[str, Any]:
 
 
 def load_state(run_dir: Path, config: TrainConfig, data: pipeline.DataInfo, allow_config_change: bool,
-                log: logging.Logger) -> Dict[str, Any]:
-    """Start a run folder, or check that the config and data match the ones it was started with."""
+                log: logging.Logger, write: bool = True) -> Dict[str, Any]:
+    """Start a run folder, or check that the config and data match the ones it was started with.
+
+    ``write=False`` (a non-chief worker) checks and reads but leaves ``config.json`` to the chief.
+    """
     identity = run_fingerprint(config, data)
     saved_path = run_dir / CONFIG_FILE
     if saved_path.is_file():
@@ -87,8 +90,9 @@ def load_state(run_dir: Path, config: TrainConfig, data: pipeline.DataInfo, allo
                                   f"{', ...' if len(diff) > 8 else ''}); rerun with the same config, use a new "
                                   "--out folder, or pass --allow-config-change to resume anyway")
             log.warning("resuming with a changed config (--allow-config-change): %s", lines)
-            atomic.write_json(saved_path, identity)
-    else:
+            if write:
+                atomic.write_json(saved_path, identity)
+    elif write:
         atomic.write_json(saved_path, identity)
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
