@@ -15,6 +15,10 @@ A run folder holds::
 Kill the process at any moment and run the same command again: the phase in progress resumes at
 its epoch and step, on the same batches (the input stream is a function of seed, epoch and step).
 The rerun drops the log rows of the epochs it redoes and the temporary files the kill left.
+
+With ``--strategy multiworker`` every worker runs this same function: the chief writes the run
+folder, the others a temporary folder of their own (see :mod:`training.distribute`); each reads
+its own part of the input; after a failure all of them are restarted and resume together.
 """
 import contextlib
 import dataclasses

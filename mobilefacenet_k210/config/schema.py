@@ -157,7 +157,7 @@ class TrainConfig:
     ``strategy``: default, mirrored (all local GPUs/devices) or multiworker (``TF_CONFIG``, see
     docs/scale.md). ``mixed_precision``: the backbone computes in half precision with float32
     weights, ``mixed_float16`` on a GPU (with dynamic loss scaling) and ``mixed_bfloat16`` on CPUs
-    (no loss scaling needed; it only pays on CPUs with bfloat16 instructions); the heads compute
+    (no loss scaling needed; slower than float32 on the CPUs measured, see README); the heads compute
     their logits in float32 and the saved embedding model is float32.
     """
 
