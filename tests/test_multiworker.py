@@ -187,3 +187,22 @@ def test_each_worker_reads_its_own_part_of_every_epoch(tiny_shards, num_shards):
                       for image in b[0][0]} for e in range(2)])
     for epoch in range(2):
         assert seen[0][epoch] and seen[1][epoch] and not seen[0][epoch] & seen[1][epoch], f"epoch {epoch}"
+
+
+@pytest.mark.parametrize("tf_config, why", [(None, "set TF_CONFIG"), ("{broken", "not valid JSON"),
+                                            ('{"cluster": {}}', "needs a \"cluster\" and a \"task\"")])
+def test_a_missing_or_broken_tf_config_is_one_line_before_any_training(tiny_shards, tmp_path, monkeypatch, capsys,
+                                                                        tf_config, why):
+    from mobilefacenet_k210 import cli
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    data = tiny_shards(num_classes=4, per_class=8, num_shards=4, size=64)
+    argv = ["train", "--config", str(_write_config(tmp_path)), "--data", str(data), "--out", str(tmp_path / "run"),
+            "--strategy", "multiworker", "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mfk210 train: error: ") and "TF_CONFIG" in err[0] and why in err[0], err
+    assert not (tmp_path / "run" / "state.json").exists()
