@@ -205,7 +205,7 @@ def input_figures(demo_out: Path, work: Path, train_config: str) -> Dict[str, An
     """tf.data delivery vs training consumption (same batch size), and batch mixing vs the seed's stream."""
     from mobilefacenet_k210 import config as config_lib
     from mobilefacenet_k210.data import pipeline
-    from mobilefacenet_k210.train import measure_train_throughput
+    from mobilefacenet_k210.bench_train import measure_train_throughput
 
     cfg = config_lib.load(config_lib.TrainConfig, train_config)
     batch = cfg.phases[0].batch_size
@@ -240,7 +240,7 @@ def gpu_figures(batch_size: int = 512, steps: int = 20, require_gpu: bool = True
     import tensorflow as tf
 
     from mobilefacenet_k210 import config as config_lib
-    from mobilefacenet_k210.train import measure_train_throughput
+    from mobilefacenet_k210.bench_train import measure_train_throughput
 
     gpus = tf.config.list_physical_devices("GPU")
     if require_gpu and not gpus:

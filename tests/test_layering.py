@@ -20,8 +20,8 @@ ROOT = Path(mobilefacenet_k210.__file__).parent
 # Lowest first. A module may import modules of its own layer or of layers listed before it.
 LAYERS = [
     ["errors"], ["atomic", "files", "wheels", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
-    ["model", "data"], ["evaluate", "export", "teacher"], ["train"], ["board"],
-    ["demo_report"], ["demo"], ["bench", "bench_scale"], ["cli"], ["__main__"],
+    ["model", "data"], ["evaluate", "export", "teacher"], ["train", "training"], ["board"],
+    ["demo_report"], ["demo"], ["bench", "bench_scale", "bench_train"], ["cli"], ["__main__"],
 ]
 NOT_PYTHON3 = {f"{PACKAGE}.board.canmv_face_id"}  # MicroPython: runs on the board, never imported here
 

@@ -1,8 +1,9 @@
 """Training runs on tiny shards: phases carry the backbone, the best checkpoint follows verification,
 imprinted centres match the embeddings the margin phase computes, SIGKILL + rerun ends where an
 uninterrupted run ends (logs not doubled, temp files removed), a changed config or other data is
-refused, user mistakes are one-line errors, triplet and mixed-precision phases run, MirroredStrategy
-runs over two logical CPUs."""
+refused, user mistakes are one-line errors, triplet phases run, `train --mixed-precision` runs (the
+machine's policy: mixed_bfloat16 on CPUs) and its float32 embedding model exports to a kmodel,
+MirroredStrategy runs over two logical CPUs."""
 import csv
 import json
 import logging
@@ -20,7 +21,12 @@ import yaml
 
 from mobilefacenet_k210 import cli, train
 from mobilefacenet_k210.config import ModelConfig, TrainConfig, load
+from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC
 from mobilefacenet_k210.model.io import load_embedding_model
+from mobilefacenet_k210.training import run_folder
+from mobilefacenet_k210.training.callbacks import EmbeddingCheckpoints
+from mobilefacenet_k210.training.context import Monitor, RunContext
+from mobilefacenet_k210.training.imprint import class_embedding_sums, first_epoch_batches
 
 TINY = {
     "model": {"input_size": 64, "width_multiplier": 0.25, "embedding_size": 32},
@@ -169,13 +175,13 @@ def test_best_checkpoint_keeps_the_best_epoch_and_the_later_one_on_a_tie(tmp_pat
     model_config = ModelConfig(input_size=64, width_multiplier=0.25, embedding_size=32)
     model, export_copy = MobileFaceNet(model_config), MobileFaceNet(model_config)
     state: dict = {"best": None}
-    saver = train.EmbeddingCheckpoints(model, export_copy, tmp_path, state, 0, train.VERIFICATION, "max", True,
-                                       logging.getLogger("test_best_checkpoint"))
+    run = RunContext(tmp_path, state, logging.getLogger("test_best_checkpoint"))
+    saver = EmbeddingCheckpoints(model, export_copy, run, 0, Monitor(VERIFICATION_METRIC, "max"))
     weights_at = {}
     for epoch, score in enumerate([0.5, 0.75, 0.75, 0.5]):
         model.set_weights([w + 0.01 * (epoch + 1) for w in model.get_weights()])
         weights_at[epoch] = model.get_weights()
-        saver.on_epoch_end(epoch, {train.VERIFICATION: score})
+        saver.on_epoch_end(epoch, {VERIFICATION_METRIC: score})
     assert (state["best"]["epoch"], state["best"]["value"]) == (3, 0.75)  # the tie went to the later epoch
     for name, epoch in (("embedding", 2), ("last", 3)):
         saved = load_embedding_model(tmp_path / name / "model.keras").get_weights()
@@ -204,10 +210,10 @@ def test_imprinted_centres_are_where_the_arcface_phase_puts_each_class(tiny_shar
     info = pipeline.DataInfo(data)
     steps = pipeline.steps_per_epoch(info, 8)
     backbone = load_embedding_model(run / "phases" / "phase0")
-    batches = list(train.first_epoch_batches(config, 1, info, steps))
+    batches = list(first_epoch_batches(config, 1, info, steps))
     _, imprinted = heads.build_training_model(backbone, config.phases[1], 4)
     _, random_head = heads.build_training_model(backbone, config.phases[1], 4)
-    heads.imprint(imprinted, train.class_embedding_sums(backbone, batches, 4, steps, progress=False))
+    heads.imprint(imprinted, class_embedding_sums(backbone, batches, 4, steps, progress=False))
     own, correct, losses = {"imprint": [], "random": []}, [], []
     for (images, labels), _ in batches:
         embeddings = backbone(images, training=True)
@@ -286,9 +292,9 @@ def test_drop_logged_epochs_keeps_the_rows_of_the_epochs_before_the_resume(tmp_p
     (tmp_path / "logs").mkdir()
     path = tmp_path / "logs" / "phase0.csv"
     path.write_text("epoch,loss\n0,3.0\n1,2.0\n2,1.5\n1,2.1\n")
-    train.drop_logged_epochs(tmp_path, 0, 1)
+    run_folder.drop_logged_epochs(tmp_path, 0, 1)
     assert path.read_text().splitlines() == ["epoch,loss", "0,3.0"]
-    train.drop_logged_epochs(tmp_path, 0, 0)
+    run_folder.drop_logged_epochs(tmp_path, 0, 0)
     assert path.read_text().splitlines() == ["epoch,loss"]
 
 
@@ -347,20 +353,55 @@ def test_triplet_phase_trains_end_to_end(tiny_shards, tmp_path):
     assert load_embedding_model(tmp_path / "run").output_shape == (None, 32)
 
 
-def test_mixed_precision_trains_end_to_end_and_saves_a_float32_model(tiny_shards, tmp_path):
-    data = tiny_shards(num_classes=4, per_class=4, num_shards=2, size=64)
-    config = load(TrainConfig, None, SMALL + [
-        "mixed_precision=true", "phases=[{head: arcface, epochs: 1, batch_size: 8, scale: 16}]"])
-    state = train.train(config, data, tmp_path / "run", progress=False)
+def test_mixed_precision_cli_trains_saves_float32_and_exports_a_kmodel(tiny_shards, tmp_path, capsys):
+    from test_export import synthetic_faces, write_faces
+
+    from mobilefacenet_k210.config import ExportConfig
+    from mobilefacenet_k210.export import export_model
+    from mobilefacenet_k210.training.distribute import mixed_policy
+
+    data = tiny_shards(num_classes=4, per_class=4, num_shards=2, size=112)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(run), "--no-progress", "--mixed-precision"] + [
+        f"--set={s}" for s in ["model.width_multiplier=0.25", "model.embedding_size=32", "pipeline.validation=false",
+                               "phases=[{head: arcface, epochs: 1, batch_size: 8, scale: 16}]"]]
+    assert cli.main(argv) == 0, capsys.readouterr().err[-3000:]
+    state = json.loads((run / "state.json").read_text())
     assert state["phases"][0]["optimizer_iterations"] == 2
-    assert "mixed float16" in (tmp_path / "run" / "train.log").read_text()
-    with open(tmp_path / "run" / "logs" / "phase0.csv") as f:
+    assert f"mixed precision {mixed_policy()}" in (run / "train.log").read_text()
+    with open(run / "logs" / "phase0.csv") as f:
         assert np.isfinite(float(next(csv.DictReader(f))["loss"]))
-    for path in (tmp_path / "run", tmp_path / "run" / "phases" / "phase0"):
+    for path in (run, run / "phases" / "phase0"):
         model = load_embedding_model(path)
         assert {w.dtype.name for w in model.weights} == {"float32"}, path
         assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}, path
-        assert model(np.zeros((1, 64, 64, 3), np.float32)).dtype.name == "float32"
+        assert model(np.zeros((1, 112, 112, 3), np.float32)).dtype.name == "float32"
+    calibration = write_faces(tmp_path / "calib", synthetic_faces(6, 1))
+    result = export_model(run / "embedding" / "model.keras", calibration, tmp_path / "export",
+                          ExportConfig(calibrate_method="no_clip", calibration_samples=4, holdout_samples=2))
+    assert (tmp_path / "export" / "model.kmodel").stat().st_size == result["kmodel_bytes"] > 0
+
+
+@pytest.mark.parametrize("policy, scaled", [("mixed_float16", True), ("mixed_bfloat16", False), ("float32", False)])
+def test_mixed_precision_computes_the_backbone_in_half_and_the_head_and_loss_scale_as_needed(policy, scaled):
+    import tensorflow as tf
+
+    from mobilefacenet_k210.model import heads
+    from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
+    from mobilefacenet_k210.training.distribute import precision_policy, with_loss_scaling
+    from mobilefacenet_k210.training.schedule import make_optimizer
+
+    config = load(TrainConfig, None, SMALL + ["phases=[{head: arcface, epochs: 1, batch_size: 8}]"])
+    with precision_policy(policy):
+        embedding = MobileFaceNet(config.model)
+        model, head = heads.build_training_model(embedding, config.phases[0], 4)
+        model.compile(optimizer=with_loss_scaling(make_optimizer(config.phases[0], 10)),
+                      loss=heads.make_loss(config.phases[0]))
+    half = policy.split("_")[-1]
+    assert embedding.output.dtype.name == half and head.compute_dtype == "float32"
+    logits = model([np.zeros((2, 64, 64, 3), np.float32), np.zeros((2,), np.int32)])
+    assert logits.dtype.name == "float32"
+    assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer) is scaled
 
 
 MIRRORED = """

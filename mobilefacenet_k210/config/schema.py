@@ -160,7 +160,11 @@ class TrainConfig:
     ``verification`` maps a name to a ``.bin`` pairs file; the mean accuracy over them picks the
     best checkpoint every epoch (without any, the head's accuracy on the "val" split does, best
     within the last phase). ``backup_every_steps`` is how often the exact-resume state is saved.
-    ``strategy``: default, mirrored (all local GPUs/devices) or multiworker (``TF_CONFIG``).
+    ``strategy``: default, mirrored (all local GPUs/devices) or multiworker (``TF_CONFIG``, see
+    docs/scale.md). ``mixed_precision``: the backbone computes in half precision with float32
+    weights, ``mixed_float16`` on a GPU (with dynamic loss scaling) and ``mixed_bfloat16`` on CPUs
+    (no loss scaling needed; slower than float32 on the CPUs measured, see README); the heads compute
+    their logits in float32 and the saved embedding model is float32.
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

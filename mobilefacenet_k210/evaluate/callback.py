@@ -15,7 +15,7 @@ from mobilefacenet_k210.evaluate.backends import KerasBackend
 from mobilefacenet_k210.evaluate.bins import load_bin
 from mobilefacenet_k210.evaluate.metrics import verify
 
-MONITOR = "verification_accuracy"
+VERIFICATION_METRIC = "verification_accuracy"
 
 
 class VerificationCallback(tf.keras.callbacks.Callback):
@@ -46,16 +46,16 @@ class VerificationCallback(tf.keras.callbacks.Callback):
         results = {}
         for name, (images, issame) in self.sets.items():
             emb = backend.embed(images, batch_size=self.batch_size, flip=self.flip, progress=False)
-            results[f"{MONITOR}/{name}"] = verify(emb, issame, nfolds=self.nfolds)["accuracy"]
-        results[MONITOR] = float(np.mean(list(results.values())))
+            results[f"{VERIFICATION_METRIC}/{name}"] = verify(emb, issame, nfolds=self.nfolds)["accuracy"]
+        results[VERIFICATION_METRIC] = float(np.mean(list(results.values())))
         return results
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         results = self.evaluate()
         for name in self.sets:
-            self.history[name].append(results[f"{MONITOR}/{name}"])
+            self.history[name].append(results[f"{VERIFICATION_METRIC}/{name}"])
         if logs is not None:
             logs.update(results)
         if self.verbose:
-            sets = ", ".join(f"{n} {results[f'{MONITOR}/{n}']:.4f}" for n in self.sets)
-            tf.print(f"epoch {epoch + 1}: {MONITOR} {results[MONITOR]:.4f} ({sets})")
+            sets = ", ".join(f"{n} {results[f'{VERIFICATION_METRIC}/{n}']:.4f}" for n in self.sets)
+            tf.print(f"epoch {epoch + 1}: {VERIFICATION_METRIC} {results[VERIFICATION_METRIC]:.4f} ({sets})")
