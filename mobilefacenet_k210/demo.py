@@ -274,9 +274,10 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
     def train() -> Dict[str, Any]:
         from mobilefacenet_k210 import train as train_lib
 
-        cfg = config_lib.load(config_lib.TrainConfig, config.train_config,
-                              [f"verification.select={out / 'select.bin'}"])
-        return train_lib.train(cfg, out / "shards", out / "train")
+        overrides = [f"verification.select={out / 'select.bin'}"]
+        cfg = config_lib.load(config_lib.TrainConfig, config.train_config, overrides)
+        source = f"{config_lib.resolve(config.train_config).resolve()}, with {overrides[0]}"
+        return train_lib.train(cfg, out / "shards", out / "train", source=source)
 
     demo.run("train", train)
 

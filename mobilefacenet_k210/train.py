@@ -290,8 +290,10 @@ def weights_digest(model: tf.keras.Model) -> str:
 
 # --- the run --------------------------------------------------------------------------------------
 def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, Path],
-          allow_config_change: bool = False, progress: bool = True) -> Dict[str, Any]:
+          allow_config_change: bool = False, progress: bool = True, source: str = "") -> Dict[str, Any]:
     """Run (or resume) every phase of ``config`` on the shards in ``data_dir``; outputs in ``out_dir``.
+
+    ``source`` says where the config came from (file and overrides); ``train.log`` records it.
 
     Returns the run state: phases completed with their epochs and optimizer iterations, and the best
     checkpoint's score. The best embedding model is at ``out_dir/embedding/model.keras``.
@@ -318,6 +320,8 @@ def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, P
             for leftover in run_folder.remove_leftovers(run_dir):
                 log.info("removed %s, left by an interrupted run", leftover)
         policy = mixed_policy() if config.mixed_precision else "float32"
+        if source:
+            log.info("config: %s", source)
         log.info("training %s: %d classes, %d train / %d val records, %s strategy (%d replicas)%s",
                  data.data_dir, data.num_classes, data.train_records, data.val_records, config.strategy,
                  strategy.num_replicas_in_sync, f", mixed precision {policy}" if config.mixed_precision else "")

@@ -368,7 +368,10 @@ def test_mixed_precision_cli_trains_saves_float32_and_exports_a_kmodel(tiny_shar
     assert cli.main(argv) == 0, capsys.readouterr().err[-3000:]
     state = json.loads((run / "state.json").read_text())
     assert state["phases"][0]["optimizer_iterations"] == 2
-    assert f"mixed precision {mixed_policy()}" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    assert f"mixed precision {mixed_policy()}" in log
+    assert "config: the defaults, with mixed_precision=True --set=" not in log  # flags and --set, each once
+    assert "config: the defaults, with mixed_precision=True model.width_multiplier=0.25" in log
     with open(run / "logs" / "phase0.csv") as f:
         assert np.isfinite(float(next(csv.DictReader(f))["loss"]))
     for path in (run, run / "phases" / "phase0"):
@@ -379,7 +382,7 @@ def test_mixed_precision_cli_trains_saves_float32_and_exports_a_kmodel(tiny_shar
     calibration = write_faces(tmp_path / "calib", synthetic_faces(6, 1))
     result = export_model(run / "embedding" / "model.keras", calibration, tmp_path / "export",
                           ExportConfig(calibrate_method="no_clip", calibration_samples=4, holdout_samples=2))
-    assert (tmp_path / "export" / "model.kmodel").stat().st_size == result["kmodel_bytes"] > 0
+    assert (tmp_path / "export" / "model.kmodel").stat().st_size == result.kmodel_bytes > 0
 
 
 @pytest.mark.parametrize("policy, scaled", [("mixed_float16", True), ("mixed_bfloat16", False), ("float32", False)])
