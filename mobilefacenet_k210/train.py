@@ -439,7 +439,7 @@ def _logger(run_dir: Path) -> logging.Logger:
 def _monitor(config: TrainConfig, phase: PhaseConfig, has_val: bool) -> Tuple[str, str]:
     if config.verification:
         return VERIFICATION, "max"
-    if phase.head == "triplet":
+    if phase.head in ("triplet", "distill"):
         return ("val_loss" if has_val else "loss"), "min"
     return ("val_accuracy" if has_val else "accuracy"), "max"
 
@@ -578,7 +578,8 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
         if index > 0 and phase.init == "previous":
             previous = load_embedding_model(run_dir / "phases" / f"phase{index - 1}")
             embedding.set_weights(previous.get_weights())
-        model, head = heads.build_training_model(embedding, phase, data.num_classes)
+        teacher = data.teacher() if phase.uses_teacher else None
+        model, head = heads.build_training_model(embedding, phase, data.num_classes, teacher[0] if teacher else 0)
         optimizer = make_optimizer(phase, steps)
         model.compile(optimizer=optimizer, loss=heads.make_loss(phase), metrics=heads.make_metrics(phase))
     export_copy = _export_copy(config)
@@ -594,8 +595,8 @@ def run_phase(config: TrainConfig, index: int, data: pipeline.DataInfo, run_dir:
     train_ds = pipeline.train_dataset(data, batch, config.model.input_size, config.pipeline,
                                       seed=config.seed * 1009 + index, epochs=phase.epochs, steps_per_epoch=steps,
                                       start_epoch=start_epoch, start_step=start_step, pk=pk,
-                                      num_input_pipelines=workers, input_index=worker_index)
-    val_ds = pipeline.val_dataset(data, config.pipeline.val_batch_size, config.model.input_size) \
+                                      num_input_pipelines=workers, input_index=worker_index, teacher=teacher)
+    val_ds = pipeline.val_dataset(data, config.pipeline.val_batch_size, config.model.input_size, teacher) \
         if config.pipeline.validation else None
     monitor, mode = _monitor(config, phase, val_ds is not None)
     chief = _is_chief(strategy)
