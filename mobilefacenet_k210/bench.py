@@ -22,6 +22,8 @@ FIGURES = ("params", "madds", "kmodel_bytes", "kmodel_version", "kpu_mac_share",
            "cosine_kmodel_min", "builder_img_per_s_1w", "builder_img_per_s_2w", "builder_speedup_2w",
            "builder_aligned_img_per_s", "tfdata_img_per_s", "train_img_per_s", "tfdata_over_train", "shuffle_mixing",
            "shuffle_mixing_seed_stream", "orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_kmodel",
+           "orl_acc_teacher", "orl_acc_distill_keras", "orl_acc_distill_kmodel", "distill_cosine_heldout",
+           "teacher_img_per_s",
            "demo_kmodel_bytes", "demo_cosine_kmodel_mean", "demo_cosine_kmodel_min", "tests_seconds",
            "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512", "gpu_mixed_over_fp32")
 
@@ -41,7 +43,9 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
 
     figures = run_demo(demo_out)
     report = atomic.read_json(demo_out / "export" / "report.json", "no export report (rerun `make demo`)")
-    keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
+    keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel",
+            "orl_acc_teacher", "orl_acc_distill_keras", "orl_acc_distill_kmodel", "distill_cosine_heldout",
+            "teacher_img_per_s")
     out = {k: figures[k] for k in keep}
     out.update({f"demo_{k}": report[k] for k in ("kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean",
                                                   "cosine_kmodel_min")})

@@ -422,6 +422,7 @@ class DemoConfig:
         default_factory=lambda: {"s24": 8, "s25": 6, "s26": 4, "s27": 3})
     build_config: str = "configs/demo_build.yaml"
     train_config: str = "configs/demo_cpu.yaml"
+    distill_config: str = "configs/demo_distill.yaml"  # the distilled student trained beside the from-scratch one
     enroll_photos: int = 5
     calibrate_method: str = "l2"
     calibration_samples: int = 100
