@@ -25,8 +25,10 @@ FIGURES = ("params", "madds", "kmodel_bytes", "kmodel_version", "kpu_mac_share",
            "builder_mtcnn_plain_loop_img_per_s", "yunet_over_plain_mtcnn", "landmark_distance_px",
            "tfdata_img_per_s", "train_img_per_s", "tfdata_over_train", "shuffle_mixing",
            "shuffle_mixing_seed_stream", "orl_acc_keras", "orl_acc_keras_yunet", "orl_acc_kmodel", "orl_acc_drop",
-           "identify_kmodel", "demo_kmodel_bytes", "demo_cosine_kmodel_mean", "demo_cosine_kmodel_min",
-           "tests_seconds", "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512", "gpu_mixed_over_fp32")
+           "identify_kmodel", "orl_acc_teacher", "orl_acc_distill_keras", "orl_acc_distill_kmodel",
+           "distill_cosine_heldout", "teacher_img_per_s", "demo_kmodel_bytes", "demo_cosine_kmodel_mean",
+           "demo_cosine_kmodel_min", "tests_seconds", "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512",
+           "gpu_mixed_over_fp32")
 
 
 def model_figures() -> Dict[str, Any]:
@@ -45,7 +47,9 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
 
     figures = run_demo(demo_out)
     report = ExportResult.read(demo_out / "export")
-    keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
+    keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel",
+            "orl_acc_teacher", "orl_acc_distill_keras", "orl_acc_distill_kmodel", "distill_cosine_heldout",
+            "teacher_img_per_s")
     out = {k: figures[k] for k in keep}
     out.update({"demo_kmodel_bytes": report.kmodel_bytes, "demo_kpu_mac_share": report.kpu_mac_share,
                 "demo_cosine_kmodel_mean": report.cosine_kmodel_mean,

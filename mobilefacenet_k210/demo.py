@@ -31,6 +31,10 @@ STEPS = [
     ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 3),
     ("board", "package the kmodel (.kfpkg) and the CanMV board files with the open-set threshold", 1),
     ("inspect", "contact sheet of the training shards", 3),
+    ("teacher", "the teacher's (SFace) embeddings of each training crop and its mirror, added to the shards", 2),
+    ("distill", "train the distilled student on the same photos, taught by the teacher", 25),
+    ("distill_export", "export the distilled student: TFLite, kmodel, parity report", 20),
+    ("distill_compare", "teacher, from-scratch and distilled students on the test pairs; cosine to the teacher", 5),
 ]
 STEP_CONFIG = {
     "faces": ("train", "select", "test", "reduced_photos"),
@@ -39,14 +43,17 @@ STEP_CONFIG = {
     "export": ("calibrate_method", "calibration_samples"),
     "identify": ("enroll_photos",),
     "openset": ("enroll_photos", "test"),
+    "distill": ("distill_config",),
+    "distill_export": ("calibrate_method", "calibration_samples"),
 }
 """The DemoConfig fields each step's output depends on (``workers`` changes speed only). A field naming
 a config file stands for the file's content too."""
-CONFIG_FILES = ("build_config", "train_config")
+CONFIG_FILES = ("build_config", "train_config", "distill_config")
 STEP_OUTPUTS = {
     "faces": ("raw",), "shards": ("shards",), "aligned": ("aligned",), "pairs": ("select.bin", "test.bin"),
     "train": ("train",), "export": ("export",), "evaluate": ("evaluate",), "identify": ("identify",),
-    "openset": ("openset",), "board": ("board",), "inspect": ("inspect",),
+    "openset": ("openset",), "board": ("board",), "inspect": ("inspect",), "teacher": ("shards_teacher",),
+    "distill": ("train_distill",), "distill_export": ("export_distill",), "distill_compare": ("distill",),
 }
 """What each step writes under OUT: removed before a step reruns for a changed input."""
 
@@ -305,6 +312,13 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
     demo.run("openset", lambda: open_set_test(out, config))
     demo.run("board", lambda: board_files(out, len(config.test)))
     demo.run("inspect", lambda: inspect_shards(out))
+    from mobilefacenet_k210 import demo_distill
+
+    demo.run("teacher", lambda: demo_distill.add_teacher_step(out))
+    demo.run("distill", lambda: demo_distill.train_distilled(out, config.distill_config))
+    demo.run("distill_export", lambda: demo_distill.export_distilled(out, config.calibrate_method,
+                                                                     config.calibration_samples))
+    demo.run("distill_compare", lambda: demo_distill.compare(out))
     figures = summarize(demo)
     figures["demo_seconds_this_run"] = time.perf_counter() - t0
     write_report(demo, figures)
@@ -412,6 +426,10 @@ def summarize(demo: Demo) -> Dict[str, Any]:
         "seconds": demo.seconds,
     }
     figures["orl_acc_drop"] = figures["orl_acc_keras"] - figures["orl_acc_kmodel"]
+    if "distill_compare" in r:
+        from mobilefacenet_k210.demo_distill import figures as distill_figures
+
+        figures.update(distill_figures(r))
     return figures
 
 

@@ -151,7 +151,8 @@ def build_models(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo, 
             own = run.out / "phases" / f"phase{plan.index - 1}"
             previous = own if (own / "model.keras").is_file() else run.run_dir / "phases" / f"phase{plan.index - 1}"
             embedding.set_weights(load_embedding_model(previous).get_weights())
-        model, head = heads.build_training_model(embedding, plan.phase, data.num_classes)
+        teacher = _teacher(plan.phase, data)
+        model, head = heads.build_training_model(embedding, plan.phase, data.num_classes, teacher[0] if teacher else 0)
         model.compile(optimizer=with_loss_scaling(make_optimizer(plan.phase, plan.steps)),
                       loss=heads.make_loss(plan.phase), metrics=heads.make_metrics(plan.phase))
     models = PhaseModels(embedding, model, head, float32_backbone(config))
@@ -173,6 +174,11 @@ def _triplet_groups(phase: PhaseConfig, replicas: int) -> Optional[Tuple[int, in
     return phase.identities_per_batch // replicas, phase.images_per_identity
 
 
+def _teacher(phase: PhaseConfig, data: pipeline.DataInfo) -> pipeline.TeacherSpec:
+    """(dim, mirror) of the shards' teacher embeddings when the phase distils, else None."""
+    return data.teacher() if phase.uses_teacher else None
+
+
 def worker_train_dataset(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo,
                          context: tf.distribute.InputContext) -> tf.data.Dataset:
     """One worker's input in a multi-worker run: its own shards, in batches of one replica's share.
@@ -191,7 +197,7 @@ def worker_train_dataset(config: TrainConfig, plan: PhasePlan, data: pipeline.Da
                                   steps_per_epoch=plan.steps * local, start_epoch=plan.start_epoch,
                                   start_step=plan.start_step * local, pk=pk,
                                   num_input_pipelines=context.num_input_pipelines,
-                                  input_index=context.input_pipeline_id)
+                                  input_index=context.input_pipeline_id, teacher=_teacher(plan.phase, data))
 
 
 def build_datasets(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo,
@@ -217,8 +223,9 @@ def build_datasets(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo
         train_ds = pipeline.train_dataset(data, phase.batch, config.model.input_size, config.pipeline, seed=plan.seed,
                                           epochs=phase.epochs, steps_per_epoch=plan.steps,
                                           start_epoch=plan.start_epoch, start_step=plan.start_step,
-                                          pk=_triplet_groups(phase, 1))
-    val_ds = pipeline.val_dataset(data, config.pipeline.val_batch_size, config.model.input_size) \
+                                          pk=_triplet_groups(phase, 1), teacher=_teacher(phase, data))
+    val_ds = pipeline.val_dataset(data, config.pipeline.val_batch_size, config.model.input_size,
+                                  _teacher(phase, data)) \
         if config.pipeline.validation else None
     return train_ds, val_ds
 
@@ -227,7 +234,7 @@ def monitor_for(config: TrainConfig, phase: PhaseConfig, has_val: bool) -> Monit
     """What picks the best model: verification if configured, else the head's own (val) accuracy or loss."""
     if config.verification:
         return Monitor(VERIFICATION_METRIC, "max")
-    if phase.head == "triplet":
+    if phase.head in ("triplet", "distill"):
         return Monitor("val_loss" if has_val else "loss", "min")
     return Monitor("val_accuracy" if has_val else "accuracy", "max")
 

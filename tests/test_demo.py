@@ -69,6 +69,21 @@ def test_steps_are_reused_only_when_made_from_the_same_inputs(tmp_path, configs)
     assert steps.runs == ["faces", "shards", "aligned", "pairs", "train"]
 
 
+def test_a_changed_distill_config_reruns_the_distilled_student_only(tmp_path, configs):
+    """The distilled student's steps follow the from-scratch ones: its config changes them alone."""
+    out = tmp_path / "demo"
+    (tmp_path / "distill.yaml").write_text("seed: 0\n")
+    names = ("faces", "shards", "aligned", "pairs", "train", "teacher", "distill", "distill_export")
+    steps = Steps(out)
+    steps(demo.Demo(out, configs(distill_config=str(tmp_path / "distill.yaml"))), names)
+    assert steps.runs == list(names)
+    assert [s[0] for s in demo.STEPS][-4:] == ["teacher", "distill", "distill_export", "distill_compare"]
+    steps.runs.clear()
+    (tmp_path / "distill.yaml").write_text("seed: 1\n")
+    steps(demo.Demo(out, configs(distill_config=str(tmp_path / "distill.yaml"))), names)
+    assert steps.runs == ["distill", "distill_export"]
+
+
 def test_a_step_interrupted_under_other_inputs_starts_clean(tmp_path, configs):
     out = tmp_path / "demo"
     steps = Steps(out)

@@ -158,3 +158,42 @@ def test_sampled_head_trains_and_is_refused_where_it_means_nothing():
     for bad in (PhaseConfig(head="softmax", sample_rate=0.5), PhaseConfig(head="arcface", sample_rate=0.0)):
         with pytest.raises(ValueError, match="sample_rate"):
             bad.validate()
+
+
+@pytest.mark.parametrize("phase", [
+    PhaseConfig(head="distill", relation_weight=0.5),
+    PhaseConfig(head="arcface", scale=16.0, margin=0.3, distill_weight=4.0)], ids=lambda p: p.head)
+def test_distilling_phases_take_the_teacher_and_pull_the_student_to_it(phase):
+    """``(image, label, teacher)`` in; a 6-d teacher against an 8-d student goes through a projection
+    inside the training model only; training raises the logged teacher_cosine; a margin head still
+    reports its accuracy."""
+    from mobilefacenet_k210.model import distill
+
+    tf.keras.utils.set_random_seed(1)
+    x, y = _separable()
+    teacher = np.random.default_rng(2).normal(size=(4, 6)).astype(np.float32)[y]  # one target per class
+    backbone = tf.keras.Sequential([tf.keras.Input((x.shape[1],)), tf.keras.layers.Dense(8)])
+    model, _ = heads.build_training_model(backbone, phase, num_classes=4, teacher_dim=6)
+    term = model.get_layer("distill")
+    assert isinstance(term.projection, distill.TeacherProjection) and term.projection.teacher_dim == 6
+    assert not any("projection" in w.name for w in backbone.weights)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.02), loss=heads.make_loss(phase),
+                  metrics=heads.make_metrics(phase))
+    before = model.evaluate((x, y, teacher), y, batch_size=len(x), verbose=0, return_dict=True)
+    model.fit((x, y, teacher), y, batch_size=len(x), epochs=60, verbose=0)
+    after = model.evaluate((x, y, teacher), y, batch_size=len(x), verbose=0, return_dict=True)
+    assert after["teacher_cosine"] > before["teacher_cosine"] + 0.2 and after["loss"] < before["loss"], (before, after)
+    assert ("accuracy" in after) == (phase.head == "arcface")
+    with pytest.raises(ValueError, match="teacher"):
+        heads.build_training_model(backbone, phase, num_classes=4)
+
+
+def test_distill_settings_are_refused_where_they_mean_nothing():
+    for bad, field in ((PhaseConfig(head="softmax", distill_weight=1.0), "distill_weight"),
+                       (PhaseConfig(head="triplet", distill_weight=1.0), "distill_weight"),
+                       (PhaseConfig(head="arcface", relation_weight=1.0), "relation_weight"),
+                       (PhaseConfig(head="distill", relation_weight=-1.0), "relation_weight")):
+        with pytest.raises(ValueError, match=field):
+            bad.validate()
+    assert PhaseConfig(head="distill").uses_teacher and PhaseConfig(head="cosface", distill_weight=2).uses_teacher
+    assert not PhaseConfig(head="arcface").uses_teacher

@@ -107,3 +107,37 @@ def test_corrupt_or_changed_shard_names_the_file(tiny_shards):
     first.write_bytes(bytes(blob))
     with pytest.raises(tfrecord.ShardError, match=first.name):
         pipeline.check_shards(data.train_files[:1], data.meta)
+
+
+def test_teacher_embedding_follows_the_flip(tiny_shards, tmp_path):
+    """Records whose left half is dark: a batch image that is dark on the right was mirrored, and its
+    teacher input is the mirror's row ([0, 1]); an unmirrored one gets the crop's ([1, 0])."""
+    import cv2
+
+    from mobilefacenet_k210 import atomic
+
+    img = np.full((112, 112, 3), 200, np.uint8)
+    img[:, :56] = 20
+    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    recs = [tfrecord.encode_example(jpeg, i % 2, f"id{i % 2}", f"{i}.jpg", "original", [1.0, 0.0], [0.0, 1.0])
+            for i in range(32)]
+    entry = tfrecord.write_shard(tmp_path / tfrecord.shard_name("train", 0, 1), recs)
+    atomic.write_json(tmp_path / tfrecord.METADATA_FILE, {
+        "schema_version": tfrecord.SCHEMA_VERSION, "num_classes": 2, "shards": [{**entry, "split": "train"}],
+        tfrecord.TEACHER_META: {"name": "t", "sha256": "0", "dim": 2, "mirror": True}})
+    data = pipeline.DataInfo(tmp_path)
+    assert data.teacher() == (2, True)
+    ds = pipeline.train_dataset(data, 8, 112, CFG, seed=3, epochs=2, steps_per_epoch=4, teacher=data.teacher())
+    seen = set()
+    for (x, y, t), label in ds.as_numpy_iterator():
+        assert np.array_equal(y, label) and t.shape == (8, 2)
+        mirrored = x[:, :, :56].mean(axis=(1, 2, 3)) > x[:, :, 56:].mean(axis=(1, 2, 3))
+        np.testing.assert_array_equal(t[:, 1], mirrored.astype(np.float32))
+        np.testing.assert_array_equal(t[:, 0], 1.0 - mirrored.astype(np.float32))
+        seen.update(mirrored.tolist())
+    assert seen == {True, False}
+    for (x, y, t), _ in pipeline.plain_dataset(data.train_files, 8, 112, data.teacher()).as_numpy_iterator():
+        np.testing.assert_array_equal(t, np.tile([[1.0, 0.0]], (len(y), 1)))  # unaugmented: the crop's row
+    plain = tiny_shards(num_classes=2, per_class=2, num_shards=1)
+    with pytest.raises(tfrecord.ShardError, match="metadata.json: these shards hold no teacher embeddings"):
+        pipeline.DataInfo(plain).teacher()

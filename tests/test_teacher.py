@@ -210,3 +210,55 @@ def test_sface_fetch_failure_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(TeacherError, match=r"sface\.onnx: could not fetch the default teacher") as info:
         sface.fetch_sface(tmp_path / "sface.onnx")
     assert "\n" not in str(info.value)
+
+
+def _flat_crops(root: Path, count: int) -> Path:
+    """A flat folder of synthetic 112x112 PNG crops (no identity folders)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True)
+    for i in range(count):
+        cv2.imwrite(str(root / f"{i:03d}.png"), rng.integers(0, 256, (112, 112, 3)).astype(np.uint8))
+    return root
+
+
+def _pooled_teacher(path: Path) -> Path:
+    """A fixed random Keras embedding model on 112 x 112 crops (pooled colours -> 8-d)."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(7)
+    inp = tf.keras.Input((112, 112, 3))
+    out = tf.keras.layers.Dense(8, use_bias=False)(tf.keras.layers.Flatten()(tf.keras.layers.AveragePooling2D(28)(inp)))
+    tf.keras.Model(inp, out).save(path)
+    return path
+
+
+def test_build_with_teacher_unlabeled_stores_each_records_embeddings_and_resumes(tmp_path, capsys):
+    """build-tfrecords --unlabeled --teacher: a flat folder becomes one class per photo; every record holds
+    the teacher's embedding of its crop and of its mirror; metadata names the teacher; the cached
+    embeddings of a build kept with keep_work are reused by a rerun with the same teacher."""
+    import tensorflow as tf
+
+    raw = _flat_crops(tmp_path / "raw", 6)
+    teacher_path = _pooled_teacher(tmp_path / "t.keras")
+    out = tmp_path / "out"
+    args = ["build-tfrecords", str(raw), str(out), "--aligned", "--unlabeled", "--teacher", str(teacher_path),
+            "--workers", "1", "--val-fraction", "0", "--quiet", "--set", "keep_work=true"]
+    assert cli.main(args) == 0
+    meta = tfrecord.load_metadata(out)
+    teacher = models.load_teacher(teacher_path)
+    assert meta["num_classes"] == 6 and tfrecord.teacher_info(meta, out) == teacher.info()
+    records = [r for s in meta["shards"] for r in tfrecord.read_examples(out / s["file"])]
+    assert sorted(r[tfrecord.SOURCE] for r in records) == [f"{i:03d}.png" for i in range(6)]
+    crops = np.stack([tf.io.decode_jpeg(r[tfrecord.IMAGE]).numpy() for r in records])
+    want, want_mirror = teacher.embed_records(crops)
+    np.testing.assert_allclose(np.stack([r[tfrecord.TEACHER] for r in records]), want, atol=1e-5)
+    np.testing.assert_allclose(np.stack([r[tfrecord.TEACHER_MIRROR] for r in records]), want_mirror, atol=1e-5)
+    cached = sorted((out / ".work").rglob("*.teacher-*.npz"))
+    assert cached and all(teacher.sha256[:16] in p.name for p in cached)
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # reused, not recomputed
+    assert tfrecord.teacher_info(tfrecord.load_metadata(out), out)["sha256"] == teacher.sha256

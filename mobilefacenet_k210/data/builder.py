@@ -23,7 +23,7 @@ from mobilefacenet_k210.data.writer import finish_output, plan_output, same_inpu
 __all__ = ["BuildError", "RUNNERS", "build", "load_build_config"]
 
 # ``BuildConfig.runner`` -> the function that runs a build into a prepared folder and returns its summary.
-RUNNERS: Dict[str, Callable[[Union[str, Path], Path, BuildConfig, bool], Dict[str, Any]]] = {
+RUNNERS: Dict[str, Callable[..., Dict[str, Any]]] = {
     "local": local_runner.build_local,
     "beam": beam_runner.build_beam,
 }
@@ -38,7 +38,7 @@ def load_build_config(path: Optional[Union[str, Path]] = None, overrides: Option
 
 
 def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional[BuildConfig] = None,
-          progress: bool = True, overwrite: bool = False) -> Dict[str, Any]:
+          progress: bool = True, overwrite: bool = False, teacher: Any = None) -> Dict[str, Any]:
     """Build shards from ``raw_dir`` (identity folders or a ``.lst``) into ``out_dir``; returns a summary.
 
     Summary keys: ``photos``, ``faces``, ``rejected``, ``identities`` (input/kept/dropped),
@@ -49,6 +49,8 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     ``resumed_identities``, ``workers``, ``runner`` (the timing keys differ a little per runner).
 
     ``overwrite``: replace a dataset that OUT_DIR holds from another input (see :func:`writer.plan_output`).
+    ``teacher``: a loaded teacher (``teacher.models.load_teacher``; this layer never imports it) whose
+    embeddings of each crop and its mirror are stored in the records, its ``info()`` in ``metadata.json``.
     """
     cfg = config or BuildConfig()
     cfg.validate()
@@ -56,6 +58,6 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
         describe_detector(cfg)  # fetches the detector's model once, before any worker needs it
     out_dir = Path(out_dir)
     target = plan_output(out_dir, [raw_dir], overwrite, same_input(raw_dir))
-    summary = RUNNERS[cfg.runner](raw_dir, target, cfg, progress)
+    summary = RUNNERS[cfg.runner](raw_dir, target, cfg, progress, teacher=teacher)
     finish_output(target, out_dir)
     return {**summary, "out_dir": str(out_dir)}

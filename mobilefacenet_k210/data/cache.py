@@ -4,6 +4,8 @@ Each finished identity is kept under ``OUT_DIR/.work/<config key>/``: one ``.npz
 split (plain arrays read with ``allow_pickle=False``: reading the cache never runs code) and then a
 JSON summary, whose presence marks the identity done. A runner killed at any moment and rerun with
 the same config skips the cached identities; the writer then reads the records from here.
+A build with a teacher also keeps each identity's teacher embeddings (crop and mirror), keyed by the
+teacher's sha256, so a rerun embeds only the identities it has not embedded with that teacher.
 """
 import hashlib
 import io
@@ -48,6 +50,8 @@ def cache_save(work: Path, task: IdentityTask, out: IdentityOutput) -> Dict[str,
     """Records (one file per split, so writing a split reads only its own) first, then the summary:
     the summary's presence marks the identity done."""
     stem = _stem(task.name)
+    for stale in work.glob(f"{stem}.*.teacher-*.npz"):  # embeddings of the records this identity had before
+        stale.unlink()
     sizes = {}
     for split in tfrecord.SPLITS:
         data = _pack([r for r in out.records if r[0] == split])
@@ -94,3 +98,32 @@ def cache_load_records(work: Path, name: str, split: str) -> List[Tuple[str, str
     ends = np.cumsum(sizes).tolist()
     starts = [0] + ends[:-1]
     return [(split, src, tag, blob[a:b]) for src, tag, a, b in zip(sources, tags, starts, ends)]
+
+
+def _teacher_path(work: Path, name: str, split: str, teacher: Any) -> Path:
+    return work / f"{_stem(name)}.{split}.teacher-{teacher.info()['sha256'][:16]}.npz"
+
+
+def cache_teacher(work: Path, name: str, split: str, teacher: Any,
+                  records: Sequence[Tuple[str, str, str, bytes]]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The teacher's embeddings (crop, mirror or None) of one identity's records of one split, computed
+    once with ``teacher.embed_records`` and cached atomically beside the records."""
+    path = _teacher_path(work, name, split, teacher)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                emb, mirror = z["emb"], (z["mirror"] if "mirror" in z.files else None)
+            if len(emb) == len(records):
+                return emb, mirror
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # damaged: embedded again below
+    if not records:
+        return np.zeros((0, int(teacher.info()["dim"])), np.float32), None
+    import tensorflow as tf
+
+    crops = np.stack([tf.io.decode_jpeg(r[3], channels=3).numpy() for r in records])
+    emb, mirror = teacher.embed_records(crops, [r[1] for r in records], [r[2] for r in records])
+    buf = io.BytesIO()
+    np.savez(buf, emb=np.asarray(emb, np.float32), **({} if mirror is None else {"mirror": np.asarray(mirror, np.float32)}))
+    atomic.write_bytes(path, buf.getvalue(), sync=False)
+    return emb, mirror

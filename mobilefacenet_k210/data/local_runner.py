@@ -86,8 +86,10 @@ def _worker_run(task: IdentityTask) -> Dict[str, Any]:
     return summary
 
 
-def build_local(raw_dir: Union[str, Path], out_dir: Path, cfg: BuildConfig, progress: bool = True) -> Dict[str, Any]:
-    """The local runner: per-identity work in processes, cached, then :func:`writer.write_outputs`."""
+def build_local(raw_dir: Union[str, Path], out_dir: Path, cfg: BuildConfig, progress: bool = True,
+                teacher: Any = None) -> Dict[str, Any]:
+    """The local runner: per-identity work in processes, cached, then :func:`writer.write_outputs`
+    (which adds ``teacher``'s embeddings, if given, in this process)."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -117,7 +119,7 @@ def build_local(raw_dir: Union[str, Path], out_dir: Path, cfg: BuildConfig, prog
         bar.close()
     cpu_seconds = sum(summaries[t.name].get("cpu_seconds", 0.0) for t in todo)
     ordered = [summaries[t.name] for t in tasks]
-    meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(Path(raw_dir).resolve()))
+    meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(Path(raw_dir).resolve()), teacher, progress)
     seconds = time.perf_counter() - t0
     align_seconds = t_aligned - t_align
     return {

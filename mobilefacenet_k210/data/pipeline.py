@@ -8,7 +8,8 @@ normalization export compiles into the kmodel), batched with ``drop_remainder`` 
 
 The stream of a run is the concatenation of its epochs, each exactly ``steps_per_epoch`` batches,
 so that a resumed run can start at ``(start_epoch, start_step)`` and see the very batches the
-interrupted run would have seen. :func:`shuffle_mixing` measures how well batches mix identities
+interrupted run would have seen. A distillation phase (``teacher=(dim, mirror)``) also gets each
+record's stored teacher embedding as a third input, the mirror image's when the flip mirrored it. :func:`shuffle_mixing` measures how well batches mix identities
 and shards, against the seed project's name-ordered stream through a small buffer.
 """
 import math
@@ -40,6 +41,12 @@ class DataInfo:
         self.val_records: int = _records(self.meta, "val")
         if not self.train_files or self.train_records < 1:
             raise tfrecord.ShardError(f"{self.data_dir / tfrecord.METADATA_FILE}: lists no train records")
+
+    def teacher(self) -> Tuple[int, bool]:
+        """``(dim, mirror)`` of the teacher embeddings in the shards; :class:`tfrecord.ShardError` naming
+        ``metadata.json`` (and saying how to add them) when the shards hold none."""
+        info = tfrecord.teacher_info(self.meta, self.data_dir)
+        return int(info["dim"]), bool(info.get("mirror", False))
 
 
 def _records(meta: Dict[str, Any], split: str) -> int:
@@ -110,14 +117,31 @@ def _record_batches(files: List[Path], epoch: int, seed: int, config: PipelineCo
     return ds.map(lambda r, label: r).batch(p, drop_remainder=True).map(lambda r: tf.reshape(r, [-1])).take(steps)
 
 
+TeacherSpec = Optional[Tuple[int, bool]]
+"""``(dim, mirror)`` of the stored teacher embeddings to read (:meth:`DataInfo.teacher`), or None."""
+
+
 def decode_image(record: tf.Tensor, image_size: int) -> Tuple[tf.Tensor, tf.Tensor]:
     """A serialized record -> (uint8 RGB image image_size x image_size x 3, int32 label)."""
-    ex = tfrecord.parse_example(record)
+    image, label, _ = decode_record(record, image_size, None)
+    return image, label
+
+
+def decode_record(record: tf.Tensor, image_size: int, teacher: TeacherSpec) -> Tuple[tf.Tensor, ...]:
+    """A serialized record -> (uint8 image, int32 label, teacher embeddings (2, dim) or None).
+
+    The teacher rows are the crop's and its mirror's (the crop's twice when the shards hold no mirror).
+    """
+    dim, mirror = teacher or (0, False)
+    ex = tfrecord.parse_example(record, dim, mirror)
     image = tf.io.decode_jpeg(ex[tfrecord.IMAGE], channels=3)
     if image_size != preprocessing.INPUT_SIZE:
         image = tf.cast(tf.round(tf.image.resize(image, [image_size, image_size], antialias=True)), tf.uint8)
     image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return image, tf.cast(ex[tfrecord.LABEL], tf.int32)
+    rows = None
+    if dim:
+        rows = tf.stack([ex[tfrecord.TEACHER], ex[tfrecord.TEACHER_MIRROR if mirror else tfrecord.TEACHER]])
+    return image, tf.cast(ex[tfrecord.LABEL], tf.int32), rows
 
 
 def _rotate_zoom(image: tf.Tensor, seed: tf.Tensor, degrees: float, zoom: float) -> tf.Tensor:
@@ -140,21 +164,29 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: PipelineConfig) -> tf.Ten
 
     All draws are stateless, from ``seed``: the same record in the same epoch gets the same augmentation.
     """
+    return augment_flip(image, seed, config)[0]
+
+
+def augment_flip(image: tf.Tensor, seed: tf.Tensor, config: PipelineConfig) -> Tuple[tf.Tensor, tf.Tensor]:
+    """:func:`augment`, and whether the crop was mirrored (bool scalar): a distilled student is then
+    compared with the teacher's embedding of the mirror image."""
     size = image.shape[0]
+    flipped = tf.constant(False)
     seeds = tf.random.experimental.stateless_split(seed, 5)
     if config.rotate_degrees > 0 or config.zoom > 0:
         image = _rotate_zoom(image, seeds[4], config.rotate_degrees, config.zoom)
     if config.crop_pad > 0:
         padded = tf.pad(image, [[config.crop_pad] * 2, [config.crop_pad] * 2, [0, 0]], mode="REFLECT")
         image = tf.image.stateless_random_crop(padded, [size, size, 3], seed=seeds[0])
-    if config.flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+    if config.flip:  # the draw of tf.image.stateless_random_flip_left_right, kept to know its outcome
+        flipped = tf.random.stateless_uniform([], seed=seeds[1], minval=0, maxval=1.0) < 0.5
+        image = tf.cond(flipped, lambda: tf.reverse(image, [1]), lambda: image)
     x = preprocessing.normalize(image)
     if config.brightness > 0:
         x = tf.image.stateless_random_brightness(x, config.brightness, seed=seeds[2])
     if config.contrast > 0:
         x = tf.image.stateless_random_contrast(x, 1.0 - config.contrast, 1.0 + config.contrast, seed=seeds[3])
-    return x
+    return x, flipped
 
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -169,12 +201,14 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
 def train_dataset(data: DataInfo, batch_size: int, image_size: int, config: PipelineConfig, seed: int,
                   epochs: int, steps_per_epoch: int, start_epoch: int = 0, start_step: int = 0,
                   pk: Optional[Tuple[int, int]] = None, num_input_pipelines: int = 1,
-                  input_index: int = 0) -> tf.data.Dataset:
+                  input_index: int = 0, teacher: TeacherSpec = None) -> tf.data.Dataset:
     """Batches ``((image, label), label)`` for epochs ``start_epoch..epochs-1``, from ``start_step`` on.
 
     Each epoch is exactly ``steps_per_epoch`` batches; the same arguments give the same batches, and
     a resumed stream equals the tail of the uninterrupted one. ``pk=(P, K)`` draws batches of K
     images of each of P identities (for the triplet loss; ``batch_size`` must equal P*K).
+    ``teacher=(dim, mirror)``: batches ``((image, label, teacher_embedding), label)``, the embedding
+    of the mirror image for a flipped crop.
     """
     if pk is not None and pk[0] * pk[1] != batch_size:
         raise ValueError(f"P x K batches: {pk[0]} x {pk[1]} != batch size {batch_size}")
@@ -192,8 +226,11 @@ def train_dataset(data: DataInfo, batch_size: int, image_size: int, config: Pipe
             return tf.data.Dataset.from_tensor_slices((index, records))
 
         def decode(index: tf.Tensor, record: tf.Tensor):
-            image, label = decode_image(record, image_size)
-            return augment(image, tf.stack([tf.constant(epoch_seed, tf.int64), index]), config), label
+            image, label, rows = decode_record(record, image_size, teacher)
+            x, flipped = augment_flip(image, tf.stack([tf.constant(epoch_seed, tf.int64), index]), config)
+            if rows is None:
+                return x, label
+            return x, label, tf.gather(rows, tf.cast(flipped, tf.int32))
 
         return batches.flat_map(elements).map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
 
@@ -202,23 +239,29 @@ def train_dataset(data: DataInfo, batch_size: int, image_size: int, config: Pipe
     ds = one_epoch(int(start_epoch), int(start_step))
     for epoch in range(int(start_epoch) + 1, int(epochs)):
         ds = ds.concatenate(one_epoch(epoch, 0))
-    ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: ((x, y), y))
+    ds = ds.batch(batch_size, drop_remainder=True).map(lambda *xs: (xs, xs[1]))
     return _options(ds.prefetch(AUTOTUNE))
 
 
-def plain_dataset(files: List[Path], batch_size: int, image_size: int) -> tf.data.Dataset:
-    """Records of ``files`` in order, unaugmented and normalized, as ``((image, label), label)`` batches."""
+def plain_dataset(files: List[Path], batch_size: int, image_size: int, teacher: TeacherSpec = None) -> tf.data.Dataset:
+    """Records of ``files`` in order, unaugmented and normalized, as ``((image, label), label)`` batches
+    (``((image, label, teacher_embedding), label)`` with ``teacher``)."""
+    def decode(record: tf.Tensor):
+        image, label, rows = decode_record(record, image_size, teacher)
+        x = preprocessing.normalize(image)
+        return ((x, label), label) if rows is None else ((x, label, rows[0]), label)
+
     ds = tf.data.TFRecordDataset([str(f) for f in files])
-    ds = ds.map(lambda r: decode_image(r, image_size), num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda x, y: ((preprocessing.normalize(x), y), y)).batch(batch_size)
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE).batch(batch_size)
     return _options(ds.prefetch(AUTOTUNE))
 
 
-def val_dataset(data: DataInfo, batch_size: int, image_size: int) -> Optional[tf.data.Dataset]:
+def val_dataset(data: DataInfo, batch_size: int, image_size: int,
+                teacher: TeacherSpec = None) -> Optional[tf.data.Dataset]:
     """The "val" split in metadata order, unaugmented, as ``((image, label), label)``; None if empty."""
     if not data.val_files or data.val_records < 1:
         return None
-    return plain_dataset(data.val_files, batch_size, image_size)
+    return plain_dataset(data.val_files, batch_size, image_size, teacher)
 
 
 def steps_per_epoch(data: DataInfo, batch_size: int, configured: int = 0) -> int:

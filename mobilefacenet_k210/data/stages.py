@@ -199,9 +199,29 @@ def chunks(photos: Sequence[Photo], size: int) -> List[List[Photo]]:
     return [list(ordered[i:i + size]) for i in range(0, len(ordered), max(1, size))]
 
 
+def scan_flat(raw_dir: Union[str, Path], aligned: bool = False) -> Tuple[List[IdentityTask], List[Tuple[str, str]]]:
+    """``RAW_DIR/<photo>`` without identities (``--unlabeled``): each photo is an identity of its own,
+    named by its file name, for distillation-only training. Folders and hidden files are rejected."""
+    root = Path(raw_dir)
+    if not root.is_dir():
+        raise BuildError(f"{root}: no such folder (--unlabeled takes a flat folder of photos)")
+    tasks: List[IdentityTask] = []
+    rejected: List[Tuple[str, str]] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            rejected.append((entry.name, "hidden folder" if entry.is_dir() else "hidden file"))
+        elif entry.is_dir():
+            rejected.append((entry.name, "folder in an --unlabeled input (expected RAW_DIR/<photo>)"))
+        elif entry.is_file():
+            tasks.append(IdentityTask(entry.name, [Photo(path=entry.path, source=entry.name, aligned=aligned)]))
+        else:
+            rejected.append((entry.name, "not a regular file (broken link or special file)"))
+    return tasks, rejected
+
+
 def scan_input(raw_dir: Union[str, Path], cfg: BuildConfig) -> Tuple[List[IdentityTask], List[Tuple[str, str]]]:
-    """:func:`scan`, refusing an input without any identity."""
-    tasks, scan_rejected = scan(raw_dir, cfg.aligned)
+    """:func:`scan` (:func:`scan_flat` with ``cfg.unlabeled``), refusing an input without any identity."""
+    tasks, scan_rejected = scan_flat(raw_dir, cfg.aligned) if cfg.unlabeled else scan(raw_dir, cfg.aligned)
     if not tasks:
         raise BuildError(f"{raw_dir}: no identity folder with photo files found "
                          f"(expected RAW_DIR/<identity>/<photo>; {len(scan_rejected)} entries rejected)")

@@ -24,7 +24,7 @@ from mobilefacenet_k210 import config as config_lib
 from mobilefacenet_k210.config import BuildConfig
 from mobilefacenet_k210.data import tfrecord
 from mobilefacenet_k210.data.augment import stable_seed
-from mobilefacenet_k210.data.cache import WORK_DIR, cache_load_records, cache_load_summary, config_key
+from mobilefacenet_k210.data.cache import WORK_DIR, cache_load_records, cache_load_summary, cache_teacher, config_key
 from mobilefacenet_k210.data.detectors import describe_detector
 from mobilefacenet_k210.data.stages import BuildError, IdentityTask
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
@@ -124,10 +124,15 @@ def all_rejected(scan_rejected: Sequence[Tuple[str, str]], summaries: Sequence[D
 
 
 def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequence[Dict[str, Any]],
-                  scan_rejected: Sequence[Tuple[str, str]], input_path: str) -> Dict[str, Any]:
+                  scan_rejected: Sequence[Tuple[str, str]], input_path: str, teacher: Any = None,
+                  progress: bool = True) -> Dict[str, Any]:
     """Labels, shards (each written atomically), labels.txt, property, rejected.csv, the contact sheet,
     then metadata.json last: a folder with metadata is complete. Drops the cache unless
-    ``cfg.keep_work``. Both runners end here, so they write the same set of files. Returns the metadata."""
+    ``cfg.keep_work``. Both runners end here, so they write the same set of files. Returns the metadata.
+
+    ``teacher`` (an object with ``embed_records`` and ``info``, e.g. ``teacher.models.Teacher``): each
+    record also gets the teacher's embeddings of its crop and mirror, computed once per identity and
+    cached (:func:`cache.cache_teacher`), and ``metadata.json`` the teacher's ``info()``."""
     from tqdm import tqdm
 
     names = kept_names(summaries)
@@ -143,6 +148,7 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
     class_counts = {label[n]: dict(by_name[n]["records"]) for n in names}
     shards: List[Dict[str, Any]] = []
     written = set()
+    timing = embed_teacher(work, names, teacher, progress) if teacher is not None else None
     for split in tfrecord.SPLITS:
         sizes = shard_counts(sum(by_name[n]["records"][split] for n in names), cfg.records_per_shard)
         if not sizes:
@@ -150,8 +156,11 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
 
         def stream(split: str = split) -> Iterator[bytes]:
             for n in order:
-                for _, source, tag, jpeg in cache_load_records(work, n, split):
-                    yield tfrecord.encode_example(jpeg, label[n], n, source, tag)
+                recs = cache_load_records(work, n, split)
+                emb, mirror = cache_teacher(work, n, split, teacher, recs) if teacher is not None else (None, None)
+                for i, (_, source, tag, jpeg) in enumerate(recs):
+                    yield tfrecord.encode_example(jpeg, label[n], n, source, tag, None if emb is None else emb[i],
+                                                  None if mirror is None else mirror[i])
 
         records = stream()
         bar = tqdm(total=sum(sizes), desc=f"write {split}", unit="rec", leave=False)
@@ -170,10 +179,31 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
     write_property(out_dir / PROPERTY_FILE, len(names))
     write_contact_sheet(out_dir, work, names, cfg)
     meta = build_metadata(cfg, names, class_counts, shards, summaries, len(rejected), input_path)
+    if teacher is not None:
+        meta[tfrecord.TEACHER_META] = teacher.info()
+        meta["teacher_seconds"] = round(timing["seconds"], 3)
     atomic.write_json(out_dir / tfrecord.METADATA_FILE, meta)
     if not cfg.keep_work:
         shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
     return meta
+
+
+def embed_teacher(work: Path, names: Sequence[str], teacher: Any, progress: bool = True) -> Dict[str, float]:
+    """Run the teacher once on every cached record of ``names`` not yet embedded with it (resumable per
+    identity and split), with a progress bar in images per second. Returns the records and seconds."""
+    import time
+
+    from tqdm import tqdm
+
+    total, start = 0, time.perf_counter()
+    with tqdm(desc=f"teacher {teacher.info()['name']}", unit="img", disable=not progress) as bar:
+        for n in names:
+            for split in tfrecord.SPLITS:
+                recs = cache_load_records(work, n, split)
+                cache_teacher(work, n, split, teacher, recs)
+                bar.update(len(recs))
+                total += len(recs)
+    return {"records": total, "seconds": time.perf_counter() - start}
 
 
 def write_contact_sheet(out_dir: Path, work: Path, names: Sequence[str], cfg: BuildConfig,
@@ -322,5 +352,7 @@ def run_summary(runner: str, meta: Dict[str, Any], ordered: List[Dict[str, Any]]
         "shards": len(meta["shards"]),
         "resumed_identities": resumed,
         "seconds": round(seconds, 3),
+        **({"teacher": meta["teacher"]["name"], "teacher_seconds": meta.get("teacher_seconds")}
+           if meta.get("teacher") else {}),
         "out_dir": str(out_dir),
     }

@@ -7,6 +7,10 @@
 - :class:`DistillLoss`: both as a Keras loss, ``cosine + relation_weight * relation``.
 - :class:`TeacherProjection`: a linear map from the student's embedding size to the teacher's, for
   training only; it sits beside the embedding model and is never part of the exported model.
+- :class:`DistillTerm`: the layer a training model uses: it passes the student's embedding through
+  unchanged and adds ``weight * DistillLoss`` to the model's loss (``add_loss``) and the batch's mean
+  student-to-teacher cosine as the ``teacher_cosine`` metric, so a margin head keeps its own loss,
+  labels and accuracy, and a ``distill`` phase needs no loss of its own.
 
 ``y_true`` is the teacher embedding (B, D_t), ``y_pred`` the student's (B, D_t) (projected if need be).
 Neither has to be normalised: the losses normalise both.
@@ -71,3 +75,36 @@ def match_teacher(student_embedding: tf.Tensor, teacher_dim: int) -> tf.Tensor:
     if int(student_embedding.shape[-1]) == int(teacher_dim):
         return student_embedding
     return TeacherProjection(teacher_dim, name="teacher_projection")(student_embedding)
+
+
+@tf.keras.utils.register_keras_serializable(package="mfk210")
+class DistillTerm(tf.keras.layers.Layer):
+    """``[student (B, D_s), teacher (B, D_t)] -> student``, adding ``weight * DistillLoss`` to the model's loss.
+
+    A student whose size differs from the teacher's is compared through a :class:`TeacherProjection`
+    owned by this layer (so it trains, resumes from backups, and stays out of the embedding model).
+    """
+
+    def __init__(self, teacher_dim: int, weight: float = 1.0, relation_weight: float = 0.0, **kwargs: Any):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.teacher_dim, self.weight, self.relation_weight = int(teacher_dim), float(weight), float(relation_weight)
+        self.loss_fn = DistillLoss(relation_weight=self.relation_weight)
+        self.projection = None
+
+    def build(self, input_shape: Any) -> None:
+        if int(input_shape[0][-1]) != self.teacher_dim:
+            self.projection = TeacherProjection(self.teacher_dim, name="teacher_projection")
+        super().build(input_shape)
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        student, teacher = inputs
+        matched = tf.cast(student, tf.float32) if self.projection is None else self.projection(student)
+        teacher = tf.cast(teacher, tf.float32)
+        self.add_loss(self.weight * tf.reduce_mean(self.loss_fn.call(teacher, matched)))
+        self.add_metric(tf.reduce_mean(1.0 - cosine_distill_loss(teacher, matched)), name="teacher_cosine")
+        return student
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "teacher_dim": self.teacher_dim, "weight": self.weight,
+                "relation_weight": self.relation_weight}

@@ -10,7 +10,8 @@ the mixed-precision policy (``dtype="float32"``; the float16 embeddings are cast
   :class:`CosFace` (m3, default m=0.35) are its two common cases. When ``m1*theta + m2`` passes pi
   the target logit would grow again with theta, so InsightFace's fallback
   ``cos(theta) - m2*sin(m2) - m3`` is used there instead (it keeps the penalty monotonic).
-- :class:`L2Embedding`: L2-normalized embeddings, for ``tfa.losses.TripletSemiHardLoss``.
+- :class:`L2Embedding`: L2-normalized embeddings, for ``tfa.losses.TripletSemiHardLoss``, and the
+  output of a ``distill`` phase, whose only loss is the one :class:`model.distill.DistillTerm` adds.
 
 :func:`build_training_model` wraps an embedding model into ``(image, label) -> logits``.
 """
@@ -21,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobilefacenet_k210.config import HEADS, MARGIN_HEADS, PhaseConfig
+from mobilefacenet_k210.model.distill import DistillTerm
 
 
 class SoftmaxHead(tf.keras.layers.Layer):
@@ -191,13 +193,16 @@ def make_head(phase: PhaseConfig, num_classes: int) -> tf.keras.layers.Layer:
     if phase.head == "combined":
         return MarginHead(num_classes, scale=phase.scale, m1=phase.m1, m2=phase.m2, m3=phase.m3,
                           sample_rate=phase.sample_rate, name="head")
-    if phase.head == "triplet":
+    if phase.head in ("triplet", "distill"):
         return L2Embedding(name="head")
     raise ValueError(f"head {phase.head!r}: choose one of {HEADS}")
 
 
-def make_loss(phase: PhaseConfig) -> tf.keras.losses.Loss:
-    """Cross-entropy on the logits of a classification head; semi-hard triplet loss for ``triplet``."""
+def make_loss(phase: PhaseConfig) -> Optional[tf.keras.losses.Loss]:
+    """Cross-entropy on the logits of a classification head; semi-hard triplet loss for ``triplet``;
+    None for ``distill`` (its loss is added by the model's :class:`DistillTerm`)."""
+    if phase.head == "distill":
+        return None
     if phase.head == "triplet":
         import tensorflow_addons as tfa
 
@@ -207,18 +212,31 @@ def make_loss(phase: PhaseConfig) -> tf.keras.losses.Loss:
 
 def make_metrics(phase: PhaseConfig) -> list:
     """Training accuracy of the head (on the logits it trains with, margins included)."""
-    return [] if phase.head == "triplet" else [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    return [] if phase.head in ("triplet", "distill") else [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
-def build_training_model(embedding_model: tf.keras.Model, phase: PhaseConfig,
-                         num_classes: int) -> Tuple[tf.keras.Model, tf.keras.layers.Layer]:
+def build_training_model(embedding_model: tf.keras.Model, phase: PhaseConfig, num_classes: int,
+                         teacher_dim: int = 0) -> Tuple[tf.keras.Model, tf.keras.layers.Layer]:
     """``(image, label) -> logits`` (or normalized embeddings for triplet) around ``embedding_model``.
 
     The embedding model is used as one layer, so its weights are shared: what the training model
     learns is what :func:`model.io.save_embedding_model` saves. Returns the model and its head.
+    A phase that uses a teacher (:attr:`PhaseConfig.uses_teacher`) takes ``(image, label, teacher)``,
+    the teacher's ``teacher_dim`` embedding of each image, and distils it through a :class:`DistillTerm`
+    (weight 1 for ``distill``, ``distill_weight`` beside a margin head).
     """
     image = tf.keras.Input(embedding_model.input_shape[1:], name="image")
     label = tf.keras.Input((), dtype=tf.int32, name="label")
+    inputs = [image, label]
+    embedding = embedding_model(image)
+    if phase.uses_teacher:
+        if teacher_dim < 1:
+            raise ValueError(f"head {phase.head!r} with distill_weight {phase.distill_weight}: needs the teacher's "
+                             f"embedding size")
+        teacher = tf.keras.Input((teacher_dim,), name="teacher")
+        inputs.append(teacher)
+        weight = 1.0 if phase.head == "distill" else phase.distill_weight
+        embedding = DistillTerm(teacher_dim, weight, phase.relation_weight, name="distill")([embedding, teacher])
     head = make_head(phase, num_classes)
-    outputs = head([embedding_model(image), label])
-    return tf.keras.Model([image, label], outputs, name=f"train_{phase.head}"), head
+    outputs = head([embedding, label])
+    return tf.keras.Model(inputs, outputs, name=f"train_{phase.head}"), head
