@@ -1,8 +1,12 @@
-"""Configs: the dataclasses of every stage (:mod:`.schema`) and the one loader (:mod:`.loader`)."""
+"""Configs: the dataclasses of every stage (:mod:`.data`, :mod:`.training`, :mod:`.deploy`) and the one
+loader (:mod:`.loader`)."""
 from mobilefacenet_k210.config.loader import (PACKAGED, ConfigError, apply_overrides, check_choice, from_dict, load,
                                               merge, read_file, resolve, to_dict)
-from mobilefacenet_k210.config.schema import (
-    ACTIVATIONS, AUGMENTATIONS, CALIBRATE_METHODS, DETECTORS, EMBEDDING_HEADS, HEAD_INITS, HEADS, MARGIN_HEADS, OPTIMIZERS,
-    PHASE_INITS, POLICY_ACTIONS, POLICY_PRESETS, RUNNERS, SELECT_MODES, STRATEGIES, W_QUANT_TYPES, BoardConfig,
-    BuildConfig, DemoConfig, EvalConfig, ExportConfig, ModelConfig, PhaseConfig, PipelineConfig, PolicyConfig,
-    PolicyRule, TrainConfig)
+from mobilefacenet_k210.config.data import (
+    AUGMENTATIONS, BuildConfig, DETECTORS, POLICY_ACTIONS, POLICY_PRESETS, PolicyConfig, PolicyRule, RUNNERS,
+    SELECT_MODES)
+from mobilefacenet_k210.config.deploy import (
+    BoardConfig, CALIBRATE_METHODS, DemoConfig, EvalConfig, ExportConfig, W_QUANT_TYPES)
+from mobilefacenet_k210.config.training import (
+    ACTIVATIONS, EMBEDDING_HEADS, HEADS, HEAD_INITS, MARGIN_HEADS, ModelConfig, OPTIMIZERS, PHASE_INITS,
+    PhaseConfig, PipelineConfig, STRATEGIES, TrainConfig)

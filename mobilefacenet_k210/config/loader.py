@@ -20,6 +20,13 @@ class ConfigError(Mfk210Error, ValueError):
     """A configuration file or override that does not fit its dataclass."""
 
 
+def check_positive(where: str, **values: float) -> None:
+    """Refuse every named value that is not above zero, naming the fields."""
+    bad = [k for k, v in values.items() if not v > 0]
+    if bad:
+        raise ConfigError(f"{where}: {', '.join(bad)} must be positive")
+
+
 def check_choice(value: Any, choices: tuple, where: str) -> None:
     """Refuse ``value`` unless it is one of ``choices``, naming the field and the choices."""
     if value not in choices:

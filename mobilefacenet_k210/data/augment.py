@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilefacenet_k210.config.schema import AUGMENTATIONS
+from mobilefacenet_k210.config.data import AUGMENTATIONS
 
 ORIGINAL = "original"
 OPENING, GAUSSIAN, SALTPEPPER = AUGMENTATIONS

@@ -1,0 +1,139 @@
+"""Configs from a trained model to the board: export, evaluation, board files, and the demo that runs them
+all, each with its choice lists beside its fields and its own ``validate()``."""
+import dataclasses
+from typing import Dict, List, Optional
+
+from mobilefacenet_k210.config.loader import ConfigError, check_choice, check_positive
+
+CALIBRATE_METHODS = ("l2", "no_clip")  # nncase also offers kld: measured poor on MobileFaceNet
+W_QUANT_TYPES = ("uint8", "int8")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """`mfk210 export`: how the Keras model becomes TFLite and a K210 kmodel, and how parity is measured.
+
+    ``calibrate_method`` is nncase's PTQ range method (one of ``CALIBRATE_METHODS``);
+    calibration faces are drawn (seeded) from the calibration folder/shards, held-out faces for
+    the parity report from ``--holdout``, the shards' val split, or the rest of the folder.
+    ``use_mse_quant_w`` makes nncase choose weight ranges by least squared error (not min/max).
+    ``quantize: false`` compiles a float kmodel (parity checks only: too big for the board).
+    """
+
+    calibrate_method: str = "l2"
+    calibration_samples: int = 100
+    holdout_samples: int = 100
+    quantize: bool = True
+    w_quant_type: str = "uint8"
+    use_mse_quant_w: bool = True  # measured better kmodel parity than min/max ranges (bench/results.md)
+    int8_tflite: bool = True
+    keep_ir_dump: bool = False
+    compile_timeout_s: int = 1800
+    seed: int = 0
+
+    def validate(self, where: str = "export") -> None:
+        """Refuse a method nncase does not offer here, or an empty sample, naming the field."""
+        check_choice(self.calibrate_method, CALIBRATE_METHODS, f"{where}.calibrate_method")
+        check_choice(self.w_quant_type, W_QUANT_TYPES, f"{where}.w_quant_type")
+        check_positive(where, calibration_samples=self.calibration_samples, holdout_samples=self.holdout_samples,
+                  compile_timeout_s=self.compile_timeout_s)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """`mfk210 evaluate`: which models, on which verification sets, and where the report goes.
+
+    Sets: InsightFace ``bins``, a ``pairs`` file (paths relative to ``root``), an identity-per-folder
+    ``folder`` (at most ``max_positive_pairs`` same-person pairs and as many others, drawn with
+    ``seed``), or precomputed ``embeddings`` + ``issame`` .npy files. ``compare`` names two models
+    whose accuracies, drop and embedding cosine agreement are reported. ``flip`` sums each crop's
+    embedding with its mirror's (InsightFace's test-time flip). ``out`` receives the PNGs and the
+    Markdown table; ``json`` the full results. ``identification`` runs open-set 1:N identification on
+    ``folder`` instead (``evaluate/identification.py``): ``enroll_photos`` photos per enrolled person,
+    thresholds also for a gallery of ``gallery_size`` people.
+    """
+
+    models: List[str] = dataclasses.field(default_factory=list)
+    bins: List[str] = dataclasses.field(default_factory=list)
+    pairs: Optional[str] = None
+    root: Optional[str] = None
+    folder: Optional[str] = None
+    aligned: bool = False
+    embeddings: Optional[str] = None
+    issame: Optional[str] = None
+    compare: List[str] = dataclasses.field(default_factory=list)
+    flip: bool = False
+    batch_size: int = 64
+    nfolds: int = 10
+    max_positive_pairs: int = 3000
+    seed: int = 0
+    json: Optional[str] = None
+    out: Optional[str] = None
+    save_bin: Optional[str] = None
+    identification: bool = False
+    enroll_photos: int = 5
+    gallery_size: Optional[int] = None
+
+    def validate(self, where: str = "evaluate") -> None:
+        """Refuse fold counts and sizes the protocol cannot use, naming the field."""
+        if self.nfolds < 2:
+            raise ConfigError(f"{where}.nfolds {self.nfolds}: at least 2 folds")
+        check_positive(where, batch_size=self.batch_size, max_positive_pairs=self.max_positive_pairs,
+                  enroll_photos=self.enroll_photos)
+        if self.gallery_size is not None:
+            check_positive(where, gallery_size=self.gallery_size)
+        if self.compare and len(self.compare) != 2:
+            raise ConfigError(f"{where}.compare: name exactly two models")
+
+
+def _canmv_face_detector_anchors() -> List[float]:
+    return [0.1075, 0.126875, 0.126875, 0.175, 0.1465625, 0.2246875, 0.1953125, 0.25375, 0.2440625, 0.351875,
+            0.341875, 0.4721875, 0.5078125, 0.6696875, 0.8984375, 1.099687, 2.129062, 2.425937]
+
+
+@dataclasses.dataclass
+class BoardConfig:
+    """`mfk210 board-files`: what the CanMV script needs besides our kmodel and threshold.
+
+    The detector and landmark models are CanMV's own examples (YOLOv2 ``face_detect_320x240.kmodel``
+    with these 9 anchors, run on the 320x240 camera frame, and ``ld5.kmodel``, 5 landmarks from a
+    128x128 crop); the paths are where the user copies them on the SD card. ``kmodel_name`` is the
+    name our kmodel gets on the SD card (unless it is flashed). ``runtime`` is the firmware's nncase
+    runtime (see ``k210.RUNTIMES``).
+    """
+
+    sd_root: str = "/sd"
+    kmodel_name: str = "mfk210.kmodel"
+    detector_path: str = "/sd/KPU/yolo_face_detect/face_detect_320x240.kmodel"
+    detector_anchor: List[float] = dataclasses.field(default_factory=_canmv_face_detector_anchors)
+    detector_threshold: float = 0.5
+    detector_nms: float = 0.2
+    landmarks_path: str = "/sd/KPU/face_recognization/ld5.kmodel"
+    landmarks_input_size: int = 128
+    enroll_button: bool = True
+    runtime: str = "canmv-feat-kpu"
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """`make demo` on the ORL faces: who trains, who picks the checkpoint, who is held out.
+
+    Identities are ORL's ``s1..s40``. ``reduced_photos`` hands the builder fewer photos of some
+    training identities so that every branch of the scaled policy in ``build_config`` runs. The
+    checkpoint is chosen by verification on the ``select`` identities, and every reported figure
+    comes from the ``test`` identities, which nothing before the report has seen.
+    ``enroll_photos`` of each test identity form the gallery; the others are identified.
+    """
+
+    train: List[int] = dataclasses.field(default_factory=lambda: list(range(1, 28)))
+    select: List[int] = dataclasses.field(default_factory=lambda: [28, 29, 30])
+    test: List[int] = dataclasses.field(default_factory=lambda: list(range(31, 41)))
+    reduced_photos: Dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"s24": 8, "s25": 6, "s26": 4, "s27": 3})
+    build_config: str = "configs/demo_build.yaml"
+    train_config: str = "configs/demo_cpu.yaml"
+    distill_config: str = "configs/demo_distill.yaml"  # the distilled student trained beside the from-scratch one
+    enroll_photos: int = 5
+    calibrate_method: str = "l2"
+    calibration_samples: int = 100
+    workers: int = 0
