@@ -185,7 +185,7 @@ def detector_accuracy(demo_out: Path, work: Path, detector: str, build_config: s
     """The demo's protocol on ``detector``'s crops: shards of the demo's training photos (its build config),
     select/test pairs of the same held-out photos, the demo's training recipe, Keras accuracy on test.bin."""
     from mobilefacenet_k210 import config as config_lib
-    from mobilefacenet_k210 import demo, train as train_lib
+    from mobilefacenet_k210 import demo_steps, train as train_lib
     from mobilefacenet_k210.data import builder
     from mobilefacenet_k210.evaluate import evaluate, report
 
@@ -193,8 +193,8 @@ def detector_accuracy(demo_out: Path, work: Path, detector: str, build_config: s
     cfg = builder.load_build_config(build_config, [f"workers={workers}", f"detector={detector}"])
     shards = builder.build(raw / "train", base / "shards", cfg, progress=False)
     for group in ("select", "test"):
-        demo.align_tree(raw / group, base / "aligned" / group, workers, detector=detector)
-        demo.write_pairs(base / "aligned" / group, base / f"{group}.bin")
+        demo_steps.align_tree(raw / group, base / "aligned" / group, workers, detector=detector)
+        demo_steps.write_pairs(base / "aligned" / group, base / f"{group}.bin")
     train_cfg = config_lib.load(config_lib.TrainConfig, train_config,
                                 [f"verification.select={base / 'select.bin'}", *(train_overrides or [])])
     train_lib.train(train_cfg, base / "shards", base / "train")

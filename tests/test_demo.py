@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from mobilefacenet_k210 import demo
+from mobilefacenet_k210 import demo, demo_steps
 from mobilefacenet_k210.cli import main
 from mobilefacenet_k210.config import DemoConfig
 
@@ -138,10 +138,10 @@ def test_photo_copies_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo.shutil, "copyfile", killed_half_way)
     with pytest.raises(Killed):
-        demo._copy_identity(src, tmp_path / "raw" / "s1")
+        demo_steps._copy_identity(src, tmp_path / "raw" / "s1")
     assert list((tmp_path / "raw" / "s1").iterdir()) == []  # no truncated photo under its real name
     monkeypatch.setattr(demo.shutil, "copyfile", real_copy)
-    assert demo._copy_identity(src, tmp_path / "raw" / "s1") == 2
+    assert demo_steps._copy_identity(src, tmp_path / "raw" / "s1") == 2
     assert (tmp_path / "raw" / "s1" / "1.pgm").read_bytes() == (src / "1.pgm").read_bytes()
 
 
