@@ -249,12 +249,14 @@ def plot_det(results: Dict[str, Dict[str, Any]], path: Path, title: str) -> Path
 
 def load_folder(folder: str, aligned: bool) -> Tuple[Any, np.ndarray, np.ndarray, List[str]]:
     """Crops of every photo of an identity-per-folder tree: (crops, labels, order within person, skipped)."""
-    from mobilefacenet_k210.evaluate.pairs import _read_crops, identity_images
+    from mobilefacenet_k210.data.crops import Unreadable, read_crops
+    from mobilefacenet_k210.evaluate.pairs import identity_images, wrong_size
 
     paths = [(name, p) for name, photos in identity_images(folder) for p in photos]
-    read = _read_crops([p for _, p in paths], aligned, None, 32, True)
-    kept = [i for i, crop in enumerate(read) if crop is not None]
-    skipped = [f"{paths[i][1]}: no face found" for i, crop in enumerate(read) if crop is None]
+    read = read_crops([p for _, p in paths], aligned, wrong_size, batch_size=32, skip_unreadable=True, progress=True)
+    kept = [i for i, crop in enumerate(read) if isinstance(crop, np.ndarray)]
+    skipped = [f"{paths[i][1]}: {crop.reason if isinstance(crop, Unreadable) else 'no face found'}"
+               for i, crop in enumerate(read) if not isinstance(crop, np.ndarray)]
     crops = np.stack([read[i] for i in kept]).astype(np.uint8) if kept else None
     if crops is None:
         raise IdentificationError(f"{folder}: no face found in any photo")

@@ -120,7 +120,8 @@ def folder_pairs(root: Union[str, Path], max_positive: int = 3000, seed: int = 0
     return [pairs[k] for k in rng.permutation(len(pairs))]
 
 
-def _wrong_size(path: Path, image: np.ndarray) -> PairsError:
+def wrong_size(path: Path, image: np.ndarray) -> PairsError:
+    """The error for a photo given as aligned that is not an aligned crop (for `data.crops.read_crops`)."""
     return PairsError(f"{path}: {image.shape[1]}x{image.shape[0]} is not an aligned {INPUT_SIZE}x{INPUT_SIZE} "
                       "crop (leave out --aligned to align photos)")
 
@@ -137,7 +138,7 @@ def load_pair_images(pairs: Sequence[Pair], aligned: bool = False, aligner=None,
     unique = sorted({p for a, b, _ in pairs for p in (a, b)})
     from mobilefacenet_k210.data.crops import Unreadable, read_crops
 
-    crops = dict(zip(unique, read_crops(unique, aligned, _wrong_size, aligner, batch_size, skip_unreadable=True,
+    crops = dict(zip(unique, read_crops(unique, aligned, wrong_size, aligner, batch_size, skip_unreadable=True,
                                         progress=progress)))
     bad = {p: c.reason for p, c in crops.items() if isinstance(c, Unreadable)}
     kept, dropped = [], []
