@@ -205,12 +205,7 @@ def evaluate(config: EvalConfig, echo: Callable[[str], None] = print,
                                            f"## TAR at FAR (%)\n\n{tars}")))
     payload = {"results": results, "compare": compare, "table": table, "tar_table": tars,
                "config": to_dict(config), "files": files}
-    if config.json:
-        atomic.write_json(config.json, payload)
-        files.append(str(config.json))
-    for path in files:
-        echo(f"wrote {path}")
-    return payload
+    return report.write_payload(payload, config.json, files, echo)
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:

@@ -297,14 +297,11 @@ def evaluate_identification(config: Any, echo: Callable[[str], None] = print) ->
         out = Path(config.out)
         files.append(str(plot_det(results, out / "det_identification.png", Path(config.folder).name)))
         files.append(str(atomic.write_text(out / "identification.md", f"## Open-set identification\n\n{text}")))
+    from mobilefacenet_k210.evaluate.report import write_payload
+
     payload = {"format": FORMAT, "version": 1, "folder": str(config.folder), "results": results, "table": text,
                "files": files}
-    if config.json:
-        atomic.write_json(config.json, payload)
-        files.append(str(config.json))
-    for path in files:
-        echo(f"wrote {path}")
-    return payload
+    return write_payload(payload, config.json, files, echo)
 
 
 def threshold_from_identification(path: Any, gallery_size: int, fpir: float = 0.01,

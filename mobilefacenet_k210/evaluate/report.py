@@ -7,7 +7,7 @@ AgeDB-30, VGG2-FP (other sets after them, by name), one row per model, accuracy 
 """
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -141,3 +141,15 @@ def plot_cosine(cosine: np.ndarray, path: Union[str, Path], title: str) -> Path:
     ax.set_ylabel("images")
     ax.set_title(title)
     return _save_figure(fig, path)
+
+
+def write_payload(payload: Dict[str, Any], json_path: Optional[Union[str, Path]], files: List[str],
+                  echo: Callable[[str], None]) -> Dict[str, Any]:
+    """Write an evaluation's JSON (when asked), list every file it wrote (``files``, which the JSON
+    also names), and return the payload."""
+    if json_path:
+        atomic.write_json(json_path, payload)
+        files.append(str(json_path))
+    for path in files:
+        echo(f"wrote {path}")
+    return payload
