@@ -2,7 +2,8 @@
 imprinted centres match the embeddings the margin phase computes, SIGKILL + rerun ends where an
 uninterrupted run ends (logs not doubled, temp files removed), a changed config or other data is
 refused, user mistakes are one-line errors, triplet phases run, `train --mixed-precision` runs (the
-machine's policy: mixed_bfloat16 on CPUs) and its float32 embedding model exports to a kmodel,
+machine's policy: mixed_bfloat16 on CPUs with bfloat16 kernels, else mixed_float16) and its float32
+embedding model exports to a kmodel,
 MirroredStrategy runs over two logical CPUs."""
 import csv
 import json
@@ -394,6 +395,10 @@ def test_mixed_precision_computes_the_backbone_in_half_and_the_head_and_loss_sca
     from mobilefacenet_k210.training.distribute import precision_policy, with_loss_scaling
     from mobilefacenet_k210.training.schedule import make_optimizer
 
+    from mobilefacenet_k210.training.distribute import cpu_runs_bfloat16
+
+    if policy == "mixed_bfloat16" and not cpu_runs_bfloat16():
+        pytest.skip("this CPU has no bfloat16 kernels (no AVX512_BF16/AMX): mixed_policy() picks mixed_float16")
     config = load(TrainConfig, None, SMALL + ["phases=[{head: arcface, epochs: 1, batch_size: 8}]"])
     with precision_policy(policy):
         embedding = MobileFaceNet(config.model)
@@ -440,3 +445,15 @@ def test_ready_configs_load_validate_and_take_overrides(name):
     assert config.phases[1].epochs == 3 and config.seed == 7
     with pytest.raises(ValueError, match="head"):
         load(TrainConfig, path, ["phases.0.head=sphereface"])
+
+
+def test_mixed_policy_is_float16_where_the_cpu_cannot_run_bfloat16(monkeypatch):
+    """A CPU without bfloat16 kernels (AVX2 only) gets loss-scaled mixed_float16, one that has them
+    mixed_bfloat16; the probe's answer is this machine's."""
+    from mobilefacenet_k210.training import distribute
+
+    assert isinstance(distribute.cpu_runs_bfloat16(), bool)
+    monkeypatch.setattr(distribute, "cpu_runs_bfloat16", lambda: False)
+    assert distribute.mixed_policy() == "mixed_float16"
+    monkeypatch.setattr(distribute, "cpu_runs_bfloat16", lambda: True)
+    assert distribute.mixed_policy() == "mixed_bfloat16"

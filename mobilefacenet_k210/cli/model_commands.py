@@ -39,8 +39,8 @@ def add_train(sub) -> None:
                    help="override a config field, e.g. phases.1.epochs=3 (repeatable)")
     p.add_argument("--strategy", choices=cfg.STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--mixed-precision", action="store_true", default=None,
-                   help="mixed precision: mixed_float16 on a GPU (loss-scaled), mixed_bfloat16 on CPUs; heads and "
-                        "saved models stay float32")
+                   help="mixed precision: mixed_float16 on a GPU (loss-scaled), mixed_bfloat16 on CPUs with "
+                        "bfloat16 kernels, else mixed_float16; heads and saved models stay float32")
     p.add_argument("--seed", type=int, help="seed of weights and data order")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume a run folder even though its config differs from this one")

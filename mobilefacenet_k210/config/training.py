@@ -165,7 +165,8 @@ class TrainConfig:
     ``strategy``: default, mirrored (all local GPUs/devices) or multiworker (``TF_CONFIG``, see
     docs/scale.md). ``mixed_precision``: the backbone computes in half precision with float32
     weights, ``mixed_float16`` on a GPU (with dynamic loss scaling) and ``mixed_bfloat16`` on CPUs
-    (no loss scaling needed; slower than float32 on the CPUs measured, see README); the heads compute
+    with bfloat16 kernels (AVX512_BF16/AMX; no loss scaling needed), loss-scaled ``mixed_float16`` on
+    other CPUs (slower than float32 on the CPUs measured, see README); the heads compute
     their logits in float32 and the saved embedding model is float32.
     """
 

@@ -7,6 +7,7 @@ creates it first. The chief writes the run folder; the other workers write into 
 folder of their own (:func:`worker_write_dir`), so a run folder shared by all workers is safe.
 """
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -79,9 +80,23 @@ def worker_write_dir(run_dir: Path, strategy: tf.distribute.Strategy) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"mfk210-worker{index}-"))
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_runs_bfloat16() -> bool:
+    """Whether this CPU's kernels run a bfloat16 convolution: oneDNN has them only with AVX512_BF16 or
+    AMX, and on other CPUs (AVX2 only) the first bfloat16 convolution aborts the run."""
+    try:
+        tf.nn.conv2d(tf.ones([1, 4, 4, 1], tf.bfloat16), tf.ones([1, 1, 1, 1], tf.bfloat16), 1, "VALID")
+    except tf.errors.OpError:
+        return False
+    return True
+
+
 def mixed_policy() -> str:
-    """The mixed-precision policy for this machine: ``mixed_float16`` on a GPU, ``mixed_bfloat16`` on CPUs."""
-    return MIXED_ON_GPU if tf.config.list_logical_devices("GPU") else MIXED_ON_CPU
+    """The mixed-precision policy for this machine: ``mixed_float16`` on a GPU, ``mixed_bfloat16`` on CPUs
+    that run it (:func:`cpu_runs_bfloat16`), ``mixed_float16`` (loss-scaled, slow) on the other CPUs."""
+    if tf.config.list_logical_devices("GPU") or not cpu_runs_bfloat16():
+        return MIXED_ON_GPU
+    return MIXED_ON_CPU
 
 
 @contextlib.contextmanager
