@@ -1,6 +1,7 @@
 """Export chain on a tiny MobileFaceNet with the real TFLite converter, nncase compiler and simulator."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,16 @@ def test_float_kmodel_matches_keras(exported, tmp_path):
     faces = synthetic_faces(4, 11)
     keras = exported["model"].predict(preprocessing.normalize(faces), verbose=0)
     assert report.cosine(keras, kmodel.simulate(tmp_path / "float.kmodel", faces)).min() > 0.999
+
+
+def test_relative_paths_compile_from_the_job_folder(exported, tmp_path, monkeypatch):
+    """The compile runs in its job folder: relative paths (the demo's `runs/demo/...`) must still be found."""
+    shutil.copy(exported["out"] / "model.tflite", tmp_path / "model.tflite")
+    monkeypatch.chdir(tmp_path)
+    kmodel.compile_kmodel(Path("model.tflite"), Path("out") / "model.kmodel", calibration=synthetic_faces(4, 3),
+                          calibrate_method="no_clip", work_dir=Path("out"))
+    assert (tmp_path / "out" / "model.kmodel").stat().st_size > 0
+    assert not list((tmp_path / "out").glob(".nncase-job-*"))
 
 
 def test_int8_tflite_is_refused_before_nncase(exported, tmp_path):

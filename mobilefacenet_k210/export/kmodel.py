@@ -127,7 +127,7 @@ def run_compile_job(job: Dict[str, Any], workdir: Union[str, Path], timeout_s: O
     A crash (nncase segfaults on some inputs), a failure or a timeout becomes a :class:`KmodelError`
     naming ``what`` and quoting nncase's last output; the caller survives.
     """
-    job_file = Path(workdir) / "job.json"
+    job_file = Path(workdir).resolve() / "job.json"  # absolute: the child runs in ``workdir``
     job_file.write_text(json.dumps(job))
     cmd = [sys.executable, "-m", "mobilefacenet_k210.export.compile_worker", str(job_file)]
     start = time.perf_counter()
@@ -170,13 +170,16 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
     assert_float_tflite(tflite_path, input_size)
     check_choice(calibrate_method, CALIBRATE_METHODS, "calibrate_method")
     kmodel_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".nncase-job-", dir=work_dir or kmodel_path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".nncase-job-", dir=work_dir or kmodel_path.parent) as job_dir:
+        # every path absolute: the compile runs in the job folder, so a relative path would point elsewhere
+        tmp = Path(job_dir).resolve()
+        dump = Path(dump_dir).resolve() if dump_dir else None
         job = {"tflite": str(tflite_path.resolve()), "kmodel": str(kmodel_path.resolve()),
-               "result": str(Path(tmp) / "result.json"), "calibrate_method": calibrate_method,
-               "compile_options": compile_options(input_size, dump_dir, calibration is not None,
+               "result": str(tmp / "result.json"), "calibrate_method": calibrate_method,
+               "compile_options": compile_options(input_size, dump, calibration is not None,
                                                   w_quant_type, use_mse_quant_w)}
         if calibration is not None:
-            job["calibration"] = str(Path(tmp) / "calibration.npy")
+            job["calibration"] = str(tmp / "calibration.npy")
             np.save(job["calibration"], calibration_tensor(calibration, input_size))
         result, log, seconds = run_compile_job(job, tmp, timeout_s, str(tflite_path))
     info = {
