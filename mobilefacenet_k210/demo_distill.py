@@ -41,13 +41,14 @@ def train_distilled(out: Path, train_config: str) -> Dict[str, Any]:
 
 
 def export_distilled(out: Path, calibrate_method: str, calibration_samples: int) -> Dict[str, Any]:
-    """The distilled student's TFLite and kmodel in ``out/export_distill``, with its parity report."""
+    """The distilled student's TFLite and kmodel in ``out/export_distill``, with its parity report (as the
+    step records it: :meth:`ExportResult.to_dict`)."""
     from mobilefacenet_k210.config import ExportConfig
     from mobilefacenet_k210.export.chain import export_model
 
     cfg = ExportConfig(calibrate_method=calibrate_method, calibration_samples=calibration_samples)
     return export_model(out / "train_distill", out / "shards", out / "export_distill", cfg,
-                        holdout=out / "aligned" / "test")
+                        holdout=out / "aligned" / "test").to_dict()
 
 
 def aligned_crops(folder: Path) -> np.ndarray:
@@ -99,7 +100,10 @@ def compare(out: Path) -> Dict[str, Any]:
 
 def figures(results: Dict[str, Any]) -> Dict[str, Any]:
     """The demo's (and ``make bench``'s) distillation figures from the recorded step results."""
+    from mobilefacenet_k210.export.result import ExportResult
+
     rows = results["distill_compare"]["rows"]
+    export = ExportResult.from_dict(results["distill_export"], "the distill_export step record")
     return {
         "orl_acc_teacher": rows["teacher"]["accuracy"],
         "orl_acc_distill_keras": rows["distill_keras"]["accuracy"],
@@ -107,9 +111,9 @@ def figures(results: Dict[str, Any]) -> Dict[str, Any]:
         "distill_cosine_heldout": rows["distill_keras"]["heldout_cosine"],
         "scratch_cosine_heldout": rows["scratch_keras"]["heldout_cosine"],
         "teacher_img_per_s": results["teacher"]["teacher_img_per_s"],
-        "distill_kmodel_bytes": results["distill_export"]["kmodel_bytes"],
-        "distill_kpu_mac_share": results["distill_export"]["kpu_mac_share"],
-        "distill_cosine_kmodel_mean": results["distill_export"]["cosine_kmodel_mean"],
+        "distill_kmodel_bytes": export.kmodel_bytes,
+        "distill_kpu_mac_share": export.kpu_mac_share,
+        "distill_cosine_kmodel_mean": export.cosine_kmodel_mean,
     }
 
 
