@@ -75,15 +75,21 @@ def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json
 
     ``embedding_size`` is needed only when neither the kmodel's compile record nor the gallery says it.
     The threshold comes from ``ident_eval`` (open-set identification: the score giving ``fpir`` for a
-    gallery of ``gallery_size`` people, by default the people in ``gallery``) when given, else from
-    ``eval_json`` (1:1 verification); the config records which, and for which gallery size.
+    gallery of ``gallery_size`` people, by default the people in ``gallery``, measured in the gallery's
+    mode) when given, else from ``eval_json`` (1:1 verification); the config records which, for which
+    gallery size and mode.
     Returns ``{"files": [...], "config": {...}, "warnings": [...]}``.
     """
     config = config or BoardConfig()
     out = Path(out) if Path(out).name else Path(out).resolve()  # "." has no name to put a sibling beside
     people = board_gallery.load_gallery(gallery) if gallery is not None else None
     threshold = _threshold(eval_json, eval_set, ident_eval, fpir,
-                           gallery_size or (len(people["people"]) if people else None))
+                           gallery_size or (len(board_gallery.person_names(people)) if people else None))
+    if people is not None and threshold.get("gallery_mode") not in (None, people["mode"]):
+        raise ThresholdError(f"{ident_eval} measured the threshold for a {threshold['gallery_mode']!r} gallery but "
+                             f"{gallery} is a {people['mode']!r} gallery, where that threshold does not hold; run "
+                             f"`mfk210 evaluate --identification --gallery-mode {people['mode']}` or enroll again "
+                             f"with `mfk210 enroll --gallery-mode {threshold['gallery_mode']}`")
     check = kfpkg.check_kmodel(kmodel, flash_address if flash_address is not None else k210.FLASH_MODEL_ADDRESS,
                                config.runtime)
     cfg = board_config(check, threshold, config, flash_address)
@@ -183,7 +189,8 @@ def describe(result: Dict[str, Any]) -> str:
     where = f"{t['source']}{' [' + t['set'] + ']' if t.get('set') else ''}"
     if t.get("gallery_size"):
         lines.append(f"  threshold: score > {t['score']:.4f}  (= squared L2 distance < {t['distance']:.4f}), "
-                     f"FPIR {100 * t['fpir']:g}% for {t['gallery_size']} people, open-set identification {where}")
+                     f"FPIR {100 * t['fpir']:g}% for {t['gallery_size']} people, gallery mode "
+                     f"{t.get('gallery_mode', 'mean')}, open-set identification {where}")
     else:
         lines.append(f"  threshold: score > {t['score']:.4f}  (= squared L2 distance < {t['distance']:.4f}, "
                      f"best_threshold from {where})")

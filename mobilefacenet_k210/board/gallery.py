@@ -2,11 +2,13 @@
 
 ``enroll`` reads a folder per person, aligns each photo to the ArcFace template (MTCNN, or nothing
 with ``aligned=True`` for ready 112x112 crops), embeds them with any form of the model (Keras,
-TFLite, or the kmodel in the nncase simulator), L2-normalizes each embedding, averages them per
-person and normalizes the mean again: the board's ``Feat.compare`` is a plain dot product, so every
-gallery feature must be a unit vector. ``identify`` scores photos against the gallery with the
-board's formula ``(0.5 + 0.5 * cos) * 100`` and applies the threshold from our own evaluation.
-The gallery JSON is the file the CanMV script reads from the SD card.
+TFLite, or the kmodel in the nncase simulator) and L2-normalizes each embedding: the board's
+``Feat.compare`` is a plain dot product, so every gallery feature must be a unit vector. The gallery
+mode (``config.GALLERY_MODES``) says what is stored: ``max``, one entry per photo under the person's
+name; ``mean``, one entry per person, the mean of its features normalized again. ``identify`` scores
+photos against every entry with the board's formula ``(0.5 + 0.5 * cos) * 100``, takes the best
+entry (so per person the max over its entries, as the board script does) and applies the threshold
+from our own evaluation. The gallery JSON is the file the CanMV script reads from the SD card.
 """
 import hashlib
 import json
@@ -17,6 +19,7 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.board import score as board_score
+from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice
 from mobilefacenet_k210.errors import Mfk210Error
 from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file, sha256_file
 
@@ -108,10 +111,12 @@ def _embed(backend: Any, crops: np.ndarray, batch_size: int) -> np.ndarray:
 
 def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[str, Path],
            aligned: bool = False, batch_size: int = 32, backend: Any = None,
-           aligner: Any = None) -> Dict[str, Any]:
-    """Build and write the gallery: per person the normalized mean of normalized embeddings."""
+           aligner: Any = None, mode: str = DEFAULT_GALLERY_MODE) -> Dict[str, Any]:
+    """Build and write the gallery in ``mode``: per photo its normalized embedding under the person's name
+    ("max"), or per person the normalized mean of them ("mean")."""
     from mobilefacenet_k210.evaluate.backends import load_backend
 
+    check_choice(mode, GALLERY_MODES, "enroll --gallery-mode")
     people = gallery_folders(gallery_dir)
     backend = backend or load_backend(model)
     entries, skipped = [], []
@@ -121,15 +126,20 @@ def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[st
         if not kept:
             skipped.append(f"{name}: no usable photo, not enrolled")
             continue
-        mean = _embed(backend, crops, batch_size).mean(axis=0)
+        features = _embed(backend, crops, batch_size)
+        if mode == "max":
+            entries += [{"name": name, "feature": _rounded(f), "photos": 1, "sources": [str(paths[i])]}
+                        for f, i in zip(features, kept)]
+            continue
+        mean = features.mean(axis=0)
         norm = float(np.linalg.norm(mean))
         if norm == 0.0:
             raise GalleryError(f"{name}: the embeddings of its photos cancel out; check the model {model}")
-        entries.append({"name": name, "feature": [round(float(v), 7) for v in mean / norm],
+        entries.append({"name": name, "feature": _rounded(mean / norm),
                         "photos": len(kept), "sources": [str(paths[i]) for i in kept]})
     if not entries:
         raise GalleryError(f"{gallery_dir}: nobody could be enrolled:\n  " + "\n  ".join(skipped))
-    gallery = {"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "model": str(model),
+    gallery = {"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "mode": mode, "model": str(model),
                "model_sha256": model_sha256(model),
                "backend": getattr(backend, "kind", "?"), "embedding_size": len(entries[0]["feature"]),
                "aligned_input": bool(aligned), "people": entries, "skipped": skipped}
@@ -137,8 +147,21 @@ def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[st
     return gallery
 
 
+def _rounded(feature: np.ndarray) -> List[float]:
+    return [round(float(v), 7) for v in feature]
+
+
+def person_names(gallery: Dict[str, Any]) -> List[str]:
+    """The enrolled people, each once, in the order of their first entry (a "max" gallery repeats names)."""
+    return list(dict.fromkeys(p["name"] for p in gallery["people"]))
+
+
 def load_gallery(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read and check a gallery file written by :func:`enroll` (or by the board's button)."""
+    """Read and check a gallery file written by :func:`enroll` (or by the board's button).
+
+    Several entries may share a name (a person scored by its best entry); a gallery without a
+    ``mode`` (written before modes, or by the board's button) is a ``mean`` gallery.
+    """
     path = Path(path)
     gallery = atomic.read_json(path, "no such gallery file (make one with `mfk210 enroll`)", GalleryError)
     if not isinstance(gallery, dict) or gallery.get("format") != GALLERY_FORMAT:
@@ -154,6 +177,10 @@ def load_gallery(path: Union[str, Path]) -> Dict[str, Any]:
     sizes = {len(p["feature"]) for p in people}
     if len(sizes) != 1:
         raise GalleryError(f"{path}: features of different lengths {sorted(sizes)}")
+    mode = gallery.setdefault("mode", "mean")
+    if mode not in GALLERY_MODES:
+        raise GalleryError(f"{path}: gallery mode {mode!r} is none of {', '.join(GALLERY_MODES)}; make the gallery "
+                           "again with `mfk210 enroll --gallery-mode`")
     return gallery
 
 
@@ -179,8 +206,9 @@ def identify(photos: Sequence[Union[str, Path]], gallery_path: Union[str, Path],
              backend: Any = None, aligner: Any = None) -> List[Dict[str, Any]]:
     """Score each photo against the gallery as the board does; name the best match above the threshold.
 
-    Returns one dict per photo: ``photo``, ``name`` (None without a face, "unknown" under the
-    threshold), ``best`` (closest person), ``score`` (board scale) and ``face`` (found or not).
+    The best entry is the person's best: with several entries of one name, the person scores the max
+    over them. Returns one dict per photo: ``photo``, ``name`` (None without a face, "unknown" under
+    the threshold), ``best`` (closest person), ``score`` (board scale) and ``face`` (found or not).
     """
     from mobilefacenet_k210.evaluate.backends import load_backend
 

@@ -90,25 +90,30 @@ def run_board_files(args) -> int:
 def add_enroll(sub) -> None:
     p = sub.add_parser("enroll", help="make a gallery (one folder per person) the board and `identify` use",
                        description="Align each photo (MTCNN, or none with --aligned), embed it with a Keras "
-                                   "model, TFLite or kmodel (nncase simulator), and store per person the "
-                                   "normalized mean of the normalized embeddings, as the board does.")
+                                   "model, TFLite or kmodel (nncase simulator), and store each photo's normalized "
+                                   "embedding under the person's name (--gallery-mode max: the board scores a "
+                                   "person by its best entry) or per person their normalized mean (mean).")
     p.add_argument("gallery_dir", metavar="GALLERY_DIR", help="one sub-folder of photos per person")
     p.add_argument("--model", required=True, help="run folder, .keras/.h5, .tflite or .kmodel")
     p.add_argument("--out", required=True, metavar="GALLERY.json")
     p.add_argument("--aligned", action="store_true", help="photos are already aligned 112x112 crops")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--gallery-mode", metavar="|".join(cfg.GALLERY_MODES), default=cfg.DEFAULT_GALLERY_MODE,
+                   help="one entry per photo (max) or per person (mean); as `evaluate --identification "
+                        "--gallery-mode` measured it (default %(default)s)")
     p.set_defaults(handler=run_enroll)
 
 
 def run_enroll(args) -> int:
-    from mobilefacenet_k210.board.gallery import enroll
+    from mobilefacenet_k210.board.gallery import enroll, person_names
 
-    gallery = enroll(args.gallery_dir, args.model, args.out, args.aligned, args.batch_size)
-    for person in gallery["people"]:
-        print(f"{person['name']}: {person['photos']} photo(s)")
+    gallery = enroll(args.gallery_dir, args.model, args.out, args.aligned, args.batch_size, mode=args.gallery_mode)
+    for name in person_names(gallery):
+        print(f"{name}: {sum(p['photos'] for p in gallery['people'] if p['name'] == name)} photo(s)")
     for reason in gallery["skipped"]:
         print(f"skipped {reason}", file=sys.stderr)
-    print(f"wrote {args.out}: {len(gallery['people'])} people, {gallery['embedding_size']}-d features")
+    print(f"wrote {args.out}: {len(person_names(gallery))} people in {len(gallery['people'])} entries "
+          f"(gallery mode {gallery['mode']}), {gallery['embedding_size']}-d features")
     return 0
 
 

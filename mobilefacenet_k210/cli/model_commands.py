@@ -92,6 +92,9 @@ def add_evaluate(sub) -> None:
                    help="open-set 1:N identification on --folder as the board does it: rank-1, FNIR at FPIR, DET PNG")
     p.add_argument("--enroll-photos", type=int, help="--identification: photos enrolled per person (default 5)")
     p.add_argument("--gallery-size", type=int, help="--identification: also the threshold for a gallery of N people")
+    p.add_argument("--gallery-mode", metavar="|".join(cfg.GALLERY_MODES),
+                   help="--identification: a person's score is the max over its enrolled photos' features, or that "
+                        f"of their normalized mean (default {cfg.DEFAULT_GALLERY_MODE}; as `mfk210 enroll` makes it)")
     p.set_defaults(handler=run_evaluate)
 
 

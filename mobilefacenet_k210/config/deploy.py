@@ -7,6 +7,11 @@ from mobilefacenet_k210.config.loader import ConfigError, check_choice, check_po
 
 CALIBRATE_METHODS = ("l2", "no_clip")  # nncase also offers kld: measured poor on MobileFaceNet
 W_QUANT_TYPES = ("uint8", "int8")
+GALLERY_MODES = ("max", "mean")
+"""How a person's enrolled photos enter the gallery: ``max``, one entry per photo, a person scored by its
+best entry (what the board script does with several entries of one name); ``mean``, one entry per person,
+the normalized mean. "max" measured the lower FNIR at a fixed FPIR (README, "On the board")."""
+DEFAULT_GALLERY_MODE = GALLERY_MODES[0]
 
 
 @dataclasses.dataclass
@@ -50,7 +55,8 @@ class EvalConfig:
     embedding with its mirror's (InsightFace's test-time flip). ``out`` receives the PNGs and the
     Markdown table; ``json`` the full results. ``identification`` runs open-set 1:N identification on
     ``folder`` instead (``evaluate/identification.py``): ``enroll_photos`` photos per enrolled person,
-    thresholds also for a gallery of ``gallery_size`` people.
+    entered as ``gallery_mode`` (one of ``GALLERY_MODES``), thresholds also for a gallery of
+    ``gallery_size`` people.
     """
 
     models: List[str] = dataclasses.field(default_factory=list)
@@ -73,9 +79,11 @@ class EvalConfig:
     identification: bool = False
     enroll_photos: int = 5
     gallery_size: Optional[int] = None
+    gallery_mode: str = DEFAULT_GALLERY_MODE
 
     def validate(self, where: str = "evaluate") -> None:
-        """Refuse fold counts and sizes the protocol cannot use, naming the field."""
+        """Refuse fold counts, sizes and gallery modes the protocol cannot use, naming the field."""
+        check_choice(self.gallery_mode, GALLERY_MODES, f"{where}.gallery_mode")
         if self.nfolds < 2:
             raise ConfigError(f"{where}.nfolds {self.nfolds}: at least 2 folds")
         check_positive(where, batch_size=self.batch_size, max_positive_pairs=self.max_positive_pairs,

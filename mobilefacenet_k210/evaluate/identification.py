@@ -1,8 +1,10 @@
 """Open-set 1:N identification as the board does it: rank-1, FNIR at FPIR, the DET curve, thresholds per gallery size.
 
-The board names a face by comparing its normalized feature with every enrolled person's feature
-(the normalized mean of that person's normalized features, ``board/gallery.py``) on ``Feat.compare``'s
-scale ``(0.5 + 0.5 cos) * 100`` and accepts the best one when its score is *above* the threshold.
+The board names a face by comparing its normalized feature with every gallery entry on
+``Feat.compare``'s scale ``(0.5 + 0.5 cos) * 100`` and accepts the best one when its score is *above*
+the threshold. The gallery mode (``config.GALLERY_MODES``) says what the entries are: ``mean``, one per
+person, the normalized mean of its normalized features; ``max``, one per enrolled photo under the
+person's name, so a person's score is the max over its entries (``board/gallery.py``).
 This module measures exactly that on a folder of people: the people are split into two halves;
 the first ``enroll_photos`` photos of each person of one half form the gallery, their other photos
 are *mated* probes, and every photo of the other half is a *non-mated* probe (a stranger); then the
@@ -15,8 +17,9 @@ halves swap and both folds are pooled. Measures (NIST FRVT 1:N's):
 
 A stranger is compared with every enrolled person, so its top score grows with the gallery size N.
 The threshold for a gallery of N people comes from the per-comparison impostor scores (every probe
-against every gallery entry not its own): with ``p(t)`` the share above ``t``, and comparisons taken
-as independent, ``FPIR_N(t) = 1 - (1 - p(t))^N``. Where N is at most the people enrolled in a fold,
+against every enrolled person not its own, a person's score being the max over its entries in ``max``
+mode, so N people are N comparisons in either mode): with ``p(t)`` the share above ``t``, and
+comparisons taken as independent, ``FPIR_N(t) = 1 - (1 - p(t))^N``. Where N is at most the people enrolled in a fold,
 the report checks that model against galleries of N people drawn from the enrolled ones.
 """
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice
 from mobilefacenet_k210.errors import Mfk210Error
 
 FORMAT = "mfk210-identification"
@@ -60,6 +64,23 @@ def person_features(features: np.ndarray, labels: Sequence[str]) -> Tuple[List[s
     labels = np.asarray(labels)
     means = np.stack([np.asarray(features, np.float64)[labels == n].mean(axis=0) for n in names])
     return names, (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+
+
+def gallery_entries(features: np.ndarray, labels: Sequence[str], mode: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The gallery's (entry names, unit entry features) for ``mode``: one mean per person, or one per photo."""
+    check_choice(mode, GALLERY_MODES, "gallery mode")
+    if mode == "mean":
+        names, means = person_features(features, labels)
+        return np.asarray(names), means
+    order = np.argsort(np.asarray(labels), kind="stable")
+    return np.asarray(labels)[order], np.asarray(features, np.float32)[order]
+
+
+def person_scores(scores: np.ndarray, entry_names: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per person the best of its entries' scores (probes, entries) -> (names, (probes, people)), as the board."""
+    names = np.asarray(sorted(set(entry_names.tolist())))
+    best = np.stack([scores[:, entry_names == n].max(axis=1) for n in names], axis=1)
+    return names, best
 
 
 def threshold_at(scores: np.ndarray, rate: float) -> float:
@@ -124,8 +145,9 @@ def _folds(labels: np.ndarray, order: np.ndarray, enroll_photos: int) -> List[Di
 
 def open_set(features: np.ndarray, labels: Sequence[str], order: Sequence[int], enroll_photos: int,
              fpirs: Sequence[float] = FPIR_TARGETS, gallery_sizes: Sequence[int] = GALLERY_SIZES,
-             seed: int = 0) -> Dict[str, Any]:
-    """The whole protocol on normalized ``features`` with their person ``labels`` and photo ``order`` per person.
+             seed: int = 0, gallery_mode: str = DEFAULT_GALLERY_MODE) -> Dict[str, Any]:
+    """The whole protocol on normalized ``features`` with their person ``labels`` and photo ``order`` per person,
+    the gallery entered as ``gallery_mode``.
 
     Returns rank-1, per FPIR target the threshold and FNIR on the protocol's gallery, the DET curve,
     the threshold per gallery size (independence model, checked by resampling where possible) and
@@ -136,14 +158,13 @@ def open_set(features: np.ndarray, labels: Sequence[str], order: Sequence[int], 
     top_m, ok, top_n, impostor, sampled = [], [], [], [], {}
     enrolled_sizes = []
     for fold in _folds(labels, order, enroll_photos):
-        names, gallery = person_features(features[fold["gallery"]], labels[fold["gallery"]])
+        entries, gallery = gallery_entries(features[fold["gallery"]], labels[fold["gallery"]], gallery_mode)
         if not fold["mated"].any():
             raise IdentificationError(f"no photo left to probe with after enrolling {enroll_photos} per person; "
                                       "lower the enrolled photos or add photos")
+        names, mated = person_scores(board_scores(features[fold["mated"]], gallery), entries)
+        nonmated = person_scores(board_scores(features[fold["nonmated"]], gallery), entries)[1]
         enrolled_sizes.append(len(names))
-        names = np.asarray(names)
-        mated = board_scores(features[fold["mated"]], gallery)
-        nonmated = board_scores(features[fold["nonmated"]], gallery)
         top_m.append(mated.max(axis=1))
         ok.append(names[mated.argmax(axis=1)] == labels[fold["mated"]])
         top_n.append(nonmated.max(axis=1))
@@ -171,14 +192,15 @@ def open_set(features: np.ndarray, labels: Sequence[str], order: Sequence[int], 
                 entry["fpir_resampled"] = float(np.mean(np.concatenate(sampled[n]) > model["score"]))
             row[_key(f)] = entry
         by_size[str(n)] = row
-    return {"rank1": float(np.mean(correct)), "enroll_photos": int(enroll_photos),
+    return {"rank1": float(np.mean(correct)), "enroll_photos": int(enroll_photos), "gallery_mode": gallery_mode,
             "enrolled_people": enrolled_sizes, "mated_probes": int(len(top_mated)),
             "nonmated_probes": int(len(top_nonmated)), "at_fpir": at_fpir, "by_gallery_size": by_size,
             "det": det_curve(top_mated, correct, top_nonmated),
             "impostor_count": int(len(impostor_all)), "impostor_tail": [round(float(s), 4) for s in tail],
             "gallery_size_method": "independent comparisons: FPIR_N(t) = 1 - (1 - p(t))^N, p(t) = share of "
-                                   "per-comparison impostor scores above t; checked against galleries of N people "
-                                   f"drawn {RESAMPLES} times from the enrolled ones where N allows"}
+                                   "per-comparison (one enrolled person) impostor scores above t; checked against "
+                                   f"galleries of N people drawn {RESAMPLES} times from the enrolled ones where N "
+                                   "allows"}
 
 
 def _key(fpir: float) -> str:
@@ -188,14 +210,14 @@ def _key(fpir: float) -> str:
 def table(results: Dict[str, Dict[str, Any]], fpirs: Sequence[float] = FPIR_TARGETS) -> str:
     """Markdown: per model rank-1 and FNIR at each FPIR (threshold in board score), then thresholds per gallery size."""
     head = " | ".join(f"FNIR @FPIR {100 * f:g}% (score >)" for f in fpirs)
-    lines = [f"| Model | rank-1 | {head} | enrolled / mated / strangers |",
-             "|---|---:|" + "---:|" * len(fpirs) + "---|"]
+    lines = [f"| Model | rank-1 | {head} | enrolled / mated / strangers | gallery |",
+             "|---|---:|" + "---:|" * len(fpirs) + "---|---|"]
     for model, r in results.items():
         cells = [f"{100 * r['at_fpir'][_key(f)]['fnir']:.1f}% ({r['at_fpir'][_key(f)]['threshold_score']:.1f})"
                  for f in fpirs]
         lines.append(f"| {model} | {100 * r['rank1']:.1f}% | " + " | ".join(cells) +
                      f" | {'+'.join(map(str, r['enrolled_people']))} people x {r['enroll_photos']} photos / "
-                     f"{r['mated_probes']} / {r['nonmated_probes']} |")
+                     f"{r['mated_probes']} / {r['nonmated_probes']} | {describe_mode(r.get('gallery_mode'))} |")
     for model, r in results.items():
         lines += ["", f"Threshold (board score) for a gallery of N people, {model}; FNIR on the measured probes at "
                       "it; FPIR of galleries of N drawn from the enrolled people where N allows:", "",
@@ -210,6 +232,11 @@ def table(results: Dict[str, Dict[str, Any]], fpirs: Sequence[float] = FPIR_TARG
                              f"{100 * e['fnir_measured_probes']:.1f}% | {drawn}")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def describe_mode(mode: Optional[str]) -> str:
+    """The gallery mode in words, for tables and reports (results written before modes were ``mean``)."""
+    return {"max": "max over each person's photos", "mean": "mean of each person's photos"}[mode or "mean"]
 
 
 def plot_det(results: Dict[str, Dict[str, Any]], path: Path, title: str) -> Path:
@@ -285,9 +312,9 @@ def evaluate_identification(config: Any, echo: Callable[[str], None] = print) ->
     for model in config.models:
         emb = load_backend(model).embed(crops, batch_size=config.batch_size, flip=False)
         results[model] = open_set(l2_normalize(emb), labels, order, config.enroll_photos, FPIR_TARGETS, sizes,
-                                  config.seed)
+                                  config.seed, config.gallery_mode)
         r = results[model]
-        echo(f"{model} on {config.folder}: rank-1 {100 * r['rank1']:.1f}%, " + ", ".join(
+        echo(f"{model} on {config.folder}, {describe_mode(config.gallery_mode)}: rank-1 {100 * r['rank1']:.1f}%, " + ", ".join(
             f"FNIR {100 * r['at_fpir'][_key(f)]['fnir']:.1f}% at FPIR {100 * f:g}%" for f in FPIR_TARGETS))
     text = table(results)
     echo("")
@@ -306,7 +333,8 @@ def evaluate_identification(config: Any, echo: Callable[[str], None] = print) ->
 
 def threshold_from_identification(path: Any, gallery_size: int, fpir: float = 0.01,
                                   model: Optional[str] = None) -> Dict[str, Any]:
-    """The board threshold for ``gallery_size`` people at ``fpir`` from ``mfk210 evaluate --identification --json``."""
+    """The board threshold for ``gallery_size`` people at ``fpir`` from ``mfk210 evaluate --identification --json``,
+    with the gallery mode it holds for (files written before modes existed measured ``mean``)."""
     path = Path(path)
     data = atomic.read_json(path, "no such identification file (write one with "
                                   "`mfk210 evaluate --identification --json`)", IdentificationError)
@@ -328,4 +356,4 @@ def threshold_from_identification(path: Any, gallery_size: int, fpir: float = 0.
                                   "with `mfk210 evaluate --identification --json`") from None
     threshold = threshold_for_gallery(tail, count, gallery_size, fpir)
     return {**threshold, "source": str(path), "set": chosen, "from": "open-set identification",
-            "rank1": r.get("rank1")}
+            "rank1": r.get("rank1"), "gallery_mode": r.get("gallery_mode") or "mean"}
