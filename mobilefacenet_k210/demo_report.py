@@ -43,16 +43,22 @@ def _open_set(out: Path, openset: Any, threshold: Dict[str, Any]) -> List[str]:
     """Section 5b: open-set figures of the kmodel and the threshold the board files carry."""
     if not openset:
         return []
-    method = next(iter(openset["results"].values()))["gallery_size_method"]
+    from mobilefacenet_k210.evaluate.identification import describe_mode
+
+    first = next(iter(openset["results"].values()))
+    method = first["gallery_size_method"]
+    mode = describe_mode(first.get("gallery_mode"))
     carried = (f"The board files carry score > {threshold['score']:.1f} ({threshold.get('from', '?')}, "
-               f"FPIR {100 * threshold['fpir']:g}% for a gallery of {threshold['gallery_size']} people"
+               f"FPIR {100 * threshold['fpir']:g}% for a gallery of {threshold['gallery_size']} people, "
+               f"gallery: {describe_mode(threshold.get('gallery_mode'))}"
                + ("; the highest impostor score seen, as the measured comparisons cannot resolve that rate)."
                   if threshold.get("limited") else ").")
                if threshold.get("gallery_size") else
                f"The board files carry score > {threshold.get('score', float('nan')):.1f} from 1:1 verification.")
     return ["## 5b. Open-set identification (as the board does it)", "",
             "Half of the held-out people enrolled, the other half strangers, then swapped; rank-1 and FNIR "
-            "(enrolled people not named correctly) at FPIR (strangers given a name), board score in ().",
+            "(enrolled people not named correctly) at FPIR (strangers given a name), board score in (). "
+            f"Gallery: {mode}, as the board's gallery holds them.",
             "", openset["table"], f"Threshold for N people: {method}. {carried}", "",
             _image(out, out / "openset" / "det_identification.png", "DET curve and threshold against gallery size"),
             ""]
@@ -123,7 +129,8 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         "",
         "## 5. Enroll and identify",
         "",
-        f"{ident['enrolled_photos_per_person']} photos of each held-out person enrolled; their "
+        f"{ident['enrolled_photos_per_person']} photos of each held-out person enrolled (gallery mode "
+        f"{ident.get('gallery_mode', 'mean')}); their "
         f"{ident['probes']} other photos identified with the board's score and threshold:",
         "",
         "| model | correct name | closest is right (rank-1) | unknown | threshold (board score) |",

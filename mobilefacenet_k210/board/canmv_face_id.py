@@ -8,6 +8,8 @@
 # image.warp_affine_ai align the face to the ArcFace template into a 112x112 AI buffer (planar RGB,
 # what our kmodel takes), our MobileFaceNet kmodel embeds it, KPU.Feat.calculate L2-normalizes the
 # embedding and KPU.Feat.compare scores it against every gallery feature: (0.5 + 0.5 * cos) * 100.
+# A person may have several entries (`mfk210 enroll --gallery-mode max`: one per photo): the best entry
+# names the face, so a person scores the max over its entries.
 # Press the BOOT key while one face is in view to enroll it as a new person (saved to the gallery,
 # which a power cut while saving never loses). Each face's result is also printed, one line per face.
 # Stop it from the IDE (KeyboardInterrupt); tests/canmv_board.py runs this file unmodified on an emulated board.
@@ -118,6 +120,9 @@ class Gallery:
                 raise ValueError("gallery %s: %s has a %d-d feature, the model gives %d-d"
                                  % (path, name, len(feature), embedding_size))
 
+    def people(self):
+        return len(set(self.names))
+
     def best(self, compare, feature):
         best_index, best_score = -1, -1.0
         for i, known in enumerate(self.features):
@@ -127,7 +132,10 @@ class Gallery:
         return best_index, best_score
 
     def enroll(self, feature):
-        name = "person%d" % (len(self.names) + 1)
+        number = self.people() + 1
+        while "person%d" % number in self.names:
+            number += 1
+        name = "person%d" % number
         self.names.append(name)
         self.features.append(feature)
         self.data["people"].append({"name": name, "feature": feature, "photos": 1, "sources": ["board"]})
@@ -194,7 +202,7 @@ def main():
     gallery = Gallery(cfg["gallery"], cfg["embedding_size"])
     button = Button(cfg["enroll_button"])
     clock = time.clock()
-    print("mfk210: %d people in the gallery, match above score %.2f" % (len(gallery.names), threshold))
+    print("mfk210: %d people in the gallery, match above score %.2f" % (gallery.people(), threshold))
 
     while True:
         gc.collect()
