@@ -43,8 +43,8 @@ STEP_CONFIG = {
     "shards": ("build_config",),
     "train": ("train_config",),
     "export": ("calibrate_method", "calibration_samples"),
-    "identify": ("enroll_photos",),
-    "openset": ("enroll_photos", "test"),
+    "identify": ("enroll_photos", "gallery_mode"),
+    "openset": ("enroll_photos", "test", "gallery_mode"),
     "distill": ("distill_config",),
     "distill_export": ("calibrate_method", "calibration_samples"),
 }

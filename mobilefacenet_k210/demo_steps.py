@@ -97,11 +97,10 @@ def eval_set_name(out: Path, model: str) -> str:
 def identify_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
     """Enroll the first photos of each test identity, identify the rest, with Keras and with the kmodel.
 
-    The galleries are in the default gallery mode, the one :func:`open_set_test` measures the board's
+    The galleries are in ``config.gallery_mode``, the one :func:`open_set_test` measures the board's
     threshold in (a threshold holds only for the mode it was measured in).
     """
     from mobilefacenet_k210.board import gallery, score
-    from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE
 
     aligned = out / "aligned" / "test"
     enroll_dir = out / "identify" / "enroll"
@@ -115,12 +114,12 @@ def identify_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
         probes += photos[config.enroll_photos:]
         truth += [person.name] * len(photos[config.enroll_photos:])
     results: Dict[str, Any] = {"probes": len(probes), "enrolled_photos_per_person": config.enroll_photos,
-                               "gallery_mode": DEFAULT_GALLERY_MODE}
+                               "gallery_mode": config.gallery_mode}
     eval_json = out / "evaluate" / "results.json"
     for name, model in model_paths(out).items():
         threshold = score.threshold_from_eval(eval_json, eval_set_name(out, model))
         gallery_path = out / "identify" / f"gallery_{name}.json"
-        gallery.enroll(enroll_dir, model, gallery_path, aligned=True, mode=DEFAULT_GALLERY_MODE)
+        gallery.enroll(enroll_dir, model, gallery_path, aligned=True, mode=config.gallery_mode)
         found = gallery.identify(probes, gallery_path, model, threshold_score=threshold["score"], aligned=True)
         names = [m["name"] for m in found]
         closest = [m["best"] for m in found]
@@ -134,12 +133,12 @@ def identify_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
 
 def open_set_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
     """The kmodel's open-set figures on the test identities (the board's job), thresholds up to their number."""
-    from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, EvalConfig
+    from mobilefacenet_k210.config import EvalConfig
     from mobilefacenet_k210.evaluate import evaluate as evaluate_fn
 
     cfg = EvalConfig(models=[model_paths(out)["kmodel"]], folder=str(out / "aligned" / "test"), aligned=True,
                      identification=True, enroll_photos=config.enroll_photos, gallery_size=len(config.test),
-                     gallery_mode=DEFAULT_GALLERY_MODE,
+                     gallery_mode=config.gallery_mode,
                      json=str(out / "openset" / "results.json"), out=str(out / "openset"))
     result = evaluate_fn(cfg)
     keep = ("rank1", "at_fpir", "enrolled_people", "mated_probes", "nonmated_probes", "gallery_size_method",
@@ -149,7 +148,7 @@ def open_set_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
 
 def board_files(out: Path, gallery_size: int) -> Dict[str, Any]:
     """The .kfpkg for kflash and the CanMV script with the kmodel's open-set threshold (FPIR 1%) and gallery,
-    both in the default gallery mode (board-files refuses a mismatch)."""
+    both in the demo's gallery mode (board-files refuses a mismatch)."""
     from mobilefacenet_k210.board import files, kfpkg
 
     kmodel = model_paths(out)["kmodel"]

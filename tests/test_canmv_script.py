@@ -124,15 +124,15 @@ def test_script_on_emulated_board_matches_identify_and_survives_a_power_cut(tmp_
     # Boot 3: the same gallery with repeated names (a "max" gallery: photos 1 and 2 of s1, of s2, photo 1 of s3).
     # The board counts people, not entries, scores a person by its best entry, and numbers a new one after them.
     owners = {f"person{i + 1}": p for i, (p, _) in enumerate(ENROLL[:-1])}
-    (sd / files.GALLERY_NAME).write_text(json.dumps({**before_cut, "mode": "max", "people": [
-        {**p, "name": owners[p["name"]]} for p in before_cut["people"]]}))
+    repeated = {**before_cut, "mode": "max", "people": [{**p, "name": owners[p["name"]]} for p in before_cut["people"]]}
+    (sd / files.GALLERY_NAME).write_text(json.dumps(repeated))
     third = Board(sd, _frames(sd_card["orl"], PROBES, press=False) + _frames(sd_card["orl"], [LAST_ENROLL], True),
                   **common)
     assert third.run_script(sd / files.SCRIPT) == "stopped", third.printed
     assert "mfk210: 3 people in the gallery" in third.printed[0], third.printed
     renamed = _face_lines(third.printed)
     assert len(renamed) == len(PROBES) + 1, third.printed
-    _same_as_identify(tmp_path, "max", json.loads((sd / files.GALLERY_NAME).read_text()), renamed,
+    _same_as_identify(tmp_path, "max", repeated, renamed,
                       third.crops[:len(PROBES)], sd_card["kmodel"], threshold)
     assert renamed[-1]["enrolled"] == "person4", third.printed
     assert gallery.person_names(gallery.load_gallery(main)) == ["s1", "s2", "s3", "person4"]

@@ -130,7 +130,9 @@ class DemoConfig:
     training identities so that every branch of the scaled policy in ``build_config`` runs. The
     checkpoint is chosen by verification on the ``select`` identities, and every reported figure
     comes from the ``test`` identities, which nothing before the report has seen.
-    ``enroll_photos`` of each test identity form the gallery; the others are identified.
+    ``enroll_photos`` of each test identity form the gallery, entered as ``gallery_mode`` (one of
+    ``GALLERY_MODES``) both in the board's gallery and in the open-set measure of its threshold; the
+    others are identified.
     """
 
     train: List[int] = dataclasses.field(default_factory=lambda: list(range(1, 28)))
@@ -142,6 +144,11 @@ class DemoConfig:
     train_config: str = "configs/demo_cpu.yaml"
     distill_config: str = "configs/demo_distill.yaml"  # the distilled student trained beside the from-scratch one
     enroll_photos: int = 5
+    gallery_mode: str = DEFAULT_GALLERY_MODE
     calibrate_method: str = "l2"
     calibration_samples: int = 100
     workers: int = 0
+
+    def validate(self, where: str = "demo") -> None:
+        """Refuse a gallery mode the board does not have, naming the field."""
+        check_choice(self.gallery_mode, GALLERY_MODES, f"{where}.gallery_mode")
