@@ -4,7 +4,6 @@
 form), ``pairs`` (your own photos), ``report`` (PNGs, table, JSON) and ``callback`` (the same
 measure during training). :func:`evaluate` runs what ``mfk210 evaluate`` asks for.
 """
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.config import EvalConfig, to_dict
 from mobilefacenet_k210.errors import Mfk210Error
+from mobilefacenet_k210.evaluate.bins import distinct_images
 
 
 class EvalError(Mfk210Error, ValueError):
@@ -75,21 +75,6 @@ def _check_writable(path: Path, flag: str, folder: bool) -> None:
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def distinct_images(images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The distinct crops of a pair-ordered array and, per row, the index of its crop among them.
-
-    A .bin repeats each photo in every pair it belongs to (LFW: 12,000 rows); embedding each photo
-    once matters for the kmodel, which runs in nncase's simulator at a few images per second.
-    """
-    first: Dict[bytes, int] = {}
-    index = np.empty(len(images), dtype=np.int64)
-    for i, image in enumerate(images):
-        index[i] = first.setdefault(hashlib.sha1(image.tobytes()).digest(), len(first))
-    keep = np.zeros(len(first), dtype=np.int64)
-    keep[index] = np.arange(len(images))
-    return images[keep], index
 
 
 def _image_sets(config: EvalConfig, echo: Callable[[str], None],

@@ -1,8 +1,8 @@
 """Verification accuracy as a training metric, so that checkpointing keeps the best embedding model.
 
 A thin Keras callback over the same code as ``mfk210 evaluate`` (``bins.load_bin``,
-``backends.KerasBackend``, ``metrics.verify``): at each epoch end it writes
-``logs["verification_accuracy"]`` (mean over the sets) and ``logs["verification_accuracy/<name>"]``.
+``backends.KerasBackend``, ``metrics.verify``; each distinct photo of a set embedded once): at each
+epoch end it writes ``logs["verification_accuracy"]`` (mean over the sets) and ``logs["verification_accuracy/<name>"]``.
 Place it before ``ModelCheckpoint(monitor="verification_accuracy", mode="max")`` in the callback list.
 """
 from pathlib import Path
@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobilefacenet_k210.evaluate.backends import KerasBackend
-from mobilefacenet_k210.evaluate.bins import load_bin
+from mobilefacenet_k210.evaluate.bins import distinct_images, load_bin
 from mobilefacenet_k210.evaluate.metrics import verify
 
 VERIFICATION_METRIC = "verification_accuracy"
@@ -37,15 +37,18 @@ class VerificationCallback(tf.keras.callbacks.Callback):
         self.flip = flip
         self.nfolds = nfolds
         self.verbose = verbose
-        self.sets = {name: load_bin(path, progress=False) for name, path in bins.items()}
+        self.sets = {}
+        for name, path in bins.items():
+            images, issame = load_bin(path, progress=False)
+            self.sets[name] = (*distinct_images(images), issame)
         self.history: Dict[str, list] = {name: [] for name in self.sets}
 
     def evaluate(self) -> Dict[str, float]:
         """Accuracy per set and their mean (key ``verification_accuracy``) for the current weights."""
         backend = KerasBackend(self.embedding_model)
         results = {}
-        for name, (images, issame) in self.sets.items():
-            emb = backend.embed(images, batch_size=self.batch_size, flip=self.flip, progress=False)
+        for name, (photos, index, issame) in self.sets.items():
+            emb = backend.embed(photos, batch_size=self.batch_size, flip=self.flip, progress=False)[index]
             results[f"{VERIFICATION_METRIC}/{name}"] = verify(emb, issame, nfolds=self.nfolds)["accuracy"]
         results[VERIFICATION_METRIC] = float(np.mean(list(results.values())))
         return results
