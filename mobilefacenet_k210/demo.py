@@ -27,7 +27,7 @@ STEPS = [
     ("aligned", "MTCNN-align the held-out photos (checkpoint selection and test identities)", 7),
     ("pairs", "write verification pairs (.bin) of held-out identities", 1),
     ("train", "train: softmax, then ArcFace from the softmax weights", 40),
-    ("export", "export: float TFLite, int8 TFLite, kmodel (nncase) with the parity report", 20),
+    ("export", "export: float TFLite, kmodel (nncase) with the parity report", 10),
     ("evaluate", "10-fold verification of the Keras model and the kmodel on the test identities", 7),
     ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 4),
     ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 3),
@@ -35,18 +35,18 @@ STEPS = [
     ("inspect", "contact sheet of the training shards", 3),
     ("teacher", "the teacher's (SFace) embeddings of each training crop and its mirror, added to the shards", 2),
     ("distill", "train the distilled student on the same photos, taught by the teacher", 25),
-    ("distill_export", "export the distilled student: TFLite, kmodel, parity report", 20),
+    ("distill_export", "export the distilled student: TFLite, kmodel, parity report", 10),
     ("distill_compare", "teacher, from-scratch and distilled students on the test pairs; cosine to the teacher", 5),
 ]
 STEP_CONFIG = {
     "faces": ("train", "select", "test", "reduced_photos"),
     "shards": ("build_config",),
     "train": ("train_config",),
-    "export": ("calibrate_method", "calibration_samples"),
+    "export": ("calibrate_method", "calibration_samples", "int8_tflite"),
     "identify": ("enroll_photos", "gallery_mode"),
     "openset": ("enroll_photos", "test", "gallery_mode"),
     "distill": ("distill_config",),
-    "distill_export": ("calibrate_method", "calibration_samples"),
+    "distill_export": ("calibrate_method", "calibration_samples", "int8_tflite"),
 }
 """The DemoConfig fields each step's output depends on (``workers`` changes speed only). A field naming
 a config file stands for the file's content too."""
@@ -219,11 +219,9 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
     demo.run("train", train)
 
     def export() -> Dict[str, Any]:
-        from mobilefacenet_k210.config import ExportConfig
         from mobilefacenet_k210.export.chain import export_model
 
-        cfg = ExportConfig(calibrate_method=config.calibrate_method, calibration_samples=config.calibration_samples)
-        return export_model(out / "train", out / "shards", out / "export", cfg,
+        return export_model(out / "train", out / "shards", out / "export", config.export_config(),
                             holdout=out / "aligned" / "test").to_dict()
 
     demo.run("export", export)
@@ -246,9 +244,8 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
 
     demo.run("teacher", lambda: demo_distill.add_teacher_step(out))
     demo.run("distill", lambda: demo_distill.train_distilled(out, config.distill_config))
-    demo.run("distill_export", lambda: demo_distill.export_distilled(out, config.calibrate_method,
-                                                                     config.calibration_samples))
-    demo.run("distill_compare", lambda: demo_distill.compare(out))
+    demo.run("distill_export", lambda: demo_distill.export_distilled(out, config.export_config()))
+    demo.run("distill_compare", lambda: demo_distill.compare(out, demo.results["evaluate"]))
     figures = summarize(demo)
     figures["demo_seconds_this_run"] = time.perf_counter() - t0
     write_report(demo, figures)

@@ -40,14 +40,13 @@ def train_distilled(out: Path, train_config: str) -> Dict[str, Any]:
     return train_lib.train(cfg, out / "shards_teacher", out / "train_distill")
 
 
-def export_distilled(out: Path, calibrate_method: str, calibration_samples: int) -> Dict[str, Any]:
-    """The distilled student's TFLite and kmodel in ``out/export_distill``, with its parity report (as the
-    step records it: :meth:`ExportResult.to_dict`)."""
-    from mobilefacenet_k210.config import ExportConfig
+def export_distilled(out: Path, config: Any) -> Dict[str, Any]:
+    """The distilled student's TFLite and kmodel in ``out/export_distill`` (``config``: the demo's
+    ExportConfig, the same as the from-scratch student's), with its parity report (as the step records
+    it: :meth:`ExportResult.to_dict`)."""
     from mobilefacenet_k210.export.chain import export_model
 
-    cfg = ExportConfig(calibrate_method=calibrate_method, calibration_samples=calibration_samples)
-    return export_model(out / "train_distill", out / "shards", out / "export_distill", cfg,
+    return export_model(out / "train_distill", out / "shards", out / "export_distill", config,
                         holdout=out / "aligned" / "test").to_dict()
 
 
@@ -72,9 +71,10 @@ def heldout_cosine(student: str, teacher: Any, crops: np.ndarray) -> float:
     return float(np.mean(np.sum(s * t, axis=1)))
 
 
-def compare(out: Path) -> Dict[str, Any]:
+def compare(out: Path, scratch: Dict[str, Any]) -> Dict[str, Any]:
     """Teacher, from-scratch and distilled students (Keras and kmodel) on the test pairs, and the
-    students' held-out cosine to the teacher on the test faces."""
+    students' held-out cosine to the teacher on the test faces. ``scratch``: the evaluate step's
+    result, which already holds the from-scratch student's accuracy on the same pairs (same flip)."""
     from mobilefacenet_k210.config import EvalConfig
     from mobilefacenet_k210.evaluate import evaluate as evaluate_fn
     from mobilefacenet_k210.evaluate import report
@@ -84,14 +84,15 @@ def compare(out: Path) -> Dict[str, Any]:
     models = {"teacher": str(teacher.path), "scratch_keras": str(out / "train"),
               "scratch_kmodel": str(out / "export" / "model.kmodel"), "distill_keras": str(out / "train_distill"),
               "distill_kmodel": str(out / "export_distill" / "model.kmodel")}
-    cfg = EvalConfig(models=list(models.values()), bins=[str(out / "test.bin")], flip=True,
+    fresh = [path for key, path in models.items() if not key.startswith("scratch")]
+    cfg = EvalConfig(models=fresh, bins=[str(out / "test.bin")], flip=True,
                      json=str(out / "distill" / "results.json"), out=str(out / "distill"))
-    result = evaluate_fn(cfg)
+    accuracy = {**scratch["results"], **evaluate_fn(cfg)["results"]}
     set_name = report.set_name(out / "test.bin")
     crops = aligned_crops(out / "aligned" / "test")
     rows: Dict[str, Any] = {}
     for key, path in models.items():
-        r = result["results"][path][set_name]
+        r = accuracy[path][set_name]
         rows[key] = {"model": path, "accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"]}
         if key != "teacher":
             rows[key]["heldout_cosine"] = heldout_cosine(path, teacher, crops)

@@ -132,7 +132,10 @@ class DemoConfig:
     comes from the ``test`` identities, which nothing before the report has seen.
     ``enroll_photos`` of each test identity form the gallery, entered as ``gallery_mode`` (one of
     ``GALLERY_MODES``) both in the board's gallery and in the open-set measure of its threshold; the
-    others are identified.
+    others are identified. Both students are exported with :meth:`export_config`: the demo quantizes
+    with nncase's ``no_clip`` ranges and skips the int8 TFLite (not part of the board's chain), which
+    keeps its time on a slow 2-core machine; ``mfk210 export``'s defaults (``l2``, with the int8
+    TFLite) give slightly closer parity at several times the compile time (README, "Export").
     """
 
     train: List[int] = dataclasses.field(default_factory=lambda: list(range(1, 28)))
@@ -145,10 +148,17 @@ class DemoConfig:
     distill_config: str = "configs/demo_distill.yaml"  # the distilled student trained beside the from-scratch one
     enroll_photos: int = 5
     gallery_mode: str = DEFAULT_GALLERY_MODE
-    calibrate_method: str = "l2"
+    calibrate_method: str = "no_clip"
     calibration_samples: int = 100
+    int8_tflite: bool = False
     workers: int = 0
 
     def validate(self, where: str = "demo") -> None:
-        """Refuse a gallery mode the board does not have, naming the field."""
+        """Refuse a gallery mode the board does not have or an export setting nncase lacks, naming the field."""
         check_choice(self.gallery_mode, GALLERY_MODES, f"{where}.gallery_mode")
+        self.export_config().validate(where)
+
+    def export_config(self) -> ExportConfig:
+        """How the demo exports both students (from scratch and distilled)."""
+        return ExportConfig(calibrate_method=self.calibrate_method, calibration_samples=self.calibration_samples,
+                            int8_tflite=self.int8_tflite)
