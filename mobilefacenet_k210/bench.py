@@ -26,7 +26,9 @@ FIGURES = ("params", "madds", "kmodel_bytes", "kmodel_version", "kpu_mac_share",
            "tfdata_img_per_s", "train_img_per_s", "tfdata_over_train", "shuffle_mixing",
            "shuffle_mixing_seed_stream", "orl_acc_keras", "orl_acc_keras_yunet", "orl_acc_kmodel", "orl_acc_drop",
            "identify_kmodel", "orl_acc_teacher", "orl_acc_distill_keras", "orl_acc_distill_kmodel",
-           "distill_cosine_heldout", "teacher_img_per_s", "demo_kmodel_bytes", "demo_cosine_kmodel_mean",
+           "distill_cosine_heldout", "teacher_img_per_s", "distill_default_kmodel_bytes",
+           "distill_default_kmodel_version", "distill_default_kpu_mac_share", "distill_default_cosine_kmodel_mean",
+           "distill_default_cosine_kmodel_min", "demo_seconds", "demo_kmodel_bytes", "demo_cosine_kmodel_mean",
            "demo_cosine_kmodel_min", "tests_seconds", "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512",
            "gpu_mixed_over_fp32")
 
@@ -51,15 +53,18 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
             "orl_acc_teacher", "orl_acc_distill_keras", "orl_acc_distill_kmodel", "distill_cosine_heldout",
             "teacher_img_per_s")
     out = {k: figures[k] for k in keep}
+    out["demo_seconds"] = float(sum(figures["seconds"].values()))  # every step, as its record measured it
     out.update({"demo_kmodel_bytes": report.kmodel_bytes, "demo_kpu_mac_share": report.kpu_mac_share,
                 "demo_cosine_kmodel_mean": report.cosine_kmodel_mean,
                 "demo_cosine_kmodel_min": report.cosine_kmodel_min})
     return out
 
 
-def export_figures(demo_out: Path, work: Path, train_config: str) -> Dict[str, Any]:
-    """Export parity of the default (width 1.0) MobileFaceNet, trained with the demo recipe on the demo's
-    shards, calibrated on training faces and measured on the held-out test faces."""
+def export_figures(demo_out: Path, work: Path, train_config: str, shards: str = "shards",
+                   prefix: str = "") -> Dict[str, Any]:
+    """Export parity of the default (width 1.0) MobileFaceNet, trained with ``train_config`` (the demo's
+    recipe, or its distilled student's on ``shards_teacher``) on the demo's shards, calibrated on
+    training faces and measured on the held-out test faces; keys start with ``prefix``."""
     from mobilefacenet_k210 import config as config_lib
     from mobilefacenet_k210 import train as train_lib
     from mobilefacenet_k210.export.chain import export_model
@@ -68,13 +73,15 @@ def export_figures(demo_out: Path, work: Path, train_config: str) -> Dict[str, A
     cfg = config_lib.load(config_lib.TrainConfig, train_config, [
         f"model.width_multiplier={defaults.width_multiplier}", f"model.embedding_size={defaults.embedding_size}",
         f"verification.select={demo_out / 'select.bin'}"])
-    run = work / "train_default"
-    train_lib.train(cfg, demo_out / "shards", run)
-    report = export_model(run, demo_out / "shards", work / "export_default", holdout=demo_out / "aligned" / "test")
-    return {"kmodel_bytes": report.kmodel_bytes, "kmodel_version": report.kmodel_version,
-            "kpu_mac_share": report.kpu_mac_share, "cosine_kmodel_mean": report.cosine_kmodel_mean,
-            "cosine_kmodel_min": report.cosine_kmodel_min, "nncase_version": report.nncase_version,
-            "calibrate_method": report.calibrate_method, "calibration_samples": report.calibration_samples}
+    run = work / f"{prefix}train_default"
+    train_lib.train(cfg, demo_out / shards, run)
+    report = export_model(run, demo_out / "shards", work / f"{prefix}export_default",
+                          holdout=demo_out / "aligned" / "test")
+    figures = {"kmodel_bytes": report.kmodel_bytes, "kmodel_version": report.kmodel_version,
+               "kpu_mac_share": report.kpu_mac_share, "cosine_kmodel_mean": report.cosine_kmodel_mean,
+               "cosine_kmodel_min": report.cosine_kmodel_min, "nncase_version": report.nncase_version,
+               "calibrate_method": report.calibrate_method, "calibration_samples": report.calibration_samples}
+    return {f"{prefix}{key}": value for key, value in figures.items()}
 
 
 def orl_photos() -> Path:
@@ -333,6 +340,8 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
         ("model", model_figures),
         ("demo", lambda: demo_figures(demo_out)),
         ("export", lambda: export_figures(demo_out, work, train_config)),
+        ("distill_export", lambda: export_figures(demo_out, work, DemoConfig().distill_config, "shards_teacher",
+                                                  "distill_default_")),
         ("builder", lambda: builder_figures(demo_out, work)),
         ("detectors", lambda: detector_figures(work)),
         ("detector_accuracy", lambda: detector_accuracy(demo_out, work, "yunet", DemoConfig().build_config,

@@ -60,6 +60,10 @@ TARGETS: Dict[str, Target] = {
     "kpu_mac_share": Target(">=", 0.98, unit="pct"),
     "cosine_kmodel_mean": Target(">=", 0.985),
     "cosine_kmodel_min": Target(">=", 0.95),
+    "distill_default_kmodel_bytes": Target("<=", 1_500_000, "distilled student, width 1.0", unit="int"),
+    "distill_default_kmodel_version": Target("==", 5),
+    "distill_default_kpu_mac_share": Target(">=", 0.98, unit="pct"),
+    "distill_default_cosine_kmodel_mean": Target(">=", 0.985),
     "builder_speedup_2w": Target(">=", 1.8, "on 2 cores"),
     "builder_aligned_img_per_s": Target(">=", 3, "aligned crops skip MTCNN", relative_to="builder_img_per_s_2w"),
     "yunet_over_plain_mtcnn": Target(">=", 8, "YuNet builder, 2 workers, vs one MTCNN loop, same photos, 2 cores"),
@@ -70,5 +74,6 @@ TARGETS: Dict[str, Target] = {
     "orl_acc_keras_yunet": Target(">=", 1, "no worse than on MTCNN's crops", relative_to="orl_acc_keras"),
     "orl_acc_drop": Target("<=", 0.005, "kmodel within half a point of Keras"),
     "tests_seconds": Target("<=", 1500, "on 2 cores"),
+    "demo_seconds": Target("<=", 1200, "whole demo, 2 cores"),
     "gpu_mixed_over_fp32": Target(">", 1, "mixed precision pays on the GPU"),
 }
