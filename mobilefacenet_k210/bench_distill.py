@@ -135,8 +135,8 @@ def run_trend(demo_out: Union[str, Path], out: Union[str, Path] = "bench", work:
               budgets: Sequence[Optional[int]] = BUDGETS, seed: int = SEED,
               configs: Optional[Dict[str, str]] = None, overrides: Sequence[str] = (), teacher: Any = None,
               progress: bool = True) -> Dict[str, Any]:
-    """Train and measure both students at every budget; ``out/distill_trend.json`` after each run, then
-    ``out/distill_trend.png``; returns the JSON's content.
+    """Train and measure both students at every budget; ``out/distill_trend.json`` after each run;
+    returns its content.
 
     ``configs``: kind -> recipe (default :data:`KINDS`); ``overrides`` are applied to both (after the
     seed and the select pairs); ``teacher``: a :class:`Teacher` (default the demo's, SFace).
@@ -192,7 +192,6 @@ def run_trend(demo_out: Union[str, Path], out: Union[str, Path] = "bench", work:
                   f"(elapsed {time.perf_counter() - start:.0f} s)", flush=True)
     state = {"machine": machine(), "demo_out": str(demo_out), "seed": seed, "runs": runs}
     atomic.write_json(path, state)
-    plot(state, seed, out / PNG_FILE)
     return state
 
 
@@ -233,10 +232,12 @@ def plot(state: Dict[str, Any], seed: int, path: Path) -> Path:
     return atomic.save_figure(fig, path, dpi=100)
 
 
-def trend_figures(demo_out: Union[str, Path], out: Union[str, Path] = "bench", seed: int = SEED,
-                  **options: Any) -> Dict[str, Any]:
-    """The bench stage: :func:`run_trend`, then its figures as results.json keys (lists over photos)."""
-    state = run_trend(demo_out, out, seed=seed, **options)
+def recorded_figures(out: Union[str, Path] = "bench", seed: int = SEED) -> Dict[str, Any]:
+    """``out/distill_trend.png`` and the results.json keys (lists over photos) of the runs recorded in
+    ``out/distill_trend.json`` for ``seed`` (all of them, or those a stopped bench finished)."""
+    out = Path(out)
+    state = atomic.read_json(out / JSON_FILE, "no trend recorded yet (`mfk210 bench --only distill_trend`)")
+    plot(state, seed, out / PNG_FILE)
     s = series(state, seed)
     figures: Dict[str, Any] = {"distill_trend_seed": seed, "distill_trend_photos": s["photos"],
                                "distill_trend_png": PNG_FILE}
@@ -244,6 +245,13 @@ def trend_figures(demo_out: Union[str, Path], out: Union[str, Path] = "bench", s
         figures[f"distill_trend_acc_{kind}"] = s.get(f"acc_{kind}", [])
         figures[f"distill_trend_cos_{kind}"] = s.get(f"cos_{kind}", [])
     return figures
+
+
+def trend_figures(demo_out: Union[str, Path], out: Union[str, Path] = "bench", seed: int = SEED,
+                  **options: Any) -> Dict[str, Any]:
+    """The bench stage: :func:`run_trend`, then :func:`recorded_figures`."""
+    run_trend(demo_out, out, seed=seed, **options)
+    return recorded_figures(out, seed)
 
 
 def markdown_section(results: Dict[str, Any]) -> List[str]:
