@@ -20,7 +20,7 @@ help:
 	@echo "make demo    raw ORL photos -> aligned shards -> train -> evaluate -> kmodel (runs/demo/report.md)"
 	@echo "make test    the test suite"
 	@echo "make setup   the Python 3.10 venv in $(VENV) (NNCASE=$(NNCASE))"
-	@echo "make bench   measure every target into bench/results.json and bench/results.md"
+	@echo "make bench   measure every target into bench/results.json and bench/results.md (ONLY=STAGE[,STAGE])"
 	@echo "make bench-gpu  add GPU training images/s (batch 512, mixed float16 vs float32) to bench/results.*"
 	@echo "make bench-scale  how cost grows with size: bench/scale.json, table and plot in docs/scale.md"
 	@echo "make data RAW=DIR DATA=DIR | make train CONFIG=... DATA=... RUN=... | make clean"
@@ -46,8 +46,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# ONLY=STAGE[,STAGE] (e.g. ONLY=distill_trend): rerun those stages, keep the others' figures
 bench: $(STAMP)
-	$(MFK) bench --out bench
+	$(MFK) bench --out bench $(if $(ONLY),--only $(ONLY))
 
 # On a CUDA machine the venv's CPU build of TensorFlow is swapped for the CUDA one (same version).
 bench-gpu: $(STAMP)

@@ -304,7 +304,9 @@ def run_bench_gpu(out: Union[str, Path] = "bench", **figure_options: Any) -> Dic
 
 
 def render_markdown(results: Dict[str, Any]) -> str:
-    """Figure | value | target | pass | machine."""
+    """Figure | value | target | pass | machine; then the distillation trend's table and PNG."""
+    from mobilefacenet_k210.bench_distill import markdown_section
+
     lines = ["# mobilefacenet_k210 benchmark", "",
              f"Measured {results['date']} on {results['machine']}; nncase {results.get('nncase_version', '?')}.", "",
              "| figure | value | target | pass |", "|---|---|---|---|"]
@@ -321,24 +323,31 @@ def render_markdown(results: Dict[str, Any]) -> str:
         verdict = "-" if unmet else ("pass" if target.met(key, results) else "**fail**")
         lines.append(f"| {key} | {shown} | {text} | {verdict} |")
     lines += ["", f"Tests: {results.get('tests_summary', '-')}", ""]
+    lines += markdown_section(results)
     if "gpu_machine" in results:
         lines[-1:-1] = [f"GPU figures: measured {results['gpu_date']} on {results['gpu_machine']}."]
     return "\n".join(lines)
 
 
+class UnknownStageError(Mfk210Error, ValueError):
+    """``--only`` naming a stage `make bench` does not have."""
+
+
 def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "runs/demo",
               train_config: str = "configs/demo_cpu.yaml", tests: bool = True,
-              root: Union[str, Path] = ".") -> Dict[str, Any]:
-    """Measure everything; write ``out/results.json`` and ``out/results.md``; return the figures."""
+              root: Union[str, Path] = ".", only: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Measure everything (or the ``only`` stages, their keys replaced in the existing results.json);
+    write ``out/results.json`` and ``out/results.md``; return the figures."""
+    from mobilefacenet_k210.bench_distill import trend_figures
     from mobilefacenet_k210.config import DemoConfig
 
     out, demo_out = Path(out), Path(demo_out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    results: Dict[str, Any] = {"machine": machine(), "date": timestamp()}
     stages: List[Tuple[str, Callable[[], Dict[str, Any]]]] = [
         ("model", model_figures),
         ("demo", lambda: demo_figures(demo_out)),
+        ("distill_trend", lambda: trend_figures(demo_out, out)),
         ("export", lambda: export_figures(demo_out, work, train_config)),
         ("distill_export", lambda: export_figures(demo_out, work, DemoConfig().distill_config, "shards_teacher",
                                                   "distill_default_")),
@@ -347,15 +356,29 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
         ("detector_accuracy", lambda: detector_accuracy(demo_out, work, "yunet", DemoConfig().build_config,
                                                         train_config)),
         ("input", lambda: input_figures(demo_out, work, train_config)),
+        ("tests", lambda: test_figures(Path(root))),
     ]
-    if tests:
-        stages.append(("tests", lambda: test_figures(Path(root))))
+    names = [name for name, _ in stages]
+    if only:
+        unknown = [name for name in only if name not in names]
+        if unknown:
+            raise UnknownStageError(f"--only {','.join(unknown)}: no such bench stage; the stages are "
+                                    f"{', '.join(names)}")
+        stages = [(name, fn) for name, fn in stages if name in only]
+    elif not tests:
+        stages = stages[:-1]
+    path = out / "results.json"
+    results: Dict[str, Any] = {"machine": machine(), "date": timestamp()}
+    if only and path.exists():
+        results = read_results(path)
     for i, (name, fn) in enumerate(stages, 1):
         print(f"\n[bench {i}/{len(stages)}] {name}", flush=True)
         t0 = time.perf_counter()
         results.update(fn())
         results[f"bench_{name}_seconds"] = time.perf_counter() - t0
-        atomic.write_json(out / "results.json", results)
+        if only:
+            results[f"bench_{name}_date"] = timestamp()
+        atomic.write_json(path, results)
     md = render_markdown(results)
     atomic.write_text(out / "results.md", md)
     print("\n" + md)

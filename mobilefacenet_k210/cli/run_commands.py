@@ -31,6 +31,9 @@ def add_bench(sub) -> None:
     p.add_argument("--demo-out", default="runs/demo")
     p.add_argument("--train-config", default="configs/demo_cpu.yaml")
     p.add_argument("--no-tests", action="store_true", help="skip timing the test suite")
+    p.add_argument("--only", metavar="STAGE[,STAGE]",
+                   help="run only these stages (e.g. distill_trend), replacing their figures in the existing "
+                        "OUT/results.json and keeping the others")
     p.add_argument("--gpu", action="store_true",
                    help="only add the GPU figures (training images/s at batch 512, mixed float16 vs float32) "
                         "to OUT/results.json; needs a GPU build of TensorFlow")
@@ -50,5 +53,6 @@ def run_bench(args) -> int:
     elif args.gpu:
         bench.run_bench_gpu(args.out)
     else:
-        bench.run_bench(args.out, args.demo_out, args.train_config, tests=not args.no_tests)
+        only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+        bench.run_bench(args.out, args.demo_out, args.train_config, tests=not args.no_tests, only=only)
     return 0
