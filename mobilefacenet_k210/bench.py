@@ -323,6 +323,9 @@ def render_markdown(results: Dict[str, Any]) -> str:
         verdict = "-" if unmet else ("pass" if target.met(key, results) else "**fail**")
         lines.append(f"| {key} | {shown} | {text} | {verdict} |")
     lines += ["", f"Tests: {results.get('tests_summary', '-')}", ""]
+    reruns = sorted(k[len("bench_"):-len("_date")] for k in results if k.startswith("bench_") and k.endswith("_date"))
+    lines[-1:-1] = [f"Stage `{name}` rerun alone (`--only`): measured {results[f'bench_{name}_date']} on "
+                    f"{results.get(f'bench_{name}_machine', 'a machine not recorded')}." for name in reruns]
     lines += markdown_section(results)
     if "gpu_machine" in results:
         lines[-1:-1] = [f"GPU figures: measured {results['gpu_date']} on {results['gpu_machine']}."]
@@ -376,8 +379,8 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
         t0 = time.perf_counter()
         results.update(fn())
         results[f"bench_{name}_seconds"] = time.perf_counter() - t0
-        if only:
-            results[f"bench_{name}_date"] = timestamp()
+        if only:  # a stage rerun alone may run on another machine than the rest of the file
+            results[f"bench_{name}_date"], results[f"bench_{name}_machine"] = timestamp(), machine()
         atomic.write_json(path, results)
     md = render_markdown(results)
     atomic.write_text(out / "results.md", md)
