@@ -1,10 +1,17 @@
 """`make bench-scale` at toy sizes: every curve measured, the JSON, the table and the PNG written."""
+import functools
 import json
 
 from mobilefacenet_k210 import bench_scale
 
 
-def test_bench_scale_measures_every_curve_and_rewrites_the_docs_section(tmp_path):
+def test_bench_scale_measures_every_curve_and_rewrites_the_docs_section(tmp_path, monkeypatch):
+    # toy sizes for the measurements too: the real functions, a few small batches each (the default
+    # thousands of images per shard count were most of this test's time and prove nothing more here)
+    monkeypatch.setattr(bench_scale, "measure_input", functools.partial(bench_scale.measure_input, batch_size=16,
+                                                                        batches=3))
+    monkeypatch.setattr(bench_scale, "measure_head", functools.partial(bench_scale.measure_head, batch_size=16,
+                                                                       steps=1))
     doc = tmp_path / "scale.md"
     doc.write_text(f"# Scale\n\nbefore\n\n{bench_scale.BEGIN}\nold table\n{bench_scale.END}\n\nafter\n")
     results = bench_scale.run_bench_scale(tmp_path / "bench", doc, records=(20, 60), shards=(1, 3), classes=(5, 60))
