@@ -158,6 +158,7 @@ def run_trend(demo_out: Union[str, Path], out: Union[str, Path] = "bench", work:
     common = {"seed": seed, "source_metadata_sha256": sha256_file(source / "metadata.json"),
               "select_sha256": sha256_file(demo_out / "select.bin"), "test_sha256": sha256_file(demo_out / "test.bin"),
               "teacher": teacher.info(), "overrides": list(overrides)}
+    header = {"machine": machine(), "demo_out": str(demo_out), "seed": seed}
     total = len(budgets) * len(configs)
     start = time.perf_counter()
     done = 0
@@ -185,12 +186,11 @@ def run_trend(demo_out: Union[str, Path], out: Union[str, Path] = "bench", work:
             runs = [r for r in runs if (r.get("inputs", {}).get("budget"), r.get("inputs", {}).get("kind"),
                                         r.get("inputs", {}).get("seed")) != (label, kind, seed)]
             runs.append({"inputs": inputs, "photos": records, **figures, "seconds": seconds, "date": timestamp()})
-            state = {"machine": machine(), "demo_out": str(demo_out), "seed": seed, "runs": runs}
-            atomic.write_json(path, state)
+            atomic.write_json(path, {**header, "runs": runs})
             print(f"[distill_trend {done}/{total}] {kind} on {records} photos: accuracy {figures['accuracy']:.4f}, "
                   f"cosine to teacher {figures['heldout_cosine']:.3f}, {seconds:.0f} s "
                   f"(elapsed {time.perf_counter() - start:.0f} s)", flush=True)
-    state = {"machine": machine(), "demo_out": str(demo_out), "seed": seed, "runs": runs}
+    state = {**header, "runs": runs}
     atomic.write_json(path, state)
     return state
 

@@ -5,7 +5,7 @@ Only formatting: every number comes from the results the demo's steps recorded.
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from mobilefacenet_k210.config import DemoConfig, to_dict
+from mobilefacenet_k210.config import DemoConfig, recorded_gallery_mode, to_dict
 from mobilefacenet_k210.demo_distill import report_section
 from mobilefacenet_k210.provenance import machine, timestamp
 from mobilefacenet_k210.targets import TARGETS
@@ -130,7 +130,7 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         "## 5. Enroll and identify",
         "",
         f"{ident['enrolled_photos_per_person']} photos of each held-out person enrolled (gallery mode "
-        f"{ident.get('gallery_mode', 'mean')}); their "
+        f"{recorded_gallery_mode(ident.get('gallery_mode'))}); their "
         f"{ident['probes']} other photos identified with the board's score and threshold:",
         "",
         "| model | correct name | closest is right (rank-1) | unknown | threshold (board score) |",

@@ -18,7 +18,7 @@ from mobilefacenet_k210 import atomic, k210, preprocessing
 from mobilefacenet_k210.board import gallery as board_gallery
 from mobilefacenet_k210.board import kfpkg
 from mobilefacenet_k210.board.score import ThresholdError, threshold_from_eval, threshold_from_identification
-from mobilefacenet_k210.config import BoardConfig
+from mobilefacenet_k210.config import BoardConfig, recorded_gallery_mode
 
 SCRIPT = "canmv_face_id.py"
 CONFIG_NAME = "mfk210_config.json"
@@ -190,7 +190,7 @@ def describe(result: Dict[str, Any]) -> str:
     if t.get("gallery_size"):
         lines.append(f"  threshold: score > {t['score']:.4f}  (= squared L2 distance < {t['distance']:.4f}), "
                      f"FPIR {100 * t['fpir']:g}% for {t['gallery_size']} people, gallery mode "
-                     f"{t.get('gallery_mode', 'mean')}, open-set identification {where}")
+                     f"{recorded_gallery_mode(t.get('gallery_mode'))}, open-set identification {where}")
     else:
         lines.append(f"  threshold: score > {t['score']:.4f}  (= squared L2 distance < {t['distance']:.4f}, "
                      f"best_threshold from {where})")

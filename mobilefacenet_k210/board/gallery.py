@@ -19,7 +19,7 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.board import score as board_score
-from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice
+from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice, recorded_gallery_mode
 from mobilefacenet_k210.errors import Mfk210Error
 from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file, sha256_file
 
@@ -177,7 +177,7 @@ def load_gallery(path: Union[str, Path]) -> Dict[str, Any]:
     sizes = {len(p["feature"]) for p in people}
     if len(sizes) != 1:
         raise GalleryError(f"{path}: features of different lengths {sorted(sizes)}")
-    mode = gallery.setdefault("mode", "mean")
+    mode = gallery["mode"] = recorded_gallery_mode(gallery.get("mode"))
     if mode not in GALLERY_MODES:
         raise GalleryError(f"{path}: gallery mode {mode!r} is none of {', '.join(GALLERY_MODES)}; make the gallery "
                            "again with `mfk210 enroll --gallery-mode`")

@@ -12,6 +12,14 @@ GALLERY_MODES = ("max", "mean")
 best entry (what the board script does with several entries of one name); ``mean``, one entry per person,
 the normalized mean. "max" measured the lower FNIR at a fixed FPIR (README, "On the board")."""
 DEFAULT_GALLERY_MODE = GALLERY_MODES[0]
+UNRECORDED_GALLERY_MODE = "mean"
+"""The mode of a gallery, identification result or threshold that records none: written before modes
+existed (or a gallery the board's button wrote), when every gallery held one mean per person."""
+
+
+def recorded_gallery_mode(mode: Optional[str]) -> str:
+    """``mode`` as recorded in a file, :data:`UNRECORDED_GALLERY_MODE` when the file has none."""
+    return mode or UNRECORDED_GALLERY_MODE
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mobilefacenet_k210 import atomic
-from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice
+from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice, recorded_gallery_mode
 from mobilefacenet_k210.errors import Mfk210Error
 
 FORMAT = "mfk210-identification"
@@ -236,7 +236,7 @@ def table(results: Dict[str, Dict[str, Any]], fpirs: Sequence[float] = FPIR_TARG
 
 def describe_mode(mode: Optional[str]) -> str:
     """The gallery mode in words, for tables and reports (results written before modes were ``mean``)."""
-    return {"max": "max over each person's photos", "mean": "mean of each person's photos"}[mode or "mean"]
+    return {"max": "max over each person's photos", "mean": "mean of each person's photos"}[recorded_gallery_mode(mode)]
 
 
 def plot_det(results: Dict[str, Dict[str, Any]], path: Path, title: str) -> Path:
@@ -356,4 +356,4 @@ def threshold_from_identification(path: Any, gallery_size: int, fpir: float = 0.
                                   "with `mfk210 evaluate --identification --json`") from None
     threshold = threshold_for_gallery(tail, count, gallery_size, fpir)
     return {**threshold, "source": str(path), "set": chosen, "from": "open-set identification",
-            "rank1": r.get("rank1"), "gallery_mode": r.get("gallery_mode") or "mean"}
+            "rank1": r.get("rank1"), "gallery_mode": recorded_gallery_mode(r.get("gallery_mode"))}
