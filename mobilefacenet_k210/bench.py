@@ -369,7 +369,7 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
                                     f"{', '.join(names)}")
         stages = [(name, fn) for name, fn in stages if name in only]
     elif not tests:
-        stages = stages[:-1]
+        stages = [(name, fn) for name, fn in stages if name != "tests"]
     path = out / "results.json"
     results: Dict[str, Any] = {"machine": machine(), "date": timestamp()}
     if only and path.exists():
