@@ -41,7 +41,11 @@ PASS_THROUGH = ("InputLayer", "BatchNormalization", "ZeroPadding2D", "Add", "Fla
                 "ReLU", "Activation", "Cropping2D", "UpSampling2D")
 PACKAGE_LAYERS = ("TeacherProjection", "DistillTerm")
 """This package's own Keras layers, registered as ``mfk210>Name`` (training only: never deployable)."""
-KNOWN_LAYERS = CONV_LAYERS + CPU_ACTIVATION_LAYERS + CPU_LAYERS + PASS_THROUGH + PACKAGE_LAYERS
+OTHER_LAYERS = ("AveragePooling2D", "MaxPooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Dropout",
+                "Concatenate", "Multiply")
+"""Keras layers of other face models (teachers) with nothing but numbers in their config: never deployable
+here (:func:`check_model` names them as unsupported), but a model file may hold them."""
+KNOWN_LAYERS = CONV_LAYERS + CPU_ACTIVATION_LAYERS + CPU_LAYERS + PASS_THROUGH + PACKAGE_LAYERS + OTHER_LAYERS
 """Every layer class this package knows, and so the only ones a model file may hold (``model/guard.py``
 refuses any other before it loads: a Lambda or an unknown class can carry code). To let model files hold
 another class, add it to the tuple above that says how :func:`check_model` judges it."""

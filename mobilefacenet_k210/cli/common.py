@@ -25,7 +25,9 @@ def address(text: str) -> int:
 def add_trust_model_code(p) -> None:
     """--trust-model-code, on every command that loads a Keras or TFLite file: the opt-out of model/io.py's
     refusal of files that carry code."""
-    p.add_argument("--trust-model-code", action="store_true", default=None,
+    from mobilefacenet_k210.model.guard import OPT_OUT
+
+    p.add_argument(OPT_OUT, action="store_true", default=None,
                    help="load a model file you trust even if it carries code (a Lambda or unknown layer, a SavedModel, "
                         "TensorFlow ops in a TFLite): that code runs. Without it such a file is refused")
 

@@ -96,12 +96,15 @@ class TFLiteBackend(Backend):
     def __init__(self, path: Union[str, Path], trust_model_code: bool = False):
         import tensorflow as tf
 
-        from mobilefacenet_k210.model.guard import check_tflite_file
+        from mobilefacenet_k210.model.guard import ModelFileError, check_tflite_file
 
         self.path = Path(path)
         self.name = self.path.name
         if not trust_model_code:
-            check_tflite_file(self.path)
+            try:
+                check_tflite_file(self.path)
+            except ModelFileError as exc:
+                raise BackendError(str(exc)) from None
         try:
             self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=os.cpu_count())
             self.interpreter.allocate_tensors()

@@ -33,7 +33,9 @@ PACKAGE_MODULE = "mobilefacenet_k210."
 MODELS = ("Functional", "Sequential", "Model")
 """Keras classes that hold layers (walked recursively)."""
 CODE_OBJECTS = ("__lambda__", "function", "Lambda")
+"""Serialized objects that are code: refused wherever they sit."""
 OPT_OUT = "--trust-model-code"
+"""The flag that loads a file the user trusts (every command that loads a Keras or TFLite file has it)."""
 
 
 class ModelFileError(Mfk210Error, FileNotFoundError):
@@ -113,7 +115,7 @@ def _check_layer(entry: Any, refuse: Refuse) -> None:
 def _read_config(path: Path) -> Any:
     """The model config Keras would rebuild ``path`` from: a ``.keras`` zip's config.json, else an HDF5 attribute."""
     try:
-        if path.suffix == ".keras" and zipfile.is_zipfile(path):  # how Keras itself tells the formats apart
+        if str(path).endswith(".keras") and zipfile.is_zipfile(path):  # how Keras itself tells the formats apart
             with zipfile.ZipFile(path) as z:
                 text = z.read("config.json")
         else:
@@ -157,7 +159,8 @@ def check_tflite_file(path: Path) -> None:
     except OSError:
         raise
     except Exception as exc:  # the flatbuffer reader's own error says where the bytes stop making sense
-        raise UntrustedModelError(f"{path}: not a readable TFLite model ({type(exc).__name__}: {exc})") from None
+        raise ModelFileError(f"{path}: cannot load as TFLite: not a TFLite flatbuffer ({type(exc).__name__}: "
+                             f"{exc})") from None
     flex = sorted({c.decode("utf-8", "replace") for c in codes if c and c.startswith(b"Flex")})
     if flex:
         raise UntrustedModelError(f"{path}: holds TensorFlow ops ({', '.join(flex)}), which run TensorFlow's own "
