@@ -31,8 +31,24 @@ FLASH_END = 0xD00000
 """On 16 MB boards, flash from 0x300000 up to 0xCFFFFF is free for a model next to CanMV."""
 
 ACTIVATIONS = ("relu", "relu6", "linear")
+CONV_LAYERS = ("Conv2D", "DepthwiseConv2D")
+"""Judged by the KPU's kernel, stride, size, channel and memory rules."""
+CPU_ACTIVATION_LAYERS = ("PReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Softmax")
+"""Activations nncase 1.x keeps in float on the CPU: errors (PReLU alone needs more RAM than the chip has)."""
+CPU_LAYERS = ("Dense",)
+"""Legal, but run in float on the K210 CPU: warnings."""
 PASS_THROUGH = ("InputLayer", "BatchNormalization", "ZeroPadding2D", "Add", "Flatten", "Reshape",
                 "ReLU", "Activation", "Cropping2D", "UpSampling2D")
+PACKAGE_LAYERS = ("TeacherProjection", "DistillTerm")
+"""This package's own Keras layers, registered as ``mfk210>Name`` (training only: never deployable)."""
+OTHER_LAYERS = ("AveragePooling2D", "MaxPooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Dropout",
+                "Concatenate", "Multiply")
+"""Keras layers of other face models (teachers) with nothing but numbers in their config: never deployable
+here (:func:`check_model` names them as unsupported), but a model file may hold them."""
+KNOWN_LAYERS = CONV_LAYERS + CPU_ACTIVATION_LAYERS + CPU_LAYERS + PASS_THROUGH + PACKAGE_LAYERS + OTHER_LAYERS
+"""Every layer class this package knows, and so the only ones a model file may hold (``model/guard.py``
+refuses any other before it loads: a Lambda or an unknown class can carry code). To let model files hold
+another class, add it to the tuple above that says how :func:`check_model` judges it."""
 
 
 class K210Error(Mfk210Error, ValueError):
@@ -120,9 +136,9 @@ def check_model(model) -> List[Finding]:
                 for d in shape[1:]:
                     size *= int(d)
                 largest = max(largest, size)
-        if cls in ("Conv2D", "DepthwiseConv2D"):
+        if cls in CONV_LAYERS:
             _check_conv(layer, findings)
-        elif cls in ("PReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Softmax"):
+        elif cls in CPU_ACTIVATION_LAYERS:
             findings.append(Finding(layer.name, "activation relu/relu6/linear",
                                     f"{cls}: nncase 1.x keeps it in float on the CPU; PReLU alone needs ~9.6 MB "
                                     "of main memory for MobileFaceNet, more than the K210's 6 MB. Use ReLU"))
@@ -137,9 +153,9 @@ def check_model(model) -> List[Finding]:
             if layer.max_value not in (None, 6, 6.0):
                 findings.append(Finding(layer.name, "activation relu/relu6/linear",
                                         f"ReLU clipped at {layer.max_value}: only 6 or none"))
-        elif cls == "Dense":
+        elif cls in CPU_LAYERS:
             findings.append(Finding(layer.name, "convolutions only",
-                                    "Dense runs on the K210 CPU in float; use a 1x1 Conv2D", "warning"))
+                                    f"{cls} runs on the K210 CPU in float; use a 1x1 Conv2D", "warning"))
         elif cls not in PASS_THROUGH:
             findings.append(Finding(layer.name, "supported layer",
                                     f"{cls} is not a layer this package knows nncase 1.x compiles for the K210"))

@@ -111,14 +111,14 @@ def _embed(backend: Any, crops: np.ndarray, batch_size: int) -> np.ndarray:
 
 def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[str, Path],
            aligned: bool = False, batch_size: int = 32, backend: Any = None,
-           aligner: Any = None, mode: str = DEFAULT_GALLERY_MODE) -> Dict[str, Any]:
+           aligner: Any = None, mode: str = DEFAULT_GALLERY_MODE, trust_model_code: bool = False) -> Dict[str, Any]:
     """Build and write the gallery in ``mode``: per photo its normalized embedding under the person's name
-    ("max"), or per person the normalized mean of them ("mean")."""
+    ("max"), or per person the normalized mean of them ("mean"). ``trust_model_code``: as ``load_backend``."""
     from mobilefacenet_k210.evaluate.backends import load_backend
 
     check_choice(mode, GALLERY_MODES, "enroll --gallery-mode")
     people = gallery_folders(gallery_dir)
-    backend = backend or load_backend(model)
+    backend = backend or load_backend(model, trust_model_code)
     entries, skipped = [], []
     for name, paths in people.items():
         crops, kept, skip = load_crops(paths, aligned, aligner)
@@ -203,7 +203,7 @@ def _check_person(path: Path, index: int, person: Any) -> None:
 
 def identify(photos: Sequence[Union[str, Path]], gallery_path: Union[str, Path], model: Union[str, Path],
              threshold_score: Optional[float] = None, aligned: bool = False, batch_size: int = 32,
-             backend: Any = None, aligner: Any = None) -> List[Dict[str, Any]]:
+             backend: Any = None, aligner: Any = None, trust_model_code: bool = False) -> List[Dict[str, Any]]:
     """Score each photo against the gallery as the board does; name the best match above the threshold.
 
     The best entry is the person's best: with several entries of one name, the person scores the max
@@ -221,7 +221,7 @@ def identify(photos: Sequence[Union[str, Path]], gallery_path: Union[str, Path],
     for photo in photos:
         if not Path(photo).is_file():
             raise GalleryError(f"{photo}: no such photo")
-    backend = backend or load_backend(model)
+    backend = backend or load_backend(model, trust_model_code)
     crops, kept, _ = load_crops(list(photos), aligned, aligner)
     results = [{"photo": str(p), "face": False, "name": None, "best": None, "score": None} for p in photos]
     if kept:

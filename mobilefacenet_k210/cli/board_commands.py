@@ -2,7 +2,7 @@
 import sys
 
 from mobilefacenet_k210 import config as cfg
-from mobilefacenet_k210.cli.common import add_flash_target, address
+from mobilefacenet_k210.cli.common import add_flash_target, add_trust_model_code, address
 
 
 # --- board: kfpkg, flash, board-files, enroll, identify ---------------------------------------------
@@ -101,13 +101,15 @@ def add_enroll(sub) -> None:
     p.add_argument("--gallery-mode", metavar="|".join(cfg.GALLERY_MODES), default=cfg.DEFAULT_GALLERY_MODE,
                    help="one entry per photo (max) or per person (mean); as `evaluate --identification "
                         "--gallery-mode` measured it (default %(default)s)")
+    add_trust_model_code(p)
     p.set_defaults(handler=run_enroll)
 
 
 def run_enroll(args) -> int:
     from mobilefacenet_k210.board.gallery import enroll, person_names
 
-    gallery = enroll(args.gallery_dir, args.model, args.out, args.aligned, args.batch_size, mode=args.gallery_mode)
+    gallery = enroll(args.gallery_dir, args.model, args.out, args.aligned, args.batch_size, mode=args.gallery_mode,
+                     trust_model_code=bool(args.trust_model_code))
     for name in person_names(gallery):
         print(f"{name}: {sum(p['photos'] for p in gallery['people'] if p['name'] == name)} photo(s)")
     for reason in gallery["skipped"]:
@@ -128,6 +130,7 @@ def add_identify(sub) -> None:
     p.add_argument("--eval-set", help="which result in EVAL.json when it holds several")
     p.add_argument("--aligned", action="store_true", help="photos are already aligned 112x112 crops")
     p.add_argument("--batch-size", type=int, default=32)
+    add_trust_model_code(p)
     p.set_defaults(handler=run_identify)
 
 
@@ -136,6 +139,7 @@ def run_identify(args) -> int:
     from mobilefacenet_k210.board.score import threshold_from_eval
 
     threshold = threshold_from_eval(args.threshold_from, args.eval_set)["score"] if args.threshold_from else None
-    for result in identify(args.photos, args.gallery, args.model, threshold, args.aligned, args.batch_size):
+    for result in identify(args.photos, args.gallery, args.model, threshold, args.aligned, args.batch_size,
+                           trust_model_code=bool(args.trust_model_code)):
         print(format_result(result, threshold))
     return 0

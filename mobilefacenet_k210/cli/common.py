@@ -22,6 +22,16 @@ def address(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an address (e.g. 0x300000)") from None
 
 
+def add_trust_model_code(p) -> None:
+    """--trust-model-code, on every command that loads a Keras or TFLite file: the opt-out of model/io.py's
+    refusal of files that carry code."""
+    from mobilefacenet_k210.model.guard import OPT_OUT
+
+    p.add_argument(OPT_OUT, action="store_true", default=None,
+                   help="load a model file you trust even if it carries code (a Lambda or unknown layer, a SavedModel, "
+                        "TensorFlow ops in a TFLite): that code runs. Without it such a file is refused")
+
+
 def add_flash_target(p, note: str = "") -> None:
     """--address and --runtime, shared by kfpkg and flash: where the kmodel goes (``note`` says when), which
     runtime it must match."""

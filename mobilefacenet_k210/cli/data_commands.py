@@ -1,7 +1,7 @@
 """Commands on photos and shards: build-tfrecords, lst, merge, inspect, add-teacher."""
 
 from mobilefacenet_k210 import config as cfg
-from mobilefacenet_k210.cli.common import CLIError
+from mobilefacenet_k210.cli.common import CLIError, add_trust_model_code
 
 
 # --- data: build-tfrecords, lst, merge, inspect -----------------------------------------------------
@@ -25,6 +25,7 @@ def add_build_tfrecords(sub) -> None:
     p.add_argument("--teacher", metavar="MODEL",
                    help="also store a teacher's embeddings of each crop and its mirror (as add-teacher: 'sface', "
                         ".onnx, .tflite, Keras model or .npy)")
+    add_trust_model_code(p)
     p.add_argument("--unlabeled", action="store_true", default=None,
                    help="RAW is a flat folder of photos without identities (for distillation; policy none)")
     p.add_argument("--beam-option", action="append", dest="beam_options",
@@ -53,7 +54,7 @@ def run_build_tfrecords(args) -> int:
     if args.teacher:
         from mobilefacenet_k210.teacher.models import load_teacher
 
-        teacher = load_teacher(args.teacher)
+        teacher = load_teacher(args.teacher, bool(args.trust_model_code))
     summary = builder.build(args.raw, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite,
                             teacher=teacher)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -126,13 +127,15 @@ def add_add_teacher(sub) -> None:
     p.add_argument("--out", required=True, metavar="NEW", help="new shard folder (must not exist)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_trust_model_code(p)
     p.set_defaults(handler=run_add_teacher)
 
 
 def run_add_teacher(args) -> int:
     from mobilefacenet_k210.teacher.shards import add_teacher
 
-    meta = add_teacher(args.shards_dir, args.teacher, args.out, args.batch_size, progress=not args.quiet)
+    meta = add_teacher(args.shards_dir, args.teacher, args.out, args.batch_size, progress=not args.quiet,
+                       trust_model_code=bool(args.trust_model_code))
     t = meta["teacher"]
     print(f"{args.out}: {sum(s['records'] for s in meta['shards'])} records with {t['name']} "
           f"({t['dim']}-d, sha256 {t['sha256'][:12]}) embeddings")

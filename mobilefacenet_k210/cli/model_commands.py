@@ -1,7 +1,7 @@
 """Commands on a trained model: check, train, evaluate, export."""
 
 from mobilefacenet_k210 import config as cfg
-from mobilefacenet_k210.cli.common import config_flags
+from mobilefacenet_k210.cli.common import add_trust_model_code, config_flags
 
 
 # --- check ----------------------------------------------------------------------------------------
@@ -10,6 +10,7 @@ def add_check(sub) -> None:
                        description="Walk a saved Keras model and list every layer that breaks a K210 rule "
                                    "(errors block export; warnings run on the K210 CPU).")
     p.add_argument("--model", required=True, help="run folder, embedding/ folder, .keras/.h5 file")
+    add_trust_model_code(p)
     p.set_defaults(handler=run_check)
 
 
@@ -17,7 +18,7 @@ def run_check(args) -> int:
     from mobilefacenet_k210 import k210
     from mobilefacenet_k210.model.io import load_embedding_model
 
-    model = load_embedding_model(args.model)
+    model = load_embedding_model(args.model, bool(args.trust_model_code))
     findings = k210.check_model(model)
     for f in findings:
         print(f)
@@ -95,6 +96,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--gallery-mode", metavar="|".join(cfg.GALLERY_MODES),
                    help="--identification: a person's score is the max over its enrolled photos' features, or that "
                         f"of their normalized mean (default {cfg.DEFAULT_GALLERY_MODE}; as `mfk210 enroll` makes it)")
+    add_trust_model_code(p)
     p.set_defaults(handler=run_evaluate)
 
 
@@ -130,6 +132,7 @@ def add_export(sub) -> None:
                    help="skip model_int8.tflite")
     p.add_argument("--keep-ir-dump", action="store_true", default=None, help="keep nncase's IR dump in OUT/nncase_dump")
     p.add_argument("--seed", type=int, help="seed of the calibration/held-out draw")
+    add_trust_model_code(p)
     p.set_defaults(handler=run_export)
 
 

@@ -31,6 +31,7 @@ class ExportConfig:
     the parity report from ``--holdout``, the shards' val split, or the rest of the folder.
     ``use_mse_quant_w`` makes nncase choose weight ranges by least squared error (not min/max).
     ``quantize: false`` compiles a float kmodel (parity checks only: too big for the board).
+    ``trust_model_code`` loads a model file that carries code (``model/io.py``: off, such files are refused).
     """
 
     calibrate_method: str = "l2"
@@ -43,6 +44,7 @@ class ExportConfig:
     keep_ir_dump: bool = False
     compile_timeout_s: int = 1800
     seed: int = 0
+    trust_model_code: bool = False
 
     def validate(self, where: str = "export") -> None:
         """Refuse a method nncase does not offer here, or an empty sample, naming the field."""
@@ -64,7 +66,7 @@ class EvalConfig:
     Markdown table; ``json`` the full results. ``identification`` runs open-set 1:N identification on
     ``folder`` instead (``evaluate/identification.py``): ``enroll_photos`` photos per enrolled person,
     entered as ``gallery_mode`` (one of ``GALLERY_MODES``), thresholds also for a gallery of
-    ``gallery_size`` people.
+    ``gallery_size`` people. ``trust_model_code`` loads model files that carry code (``model/io.py``).
     """
 
     models: List[str] = dataclasses.field(default_factory=list)
@@ -88,6 +90,7 @@ class EvalConfig:
     enroll_photos: int = 5
     gallery_size: Optional[int] = None
     gallery_mode: str = DEFAULT_GALLERY_MODE
+    trust_model_code: bool = False
 
     def validate(self, where: str = "evaluate") -> None:
         """Refuse fold counts, sizes and gallery modes the protocol cannot use, naming the field."""

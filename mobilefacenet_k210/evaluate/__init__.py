@@ -130,7 +130,7 @@ def evaluate(config: EvalConfig, echo: Callable[[str], None] = print,
         return evaluate_identification(config, echo)
     model_paths = _check_config(config)
     out = Path(config.out) if config.out else None
-    loaded = {path: backends.load_backend(path) for path in model_paths}
+    loaded = {path: backends.load_backend(path, config.trust_model_code) for path in model_paths}
     full: Dict[str, Dict[str, Dict[str, Any]]] = {}
     compare: Dict[str, Dict[str, Any]] = {}
     files: List[str] = []

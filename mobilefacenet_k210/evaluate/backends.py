@@ -88,15 +88,23 @@ class TFLiteBackend(Backend):
 
     Quantized tensors are (de)quantized with their own scale and zero point. A model with a dynamic
     batch dimension runs whole batches; one converted with a fixed batch of 1 runs image by image.
+    A file holding TensorFlow ops is refused unless ``trust_model_code`` (see ``model/io.py``).
     """
 
     kind = "tflite"
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: Union[str, Path], trust_model_code: bool = False):
         import tensorflow as tf
+
+        from mobilefacenet_k210.model.guard import ModelFileError, check_tflite_file
 
         self.path = Path(path)
         self.name = self.path.name
+        if not trust_model_code:
+            try:
+                check_tflite_file(self.path)
+            except ModelFileError as exc:
+                raise BackendError(str(exc)) from None
         try:
             self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=os.cpu_count())
             self.interpreter.allocate_tensors()
@@ -180,8 +188,11 @@ class OnnxBackend(Backend):
         return self._net.run(batch)
 
 
-def load_backend(path: Union[str, Path]) -> Backend:
-    """The backend for a model path: ``.tflite``, ``.kmodel``, ``.onnx``, or a Keras model (run dir, .keras, .h5)."""
+def load_backend(path: Union[str, Path], trust_model_code: bool = False) -> Backend:
+    """The backend for a model path: ``.tflite``, ``.kmodel``, ``.onnx``, or a Keras model (run dir, .keras, .h5).
+
+    ``trust_model_code`` lets a Keras or TFLite file that carries code load (``model/io.py``).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -189,9 +200,9 @@ def load_backend(path: Union[str, Path]) -> Backend:
     if suffix == ".tflite":
         if not path.is_file():
             raise BackendError(f"{path}: no such TFLite file")
-        return TFLiteBackend(path)
+        return TFLiteBackend(path, trust_model_code)
     if suffix == ".kmodel":
         return KmodelBackend(path)
     from mobilefacenet_k210.model.io import load_embedding_model
 
-    return KerasBackend(load_embedding_model(path), name=str(path))
+    return KerasBackend(load_embedding_model(path, trust_model_code), name=str(path))

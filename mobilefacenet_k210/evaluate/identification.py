@@ -310,7 +310,7 @@ def evaluate_identification(config: Any, echo: Callable[[str], None] = print) ->
     sizes = sorted(set(GALLERY_SIZES) | ({config.gallery_size} if config.gallery_size else set()))
     results = {}
     for model in config.models:
-        emb = load_backend(model).embed(crops, batch_size=config.batch_size, flip=False)
+        emb = load_backend(model, config.trust_model_code).embed(crops, batch_size=config.batch_size, flip=False)
         results[model] = open_set(l2_normalize(emb), labels, order, config.enroll_photos, FPIR_TARGETS, sizes,
                                   config.seed, config.gallery_mode)
         r = results[model]

@@ -34,8 +34,13 @@ OUTPUT_NAMES = (TFLITE_FILE, TFLITE_INT8_FILE, KMODEL_FILE, KMODEL_FILE + kmodel
 class Stages:
     """Prints each stage as it starts and ends, and keeps the seconds it took."""
 
-    def __init__(self, total: int, stream=sys.stdout):
-        self.total, self.count, self.seconds, self.stream = total, 0, {}, stream
+    def __init__(self, total: int, stream=None):
+        self.total, self.count, self.seconds, self._stream = total, 0, {}, stream
+
+    @property
+    def stream(self):
+        """``stream``, else the ``sys.stdout`` of the moment (not of import time: a caller may have replaced it)."""
+        return self._stream or sys.stdout
 
     @contextmanager
     def __call__(self, name: str, what: str) -> Iterator[None]:
@@ -75,7 +80,7 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
     stage = Stages(6 + int(config.int8_tflite))
 
     with stage("check", f"loading {model_path} and checking K210 rules"):
-        model = load_embedding_model(model_path)
+        model = load_embedding_model(model_path, config.trust_model_code)
         _check_input_size(model, model_path)
         warnings = [str(w) for w in k210.assert_k210_legal(model)]
         for w in warnings:

@@ -43,7 +43,7 @@ def compile_job(job: Dict[str, Any]) -> Dict[str, Any]:
     import_options = nncase.ImportOptions()
     compiler.import_tflite(Path(job["tflite"]).read_bytes(), import_options)
     if job.get("calibration"):
-        samples = np.load(job["calibration"])
+        samples = np.load(job["calibration"], allow_pickle=False)
         ptq = nncase.PTQTensorOptions()
         result["ptq_options"] = set_options(ptq, {"calibrate_method": job["calibrate_method"],
                                                   "samples_count": int(samples.shape[0])})

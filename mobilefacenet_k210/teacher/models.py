@@ -106,10 +106,10 @@ class PrecomputedTeacher(Teacher):
         return (emb[:, 0], emb[:, 1]) if self.mirror else (emb, None)
 
 
-def load_teacher(spec: Union[str, Path] = DEFAULT) -> Teacher:
+def load_teacher(spec: Union[str, Path] = DEFAULT, trust_model_code: bool = False) -> Teacher:
     """The teacher named by ``spec``: ``sface`` (the default, fetched once), an ``.onnx`` file (input
     contract in ``MODEL.onnx.json``, else SFace's), a ``.tflite``, a Keras model (``.keras``, ``.h5``,
-    SavedModel or run folder) or precomputed ``.npy`` embeddings.
+    SavedModel or run folder) or precomputed ``.npy`` embeddings. ``trust_model_code``: as ``load_backend``.
     """
     if str(spec) == DEFAULT:
         from mobilefacenet_k210.teacher import sface
@@ -134,6 +134,6 @@ def load_teacher(spec: Union[str, Path] = DEFAULT) -> Teacher:
         return Teacher(name, path, net.run, net.dim)
     from mobilefacenet_k210.evaluate.backends import load_backend
 
-    backend = load_backend(path)
+    backend = load_backend(path, trust_model_code)
     probe = backend.embed(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8), progress=False)
     return Teacher(name, path, lambda crops: backend.embed(crops, progress=False), probe.shape[1])

@@ -54,7 +54,7 @@ def _with_teacher(path: Path, teacher: Teacher, batch_size: int, bar: Any) -> It
 
 
 def add_teacher(shards_dir: Union[str, Path], teacher: Union[str, Path, Teacher], out: Union[str, Path],
-                batch_size: int = 32, progress: bool = True) -> Dict[str, Any]:
+                batch_size: int = 32, progress: bool = True, trust_model_code: bool = False) -> Dict[str, Any]:
     """Write ``out``: the shards of ``shards_dir`` with teacher embeddings; return its metadata.
 
     ``teacher`` is a :class:`Teacher` or what :func:`load_teacher` takes. Resumable: rerun after a
@@ -70,7 +70,7 @@ def add_teacher(shards_dir: Union[str, Path], teacher: Union[str, Path, Teacher]
         raise TeacherError(f"{out}: already exists; remove it or choose another --out")
     meta = tfrecord.load_metadata(src)
     if not isinstance(teacher, Teacher):
-        teacher = load_teacher(teacher)
+        teacher = load_teacher(teacher, trust_model_code)
     work = partial_dir(out)
     state_path = work / STATE_FILE
     key = {"source_metadata": tfrecord.sha256_file(src / tfrecord.METADATA_FILE), "teacher": teacher.info()}
