@@ -167,8 +167,8 @@ def test_nothing_to_build_and_unwritable_output_stop_with_advice(tmp_path, orl_s
 
 
 def _cached(work: Path) -> int:
-    """Identities whose cache entry is complete (the summary JSON is written last)."""
-    return sum(1 for p in work.glob("*/*.json") if p.name != "config.json")
+    """Identities whose cache entry is complete (an entry file appears under its name only when whole)."""
+    return sum(1 for p in work.glob("*/*.entry"))
 
 
 def _kill_when_cached(args, env, work: Path, identities: int, timeout: float = 900) -> int:
@@ -204,7 +204,7 @@ def _resume_after_kill(tmp_path, runner: str):
     assert not (tmp_path / "killed" / "metadata.json").exists(), "the build finished before it was killed"
     assert 3 <= done and not list(work.glob("*/*.pkl"))
     leftovers = [tmp_path / "killed" / ".train-00000-of-00006.tfrecord.x1y2.tmp",  # a kill in write_shard
-                 next(work.glob("*/config.json")).with_name(".abc.train.npz.x1y2.tmp"),  # a kill in cache_save
+                 next(work.glob("*/config.json")).with_name(".abc.entry.x1y2.tmp"),  # a kill in cache_save
                  tmp_path / "killed" / "beam-temp-train-1234"]  # a kill in a Beam file sink
     for path in leftovers[:2]:
         path.write_bytes(b"half a file")

@@ -146,6 +146,33 @@ class RecordFile:
         return header, length - labels_end
 
 
+class RecordRef(NamedTuple):
+    """Where a record lies: its ``.rec`` file and byte offset (its ``.idx`` entry); the builder keeps this
+    instead of a copy of a JPEG it passes through unchanged."""
+
+    path: str
+    offset: int
+
+
+def read_payloads(refs: Sequence[RecordRef]) -> List[bytes]:
+    """The payloads (the bytes after the header and labels) of the records ``refs`` point at, each file
+    opened once; :class:`DamagedRecord` names the file and offset of one that cannot be read."""
+    files: Dict[str, RecordFile] = {}
+    try:
+        out = []
+        for ref in refs:
+            if ref.path not in files:
+                files[ref.path] = RecordFile(ref.path)
+            try:
+                out.append(unpack(files[ref.path].read(ref.offset))[1])
+            except DamagedRecord as exc:
+                raise DamagedRecord(f"{ref.path}: {exc}") from None
+        return out
+    finally:
+        for f in files.values():
+            f.close()
+
+
 def read_idx(path: Union[str, Path]) -> Tuple[Dict[int, int], List[Tuple[str, str]]]:
     """``key -> byte offset`` from a ``.idx`` and the lines that are not ``KEY<TAB>OFFSET``, as
     ``(file:line, reason)``. A key listed twice keeps its last offset, as mxnet's reader does."""
