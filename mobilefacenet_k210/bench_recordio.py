@@ -16,7 +16,7 @@ costs, the fixed seconds, and the hours MS1M-ArcFace would take: fixed + 5.8M / 
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mobilefacenet_k210 import atomic
 
@@ -45,16 +45,15 @@ def orl_jpegs(work: Path) -> List[List[bytes]]:
     return people
 
 
-def scaled_sets(work: Path, records: int) -> Tuple[Path, Path, int]:
+def scaled_sets(work: Path, records: int, crops: Sequence[bytes]) -> Tuple[Path, Path, int]:
     """The RecordIO set and the folder of the same JPEGs, at least ``records`` photos in classes of
-    ``PER_CLASS``; reused when complete."""
+    ``PER_CLASS``, the ``crops`` taken in turn; reused when complete."""
     from mobilefacenet_k210.data import insightface_set, recordio
 
     rec_dir, folder = work / f"rec{records}", work / f"jpeg{records}"
     done = work / f"sets{records}.json"
     if done.is_file() and rec_dir.is_dir() and folder.is_dir():
         return rec_dir, folder, int(atomic.read_json(done, "no marker")["records"])
-    crops = [jpeg for person in orl_jpegs(work) for jpeg in person]
     classes = math.ceil(records / PER_CLASS)
     photos = [(1 + i, i // PER_CLASS, crops[i % len(crops)]) for i in range(classes * PER_CLASS)]  # key, class, jpeg
     first_identity, end = len(photos) + 1, len(photos) + 1 + classes
@@ -86,12 +85,14 @@ def _build(src: Path, out: Path, aligned: bool) -> float:
     return summary["seconds"]
 
 
-def recordio_figures(work: Path, sizes: Sequence[int] = SIZES) -> Dict[str, Any]:
+def recordio_figures(work: Path, sizes: Sequence[int] = SIZES, crops: Optional[Sequence[bytes]] = None) -> Dict[str, Any]:
     """Per kind (``rec``: the RecordIO set; ``rec_folder``: the folder of the same JPEGs): the records/s of
     the records added between the two sizes, the fixed seconds, and whole-build seconds; their ratio;
-    MS1M-ArcFace's hours at the RecordIO figures."""
+    MS1M-ArcFace's hours at the RecordIO figures. ``crops``: JPEGs of aligned faces (default: the
+    ORL crops, :func:`orl_jpegs`)."""
     work = work / "recordio"
-    sets = [scaled_sets(work, n) for n in sorted(sizes)]
+    crops = crops or [jpeg for person in orl_jpegs(work) for jpeg in person]
+    sets = [scaled_sets(work, n, crops) for n in sorted(sizes)]
     out: Dict[str, Any] = {"rec_records": sets[-1][2], "rec_records_small": sets[0][2], "rec_per_class": PER_CLASS}
     for kind, column, aligned in (("rec", 0, False), ("rec_folder", 1, True)):
         seconds = [_build(s[column], work / f"shards_{kind}", aligned) for s in sets]
