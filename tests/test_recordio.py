@@ -151,3 +151,29 @@ def test_image_size_reads_jpeg_and_png_headers_without_decoding():
     assert insightface_set.image_size(cv2.imencode(".png", image)[1].tobytes()) == (30, 40, 3)
     assert insightface_set.image_size(cv2.imencode(".jpg", image[:, :, 0])[1].tobytes()) == (30, 40, 1)
     assert insightface_set.image_size(b"\xff\xd8\xff") is None and insightface_set.image_size(b"GIF89a") is None
+
+
+def test_each_record_is_kept_by_reference_decoded_or_rejected_with_its_reason(tmp_path):
+    """A 112x112 JPEG is kept as a reference into the .rec, a PNG is decoded, a cut JPEG, a 96x96 JPEG and
+    bytes that are no image are rejected; no photo stops the others."""
+    import cv2
+
+    from mobilefacenet_k210.data import stages
+
+    with recordio.RecordFile(FIXTURE / "insightface" / "train.rec") as f:
+        jpeg = recordio.unpack(f.read(0))[1]
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    payloads = [jpeg, cv2.imencode(".png", image)[1].tobytes(), jpeg[:len(jpeg) // 2],
+                cv2.imencode(".jpg", cv2.resize(image, (96, 96)))[1].tobytes(), b"not an image"]
+    recordio.write_recordio(tmp_path / "train.rec", tmp_path / "train.idx",
+                            [(k, recordio.pack(0, p)) for k, p in enumerate(payloads)])
+    offsets, _ = recordio.read_idx(tmp_path / "train.idx")
+    photos = [stages.Photo(str(tmp_path / "train.rec"), f"train.rec#{k}", True, offsets[k]) for k in range(5)]
+    results = stages.align_photos(photos, None)
+    assert [r.source for r in results] == [p.source for p in photos]
+    assert results[0].jpeg == recordio.RecordRef(photos[0].path, offsets[0]) and results[0].crop is None
+    assert recordio.read_payloads([results[0].jpeg]) == [jpeg]
+    assert results[1].jpeg is None and results[1].crop.shape == (112, 112, 3)
+    assert np.array_equal(results[1].crop, results[0].image())  # PNG of the same pixels, both RGB
+    assert "cut short" in results[2].reason and "96x96" in results[3].reason and "not an image" in results[4].reason
+    assert [r.face for r in results] == [True, True, False, False, False]

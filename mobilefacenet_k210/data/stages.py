@@ -112,8 +112,11 @@ class IdentityOutput:
 
 def chunks(photos: Sequence[Photo], size: int) -> List[List[Photo]]:
     """The identity's photos cut into detection batches: a fixed function of the sorted list, so a
-    photo is detected in the same batch by every runner (MTCNN's output depends on the batch)."""
+    photo is detected in the same batch by every runner (MTCNN's output depends on the batch). The
+    records of a RecordIO set are detected by nobody: one batch, read with the file opened once."""
     ordered = sorted(photos, key=lambda p: p.source)
+    if ordered and all(p.offset >= 0 for p in ordered):
+        size = len(ordered)
     return [list(ordered[i:i + size]) for i in range(0, len(ordered), max(1, size))]
 
 
@@ -186,6 +189,9 @@ def read_records(photos: Sequence[Photo]) -> List[PhotoResult]:
                 continue
             if insightface_set.passes_through(payload):
                 results.append(PhotoResult(photo.source, None, jpeg=recordio.RecordRef(photo.path, photo.offset)))
+                continue
+            if payload[:2] == b"\xff\xd8" and b"\xff\xd9" not in payload[-32:]:  # a decoder would fill it in grey
+                results.append(PhotoResult(photo.source, None, "JPEG cut short (no end-of-image marker)"))
                 continue
             try:
                 image = decode_image(payload, photo.source)
