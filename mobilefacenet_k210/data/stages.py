@@ -31,7 +31,7 @@ class BuildError(Mfk210Error, RuntimeError):
     """The whole build is impossible (no input, unwritable output, nothing left); says what to do."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: a set of millions holds one per photo in memory
 class Photo:
     """One input photo: where to read it, its name in the records, whether it is already aligned.
 
