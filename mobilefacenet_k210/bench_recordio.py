@@ -86,7 +86,8 @@ def _build(src: Path, out: Path, aligned: bool) -> float:
     return summary["seconds"]
 
 
-def recordio_figures(work: Path, sizes: Sequence[int] = SIZES, crops: Optional[Sequence[bytes]] = None) -> Dict[str, Any]:
+def recordio_figures(work: Path, sizes: Sequence[int] = SIZES,
+                     crops: Optional[Sequence[bytes]] = None) -> Dict[str, Any]:
     """Per kind (``rec``: the RecordIO set; ``rec_folder``: the folder of the same JPEGs): the records/s of
     the records added between the two sizes, the fixed seconds, and whole-build seconds; their ratio;
     MS1M-ArcFace's hours at the RecordIO figures. ``crops``: JPEGs of aligned faces (default: the

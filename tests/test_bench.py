@@ -129,7 +129,8 @@ def test_recordio_stage_builds_a_recordio_set_and_a_folder_of_the_same_jpegs(tmp
         crops = [recordio.unpack(f.read(offsets[k]))[1] for k in range(1, 13)]
     figures = bench_recordio.recordio_figures(tmp_path, sizes=(60, 136), crops=crops)  # 60 -> one class of 68
     assert (figures["rec_records_small"], figures["rec_records"], figures["rec_per_class"]) == (68, 136, 68)
-    assert figures["rec_over_folder"] == pytest.approx(figures["rec_records_per_s"] / figures["rec_folder_records_per_s"])
+    rates = figures["rec_records_per_s"], figures["rec_folder_records_per_s"]
+    assert figures["rec_over_folder"] == pytest.approx(rates[0] / rates[1])
     assert figures["rec_ms1m_hours"] >= bench_recordio.MS1M_PHOTOS / figures["rec_records_per_s"] / 3600
     rec_dir, folder, count = bench_recordio.scaled_sets(tmp_path / "recordio", 136, crops)
     found = insightface_set.scan(rec_dir)

@@ -11,7 +11,6 @@ from typing import Any, Dict, List, Sequence, Union
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.data import stages, tfrecord, writer
-from mobilefacenet_k210.data.insightface_set import read_property  # noqa: F401  (the InsightFace file formats, one reader)
 from mobilefacenet_k210.data.scan import scan_folder
 
 

@@ -26,11 +26,11 @@ from mobilefacenet_k210.data import tfrecord
 from mobilefacenet_k210.data.augment import stable_seed
 from mobilefacenet_k210.data.cache import WORK_DIR, cache_load_records, cache_load_summary, cache_teacher, config_key
 from mobilefacenet_k210.data.detectors import describe_detector
+from mobilefacenet_k210.data.insightface_set import PROPERTY_FILE
 from mobilefacenet_k210.data.scan import Scan
 from mobilefacenet_k210.data.stages import BuildError, IdentityTask
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
-PROPERTY_FILE = "property"
 CONTACT_SHEET = "contact_sheet.png"
 
 
