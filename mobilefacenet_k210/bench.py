@@ -4,7 +4,8 @@ Figures that the demo already measured (accuracy, export parity) are read from i
 of being recomputed; the demo is run (or resumed) first. Speed claims are ratios measured in the
 same run on the same machine (a shared CPU makes absolute times drift): 2 vs 1 builder workers,
 tf.data vs training consumption, our shuffling vs the seed's name-ordered stream, the YuNet builder on
-2 workers vs the plain one-MTCNN loop (both on the 400 ORL photos).
+2 workers vs the plain one-MTCNN loop (both on the 400 ORL photos), an InsightFace RecordIO set vs a
+folder of the same JPEGs (:mod:`.bench_recordio`).
 """
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ from mobilefacenet_k210.errors import FileFormatError, Mfk210Error
 # the table's rows, in order; targets.TARGETS says which have a target
 FIGURES = ("params", "madds", "kmodel_bytes", "kmodel_version", "kpu_mac_share", "cosine_kmodel_mean",
            "cosine_kmodel_min", "builder_img_per_s_1w", "builder_img_per_s_2w", "builder_speedup_2w",
-           "builder_aligned_img_per_s", "builder_beam_img_per_s_2w", "builder_yunet_img_per_s_2w",
+           "builder_aligned_img_per_s", "rec_records_per_s", "rec_folder_records_per_s", "rec_over_folder",
+           "rec_fixed_seconds", "rec_ms1m_hours", "builder_beam_img_per_s_2w", "builder_yunet_img_per_s_2w",
            "builder_mtcnn_plain_loop_img_per_s", "yunet_over_plain_mtcnn", "landmark_distance_px",
            "tfdata_img_per_s", "train_img_per_s", "tfdata_over_train", "shuffle_mixing",
            "shuffle_mixing_seed_stream", "orl_acc_keras", "orl_acc_keras_yunet", "orl_acc_kmodel", "orl_acc_drop",
@@ -342,6 +344,7 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
     """Measure everything (or the ``only`` stages, their keys replaced in the existing results.json);
     write ``out/results.json`` and ``out/results.md``; return the figures."""
     from mobilefacenet_k210.bench_distill import trend_figures
+    from mobilefacenet_k210.bench_recordio import recordio_figures
     from mobilefacenet_k210.config import DemoConfig
 
     out, demo_out = Path(out), Path(demo_out)
@@ -355,6 +358,7 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
         ("distill_export", lambda: export_figures(demo_out, work, DemoConfig().distill_config, "shards_teacher",
                                                   "distill_default_")),
         ("builder", lambda: builder_figures(demo_out, work)),
+        ("recordio", lambda: recordio_figures(work)),
         ("detectors", lambda: detector_figures(work)),
         ("detector_accuracy", lambda: detector_accuracy(demo_out, work, "yunet", DemoConfig().build_config,
                                                         train_config)),

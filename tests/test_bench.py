@@ -115,3 +115,28 @@ def test_accuracy_row_compares_with_the_mtcnn_figure_when_both_are_measured():
     assert row({**base, "orl_acc_keras_yunet": 0.9}).endswith("| - |")  # nothing to compare with
     assert row({**base, "orl_acc_keras_yunet": 0.9, "orl_acc_keras": 0.92}).endswith("| **fail** |")
     assert row({**base, "orl_acc_keras_yunet": 0.92, "orl_acc_keras": 0.92}).endswith("| pass |")
+
+
+def test_recordio_stage_builds_a_recordio_set_and_a_folder_of_the_same_jpegs(tmp_path):
+    """`make bench`'s recordio stage at toy size (2 and 4 classes of 68 photos, the mxnet fixture's crops):
+    both sets hold the same JPEG bytes under the same classes, and the figures follow from the builds."""
+    from mobilefacenet_k210 import bench_recordio
+    from mobilefacenet_k210.data import insightface_set, recordio
+
+    fixture = Path(__file__).parent / "fixtures" / "recordio" / "insightface"
+    offsets, _ = recordio.read_idx(fixture / "train.idx")
+    with recordio.RecordFile(fixture / "train.rec") as f:
+        crops = [recordio.unpack(f.read(offsets[k]))[1] for k in range(1, 13)]
+    figures = bench_recordio.recordio_figures(tmp_path, sizes=(60, 136), crops=crops)  # 60 -> one class of 68
+    assert (figures["rec_records_small"], figures["rec_records"], figures["rec_per_class"]) == (68, 136, 68)
+    rates = figures["rec_records_per_s"], figures["rec_folder_records_per_s"]
+    assert figures["rec_over_folder"] == pytest.approx(rates[0] / rates[1])
+    assert figures["rec_ms1m_hours"] >= bench_recordio.MS1M_PHOTOS / figures["rec_records_per_s"] / 3600
+    rec_dir, folder, count = bench_recordio.scaled_sets(tmp_path / "recordio", 136, crops)
+    found = insightface_set.scan(rec_dir)
+    assert found.layout == insightface_set.INSIGHTFACE and found.notes == [] and count == 136
+    with recordio.RecordFile(found.rec) as f:
+        for cls, keys in found.photos.items():
+            for key, offset in keys:
+                jpeg = recordio.unpack(f.read(offset))[1]
+                assert (folder / f"{cls:06d}" / f"{key}.jpg").read_bytes() == jpeg == crops[(key - 1) % 12]

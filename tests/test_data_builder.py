@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilefacenet_k210.data import builder, interop, tfrecord, writer
+from mobilefacenet_k210.data import builder, insightface_set, interop, tfrecord, writer
 from mobilefacenet_k210.data.builder import build, load_build_config
 from mobilefacenet_k210.data.cache import WORK_DIR
 
@@ -167,8 +167,8 @@ def test_nothing_to_build_and_unwritable_output_stop_with_advice(tmp_path, orl_s
 
 
 def _cached(work: Path) -> int:
-    """Identities whose cache entry is complete (the summary JSON is written last)."""
-    return sum(1 for p in work.glob("*/*.json") if p.name != "config.json")
+    """Identities whose cache entry is complete (an entry file appears under its name only when whole)."""
+    return sum(1 for p in work.glob("*/*.entry"))
 
 
 def _kill_when_cached(args, env, work: Path, identities: int, timeout: float = 900) -> int:
@@ -204,7 +204,7 @@ def _resume_after_kill(tmp_path, runner: str):
     assert not (tmp_path / "killed" / "metadata.json").exists(), "the build finished before it was killed"
     assert 3 <= done and not list(work.glob("*/*.pkl"))
     leftovers = [tmp_path / "killed" / ".train-00000-of-00006.tfrecord.x1y2.tmp",  # a kill in write_shard
-                 next(work.glob("*/config.json")).with_name(".abc.train.npz.x1y2.tmp"),  # a kill in cache_save
+                 next(work.glob("*/config.json")).with_name(".abc.entry.x1y2.tmp"),  # a kill in cache_save
                  tmp_path / "killed" / "beam-temp-train-1234"]  # a kill in a Beam file sink
     for path in leftovers[:2]:
         path.write_bytes(b"half a file")
@@ -245,7 +245,7 @@ def test_lst_property_and_merge_round_trip(tmp_path):
     assert len(lines) == 9 and info["num_classes"] == 3
     flag, path, label = lines[3].split("\t")
     assert flag == "1" and Path(path).is_file() and Path(path).parent.name == "id01" and label == "1"
-    assert interop.read_property(tmp_path / "lst" / "property") == [3, 112, 112]
+    assert insightface_set.read_property(tmp_path / "lst" / "property") == [3, 112, 112]
 
     cfg = load_build_config(policy="none", workers=1, val_fraction=0.0)
     a = build(tmp_path / "lst" / "train.lst", tmp_path / "a", cfg, progress=False)
@@ -259,7 +259,7 @@ def test_lst_property_and_merge_round_trip(tmp_path):
     meta = interop.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
     assert meta["num_classes"] == 6 and meta["splits"]["train"] == 18
     assert tfrecord.load_metadata(tmp_path / "m")["num_classes"] == 6
-    assert interop.read_property(tmp_path / "m" / "property") == [6, 112, 112]
+    assert insightface_set.read_property(tmp_path / "m" / "property") == [6, 112, 112]
     names = (tmp_path / "m" / "labels.txt").read_text().splitlines()
     assert names == ["0", "1", "2", "id00", "id01", "id02"]
     merged = collections.Counter()

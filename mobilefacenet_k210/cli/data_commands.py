@@ -8,9 +8,12 @@ from mobilefacenet_k210.cli.common import CLIError, add_trust_model_code
 def add_build_tfrecords(sub) -> None:
     p = sub.add_parser("build-tfrecords", help="raw photos -> aligned, balanced, sharded TFRecords",
                        description="Decode, detect (MTCNN), align to 112x112, balance per identity, split and "
-                                   "shard. RAW is a folder RAW/<identity>/<photo> or an InsightFace .lst file. "
-                                   "Resumable: rerun the same command after a kill to continue.")
-    p.add_argument("raw", help="folder of identity folders, or a .lst file")
+                                   "shard. RAW is a folder RAW/<identity>/<photo>, an InsightFace .lst file, or "
+                                   "an InsightFace RecordIO set (a folder holding train.rec + train.idx, or the "
+                                   ".rec): its aligned crops are read without mxnet, one identity per class, "
+                                   "named PREFIX_<class> (--set identity_prefix=ms1m; default: the folder's "
+                                   "name). Resumable: rerun the same command after a kill to continue.")
+    p.add_argument("raw", help="folder of identity folders, a .lst file, or an InsightFace RecordIO set")
     p.add_argument("out", nargs="?", default="tfrecords", help="output folder (default: tfrecords)")
     p.add_argument("--workers", type=int, help="local worker processes (default: CPU count)")
     p.add_argument("--runner", choices=cfg.RUNNERS, help="local processes (default) or an Apache Beam pipeline")
@@ -41,6 +44,7 @@ def add_build_tfrecords(sub) -> None:
 
 def run_build_tfrecords(args) -> int:
     import json
+    import sys
 
     from mobilefacenet_k210.data import builder
 
@@ -58,6 +62,8 @@ def run_build_tfrecords(args) -> int:
     summary = builder.build(args.raw, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite,
                             teacher=teacher)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
+    for note in summary.get("source", {}).get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -75,6 +75,7 @@ class BuildConfig:
     workers: int = 0  # local runner processes; 0 = CPU count
     aligned: bool = False  # input is already 112x112 aligned crops: no detection
     unlabeled: bool = False  # input is a flat folder of photos without identities: each photo is its own class
+    identity_prefix: str = ""  # RecordIO input: identities are named PREFIX_<class id>; "" = the .rec's folder name
     val_fraction: float = 0.005  # per identity, by source photo (augmented copies follow their original)
     seed: int = 0  # policy sampling, augmentation noise, split and shard order
     jpeg_quality: int = 95

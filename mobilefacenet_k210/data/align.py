@@ -81,15 +81,11 @@ def _decode_pillow(data: bytes) -> np.ndarray:
 
 
 def read_image(path: Union[str, Path]) -> np.ndarray:
-    """Decode a photo file to RGB uint8 HxWx3 with OpenCV, falling back to Pillow.
+    """Decode a photo file to RGB uint8 HxWx3 (:func:`decode_image`).
 
-    OpenCV (``IMREAD_COLOR | IMREAD_ANYDEPTH``: EXIF orientation applied, alpha dropped, 16-bit kept
-    and scaled to 8-bit) decodes most files fastest; Pillow reads what it cannot (GIF, odd TIFFs).
     The bytes are read by Python so that any file name (non-ASCII, spaces) works. Raises
     :class:`ImageError` for a missing, unreadable, empty or undecodable file.
     """
-    import cv2
-
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -97,8 +93,20 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
         raise ImageError(path, "is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(path, f"unreadable: {exc.strerror or exc}") from None
+    return decode_image(data, path)
+
+
+def decode_image(data: bytes, where: Union[str, Path] = "image") -> np.ndarray:
+    """Encoded image bytes to RGB uint8 HxWx3 with OpenCV, falling back to Pillow.
+
+    OpenCV (``IMREAD_COLOR | IMREAD_ANYDEPTH``: EXIF orientation applied, alpha dropped, 16-bit kept
+    and scaled to 8-bit) decodes most files fastest; Pillow reads what it cannot (GIF, odd TIFFs).
+    Raises :class:`ImageError` naming ``where`` for empty or undecodable bytes.
+    """
+    import cv2
+
     if not data:
-        raise ImageError(path, "not an image: empty file")
+        raise ImageError(where, "not an image: empty file")
     array = None
     try:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
@@ -109,9 +117,9 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     try:
         image = _decode_pillow(data)
     except Exception as exc:  # Pillow raises many kinds (UnidentifiedImageError, OSError, SyntaxError)
-        raise ImageError(path, f"not an image: neither OpenCV nor Pillow can decode it ({exc})") from None
+        raise ImageError(where, f"not an image: neither OpenCV nor Pillow can decode it ({exc})") from None
     if image.size == 0:
-        raise ImageError(path, "not an image: decodes to an empty picture")
+        raise ImageError(where, "not an image: decodes to an empty picture")
     return image
 
 

@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from mobilefacenet_k210 import config as config_lib
 from mobilefacenet_k210.config import BuildConfig
 from mobilefacenet_k210.data import stages
+from mobilefacenet_k210.data.scan import scan_input
 from mobilefacenet_k210.data.cache import cache_load_summary, cache_save
 from mobilefacenet_k210.data.writer import open_work, run_summary, write_outputs
 
@@ -90,7 +91,7 @@ def _align_dofn(beam: Any) -> Any:
                 aligner = stages.make_aligner(config_lib.from_dict(BuildConfig, self._cfg_dict))
                 self._aligner = aligner
             for r in stages.align_photos(photos, aligner):
-                yield name, (r.source, r.crop, r.reason)
+                yield name, (r.source, r.crop, r.reason, r.jpeg)
 
     return AlignChunk
 
@@ -140,7 +141,8 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
     t0 = time.perf_counter()
     workers, pids = None, None
     out_dir = Path(out_dir)
-    tasks, scan_rejected = stages.scan_input(raw_dir, cfg)
+    scanned = scan_input(raw_dir, cfg)
+    tasks = scanned.tasks
     work, _, todo = open_work(out_dir, cfg, tasks)
     if todo:
         cfg_dict = config_lib.to_dict(cfg)
@@ -169,7 +171,7 @@ def build_beam(raw_dir: Union[str, Path], out_dir: Union[str, Path], cfg: BuildC
         raise stages.BuildError(f"{work}: the pipeline left {len(missing)} identities uncached "
                                 f"(first: {missing[0]!r}); rerun the same command to do them")
     ordered = [summaries[t.name] for t in tasks]
-    meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(Path(raw_dir).resolve()), teacher, progress)
+    meta = write_outputs(out_dir, work, cfg, ordered, scanned, str(Path(raw_dir).resolve()), teacher, progress)
     seconds = time.perf_counter() - t0
     photos = sum(len(t.photos) for t in todo)
     return {

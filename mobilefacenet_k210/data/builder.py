@@ -7,14 +7,16 @@ a runner is chosen) and swaps the finished folder in. The layers below it, each 
 * ``local_runner`` (processes, resume) and ``beam_runner`` (an Apache Beam pipeline): the runners;
 * ``writer``: OUT_DIR's plan and swap and every output file, the one writer both runners end in;
 * ``cache``: the atomic per-identity cache that makes a killed build resumable, shared by both;
-* ``stages``: the pure steps (scan, align a photo, an identity's records), shared by both.
+* ``scan`` (folders, ``.lst``, InsightFace RecordIO sets through ``insightface_set``) and ``stages``
+  (align a photo, an identity's records): the pure steps, shared by both.
 """
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from mobilefacenet_k210 import config as config_lib
 from mobilefacenet_k210.config import BuildConfig
-from mobilefacenet_k210.data import beam_runner, local_runner
+from mobilefacenet_k210.data import beam_runner, insightface_set, local_runner
 from mobilefacenet_k210.data import policy as policy_lib
 from mobilefacenet_k210.data.detectors import describe_detector
 from mobilefacenet_k210.data.stages import BuildError
@@ -39,14 +41,16 @@ def load_build_config(path: Optional[Union[str, Path]] = None, overrides: Option
 
 def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional[BuildConfig] = None,
           progress: bool = True, overwrite: bool = False, teacher: Any = None) -> Dict[str, Any]:
-    """Build shards from ``raw_dir`` (identity folders or a ``.lst``) into ``out_dir``; returns a summary.
+    """Build shards from ``raw_dir`` (identity folders, a ``.lst``, or an InsightFace RecordIO set: a
+    ``.rec`` or the folder holding ``train.rec``) into ``out_dir``; returns a summary.
 
     Summary keys: ``photos``, ``faces``, ``rejected``, ``identities`` (input/kept/dropped),
     ``num_classes``, ``records`` (per split), ``shards``, ``seconds`` (wall, all of it),
     ``align_seconds`` (the per-identity phase after the workers are up), ``images_per_s``
     (photos processed in this run / align_seconds), ``cpu_ms_per_image`` (worker CPU time per photo
     in that phase: with ``align_seconds`` it tells a busy machine from a slow build),
-    ``resumed_identities``, ``workers``, ``runner`` (the timing keys differ a little per runner).
+    ``resumed_identities``, ``workers``, ``runner`` (the timing keys differ a little per runner);
+    for a RecordIO set also ``source``: its layout, notes and the ``.bin`` verification sets beside it.
 
     ``overwrite``: replace a dataset that OUT_DIR holds from another input (see :func:`writer.plan_output`).
     ``teacher``: a loaded teacher (``teacher.models.load_teacher``; this layer never imports it) whose
@@ -54,6 +58,11 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     """
     cfg = config or BuildConfig()
     cfg.validate()
+    if insightface_set.locate(raw_dir) is not None:  # InsightFace's sets are aligned 112x112 crops
+        if cfg.unlabeled:
+            raise BuildError(f"{raw_dir}: an InsightFace RecordIO set has identities; --unlabeled takes a flat "
+                             f"folder of photos")
+        cfg = dataclasses.replace(cfg, aligned=True)
     if not cfg.aligned:
         describe_detector(cfg)  # fetches the detector's model once, before any worker needs it
     out_dir = Path(out_dir)

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Sequence, Union
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.data import stages, tfrecord, writer
+from mobilefacenet_k210.data.scan import scan_folder
 
 
 def write_lst(aligned_dir: Union[str, Path], out_lst: Union[str, Path]) -> Dict[str, Any]:
@@ -19,7 +20,7 @@ def write_lst(aligned_dir: Union[str, Path], out_lst: Union[str, Path]) -> Dict[
     aligned_dir = Path(aligned_dir).resolve()
     if not aligned_dir.is_dir():
         raise stages.BuildError(f"{aligned_dir}: no such folder of aligned identity folders")
-    tasks, skipped = stages.scan_folder(aligned_dir, aligned=True)
+    tasks, skipped = scan_folder(aligned_dir, aligned=True)
     if not tasks:
         raise stages.BuildError(f"{aligned_dir}: no identity folder with image files")
     out_lst = Path(out_lst)
@@ -30,18 +31,6 @@ def write_lst(aligned_dir: Union[str, Path], out_lst: Union[str, Path]) -> Dict[
     writer.write_property(prop, len(tasks))
     return {"lst": str(out_lst), "property": str(prop), "num_classes": len(tasks), "images": len(lines),
             "skipped": len(skipped)}
-
-
-def read_property(path: Union[str, Path]) -> List[int]:
-    """``num_classes,height,width`` of an InsightFace property file."""
-    text = Path(path).read_text(encoding="utf-8").strip()
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise tfrecord.ShardError(f"{path}: expected 'num_classes,112,112', got {text!r}") from None
-    if len(values) != 3:
-        raise tfrecord.ShardError(f"{path}: expected 'num_classes,112,112', got {text!r}")
-    return values
 
 
 def read_labels(shards_dir: Union[str, Path]) -> List[str]:

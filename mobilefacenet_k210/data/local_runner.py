@@ -21,7 +21,8 @@ import numpy as np
 from mobilefacenet_k210 import config as config_lib
 from mobilefacenet_k210.config import BuildConfig
 from mobilefacenet_k210.data.cache import cache_save
-from mobilefacenet_k210.data.stages import BuildError, IdentityTask, make_aligner, process_identity, scan_input
+from mobilefacenet_k210.data.scan import scan_input
+from mobilefacenet_k210.data.stages import BuildError, IdentityTask, make_aligner, process_identity
 from mobilefacenet_k210.data.writer import open_work, run_summary, write_outputs
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
@@ -93,7 +94,8 @@ def build_local(raw_dir: Union[str, Path], out_dir: Path, cfg: BuildConfig, prog
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    tasks, scan_rejected = scan_input(raw_dir, cfg)
+    scanned = scan_input(raw_dir, cfg)
+    tasks = scanned.tasks
     work, summaries, todo = open_work(out_dir, cfg, tasks)
     resumed = len(summaries)
     workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
@@ -119,7 +121,7 @@ def build_local(raw_dir: Union[str, Path], out_dir: Path, cfg: BuildConfig, prog
         bar.close()
     cpu_seconds = sum(summaries[t.name].get("cpu_seconds", 0.0) for t in todo)
     ordered = [summaries[t.name] for t in tasks]
-    meta = write_outputs(out_dir, work, cfg, ordered, scan_rejected, str(Path(raw_dir).resolve()), teacher, progress)
+    meta = write_outputs(out_dir, work, cfg, ordered, scanned, str(Path(raw_dir).resolve()), teacher, progress)
     seconds = time.perf_counter() - t0
     align_seconds = t_aligned - t_align
     return {

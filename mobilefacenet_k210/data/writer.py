@@ -26,10 +26,11 @@ from mobilefacenet_k210.data import tfrecord
 from mobilefacenet_k210.data.augment import stable_seed
 from mobilefacenet_k210.data.cache import WORK_DIR, cache_load_records, cache_load_summary, cache_teacher, config_key
 from mobilefacenet_k210.data.detectors import describe_detector
+from mobilefacenet_k210.data.insightface_set import PROPERTY_FILE
+from mobilefacenet_k210.data.scan import Scan
 from mobilefacenet_k210.data.stages import BuildError, IdentityTask
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
-PROPERTY_FILE = "property"
 CONTACT_SHEET = "contact_sheet.png"
 
 
@@ -124,11 +125,13 @@ def all_rejected(scan_rejected: Sequence[Tuple[str, str]], summaries: Sequence[D
 
 
 def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequence[Dict[str, Any]],
-                  scan_rejected: Sequence[Tuple[str, str]], input_path: str, teacher: Any = None,
+                  scanned: Scan, input_path: str, teacher: Any = None,
                   progress: bool = True) -> Dict[str, Any]:
     """Labels, shards (each written atomically), labels.txt, property, rejected.csv, the contact sheet,
     then metadata.json last: a folder with metadata is complete. Drops the cache unless
     ``cfg.keep_work``. Both runners end here, so they write the same set of files. Returns the metadata.
+    ``scanned``: the input's scan, whose rejections go to ``rejected.csv`` and whose ``source`` (what a
+    RecordIO set is) to ``metadata.json``.
 
     ``teacher`` (an object with ``embed_records`` and ``info``, e.g. ``teacher.models.Teacher``): each
     record also gets the teacher's embeddings of its crop and mirror, computed once per identity and
@@ -136,7 +139,7 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
     from tqdm import tqdm
 
     names = kept_names(summaries)
-    rejected = all_rejected(scan_rejected, summaries, cfg)
+    rejected = all_rejected(scanned.rejected, summaries, cfg)
     write_rejected(out_dir / tfrecord.REJECTED_FILE, rejected)
     if not names:
         raise BuildError(f"nothing left after the policy '{cfg.policy.name}': {len(summaries)} identities, none kept "
@@ -179,6 +182,8 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
     write_property(out_dir / PROPERTY_FILE, len(names))
     write_contact_sheet(out_dir, work, names, cfg)
     meta = build_metadata(cfg, names, class_counts, shards, summaries, len(rejected), input_path)
+    if scanned.source:
+        meta["source"] = scanned.source
     if teacher is not None:
         meta[tfrecord.TEACHER_META] = teacher.info()
         meta["teacher_seconds"] = round(timing["seconds"], 3)
@@ -354,5 +359,6 @@ def run_summary(runner: str, meta: Dict[str, Any], ordered: List[Dict[str, Any]]
         "seconds": round(seconds, 3),
         **({"teacher": meta["teacher"]["name"], "teacher_seconds": meta.get("teacher_seconds")}
            if meta.get("teacher") else {}),
+        **({"source": meta["source"]} if meta.get("source") else {}),
         "out_dir": str(out_dir),
     }
