@@ -49,8 +49,9 @@ _ATTEMPTS = 200
 _RETRY_S = 0.01
 
 
-class FolderLockedError(Mfk210Error, RuntimeError):
-    """Another run is writing the folder (or may be: a lock left by another machine)."""
+class FolderLockError(Mfk210Error, RuntimeError):
+    """The output's lock cannot be had: another run is writing it (or may be: a lock left by another
+    machine), or the lock file cannot be made there."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,7 @@ def lock_path(target: Union[str, Path]) -> Path:
     """The lock file of ``target`` (a folder or a file): ``.NAME.lock`` beside it, symlinks resolved."""
     target = Path(target).resolve()
     if not target.name:
-        raise FolderLockedError(f"{target}: cannot lock the file system root; write into a folder inside it")
+        raise FolderLockError(f"{target}: cannot lock the file system root; write into a folder inside it")
     return target.with_name(f".{target.name}{LOCK_SUFFIX}")
 
 
@@ -149,29 +150,40 @@ def _write_lock_held(fd: int) -> bool:
     return False
 
 
-def _refusal(target: Path, path: Path, holder: Optional[Holder]) -> FolderLockedError:
+def _refusal(target: Path, path: Path, holder: Optional[Holder]) -> FolderLockError:
     if holder is None:
-        return FolderLockedError(f"{target}: another process is writing it (its lock {path} is held, no holder "
+        return FolderLockError(f"{target}: another process is writing it (its lock {path} is held, no holder "
                                  f"recorded yet); wait for it, or find it with `fuser {path}`")
     if holder.same_machine():
-        return FolderLockedError(f"{target}: another run is writing it: {holder.describe()}; wait for it to "
+        return FolderLockError(f"{target}: another run is writing it: {holder.describe()}; wait for it to "
                                  f"finish, or stop pid {holder.pid}")
-    return FolderLockedError(f"{target}: another run is writing it: {holder.describe()}, not this machine; wait "
+    return FolderLockError(f"{target}: another run is writing it: {holder.describe()}, not this machine; wait "
                              f"for it, or stop pid {holder.pid} on {holder.host}; if {holder.host} is down, rerun "
                              f"with --break-lock or delete {path}")
 
 
-def _stale_foreign(target: Path, path: Path, holder: Holder) -> FolderLockedError:
-    return FolderLockedError(f"{target}: its lock file {path} says {holder.describe()} is writing it, and this "
+def _stale_foreign(target: Path, path: Path, holder: Holder) -> FolderLockError:
+    return FolderLockError(f"{target}: its lock file {path} says {holder.describe()} is writing it, and this "
                              f"machine cannot tell whether that run still goes on (a lock on a shared file system); "
                              f"if it does not, rerun with --break-lock or delete {path}")
 
 
+def _open(target: Path, path: Path) -> int:
+    """``path`` opened for reading and writing, created (with its folder) if absent."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        why = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else \
+            (exc.strerror or str(exc))
+        raise FolderLockError(f"{target}: cannot write there: its lock file {path} cannot be made ({why}); "
+                              f"choose another output or fix the permissions of its folder") from None
+
+
 def _acquire(target: Path, path: Path, break_lock: bool) -> int:
     """Open, lock and claim ``path`` for this process; its descriptor. Refuses as :func:`hold` says."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(_ATTEMPTS):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open(target, path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -200,7 +212,7 @@ def _acquire(target: Path, path: Path, break_lock: bool) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, record + b"\n", 0)
         return fd
-    raise FolderLockedError(f"{target}: could not take its lock {path}: another process keeps it locked shared; "
+    raise FolderLockError(f"{target}: could not take its lock {path}: another process keeps it locked shared; "
                             f"find it with `fuser {path}`")
 
 
@@ -208,7 +220,7 @@ def _acquire(target: Path, path: Path, break_lock: bool) -> int:
 def hold(target: Union[str, Path], break_lock: Optional[bool] = None) -> Iterator[Path]:
     """Hold the write lock of ``target`` (a folder or a file, existing or not) while the block runs.
 
-    Raises :class:`FolderLockedError` naming ``target``, the holder and what to do if another process
+    Raises :class:`FolderLockError` naming ``target``, the holder and what to do if another process
     holds it, or if the lock file records a holder on another machine (``break_lock``, default: the
     CLI's ``--break-lock``, takes such a lock over instead). Re-entrant within this process. Yields
     the lock file's path; on leaving the outermost block the file is deleted and the lock released.
@@ -243,7 +255,7 @@ def live_writer(target: Union[str, Path]) -> Optional[str]:
     """
     try:
         path = lock_path(target)
-    except FolderLockedError:
+    except FolderLockError:
         return None
     if path in _HELD:
         return None

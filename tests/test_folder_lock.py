@@ -98,7 +98,7 @@ def test_a_second_writer_is_refused_by_name_and_a_released_or_killed_lock_is_tak
         record = json.loads(lock.read_text())
         assert record["pid"] == helper.pid and record["host"] and record["started"] and record["command"]
         assert f"pid {helper.pid}" in folder_lock.live_writer(out)
-        with pytest.raises(folder_lock.FolderLockedError) as refused:
+        with pytest.raises(folder_lock.FolderLockError) as refused:
             with folder_lock.hold(out):
                 pytest.fail("a second writer got the lock")
         message = str(refused.value)
@@ -146,7 +146,7 @@ def test_a_lock_recorded_by_another_machine_is_refused_with_how_to_clear_it(tiny
     # a live lock (flock held) whose record names another machine: refused the same way; broken on demand
     with held_elsewhere(out):
         lock.write_text(json.dumps(FOREIGN))
-        with pytest.raises(folder_lock.FolderLockedError, match="--break-lock or delete"):
+        with pytest.raises(folder_lock.FolderLockError, match="--break-lock or delete"):
             with folder_lock.hold(out):
                 pass
         with folder_lock.hold(out, break_lock=True):
