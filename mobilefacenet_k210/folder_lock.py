@@ -174,10 +174,13 @@ def _open(target: Path, path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        why = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else \
-            (exc.strerror or str(exc))
-        raise FolderLockError(f"{target}: cannot write there: its lock file {path} cannot be made ({why}); "
-                              f"choose another output or fix the permissions of its folder") from None
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)
+        if not blocker.is_dir():
+            raise FolderLockError(f"{target}: cannot write there: {blocker} is a file, not a folder; choose "
+                                  "another output") from None
+        raise FolderLockError(f"{target}: cannot write there: its lock file {path} cannot be made "
+                              f"({exc.strerror or exc}); choose another output or fix the permissions of "
+                              f"{path.parent}") from None
 
 
 def _acquire(target: Path, path: Path, break_lock: bool) -> int:

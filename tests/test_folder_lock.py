@@ -15,9 +15,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -240,37 +239,16 @@ CONFIG = {
 }
 
 
-def _train(config: Path, data: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mobilefacenet_k210", "train", "--config", str(config), "--data", str(data),
-           "--out", str(out), "--no-progress"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-
-
-def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + HUNG_S
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"the run exited before {what}: {proc.communicate()[0][-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"waited {HUNG_S} s for {what}")
-        time.sleep(0.01)
-
-
-def _finish(procs: List[subprocess.Popen]) -> None:
-    for proc in procs:
-        out, _ = proc.communicate(timeout=HUNG_S)
-        assert proc.returncode == 0, out[-3000:]
-
-
 def test_a_second_training_into_a_live_run_is_refused_and_the_first_ends_as_if_alone(tiny_shards, tmp_path, capsys):
+    from test_train import _cli, _finish, _wait_for
+
     from mobilefacenet_k210.model.io import load_embedding_model
 
     data = tiny_shards(num_classes=4, per_class=4, num_shards=2, size=64)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     run = tmp_path / "run"
-    reference, first = _train(config, data, tmp_path / "reference"), _train(config, data, run)
+    reference, first = _cli(config, data, tmp_path / "reference"), _cli(config, data, run)
     try:
         _wait_for(lambda: recorded_pid(run) == first.pid, first, "the first run's holder record")
         # paused while it holds the lock: "live" for as long as the second one takes, on any machine
@@ -283,7 +261,8 @@ def test_a_second_training_into_a_live_run_is_refused_and_the_first_ends_as_if_a
             assert snapshot(run) == before  # the second wrote nothing
         finally:
             os.kill(first.pid, signal.SIGCONT)
-        _finish([first, reference])
+        _finish(first, "the first run to end")
+        _finish(reference, "the reference run to end")
     finally:
         for proc in (first, reference):
             if proc.poll() is None:
