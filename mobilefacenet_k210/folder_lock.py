@@ -66,6 +66,7 @@ class Holder:
 
     @classmethod
     def of_this_process(cls) -> "Holder":
+        """This process as a holder (the console script and ``python -m`` both shown as ``mfk210``)."""
         argv = list(sys.argv) or ["python"]
         if Path(argv[0]).name in ("__main__.py", "mfk210"):
             argv[0] = "mfk210"
@@ -92,6 +93,7 @@ class Holder:
         return self.host == here.host
 
     def describe(self) -> str:
+        """One phrase for messages: pid, host, command and start time."""
         return f"pid {self.pid} on host {self.host} (`{self.command}`, started {self.started})"
 
 
