@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from mobilefacenet_k210 import atomic
+from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.provenance import machine, timestamp
 from mobilefacenet_k210.targets import TARGETS
 from mobilefacenet_k210.errors import FileFormatError, Mfk210Error
@@ -287,9 +287,14 @@ def read_results(path: Union[str, Path]) -> Dict[str, Any]:
 def run_bench_gpu(out: Union[str, Path] = "bench", **figure_options: Any) -> Dict[str, Any]:
     """Add the GPU figures to ``out/results.json`` (kept from `make bench`) and rewrite ``results.md``.
 
-    ``figure_options`` go to :func:`gpu_figures` (batch size, steps...).
+    ``figure_options`` go to :func:`gpu_figures` (batch size, steps...). ``out`` is locked meanwhile.
     """
-    out = Path(out)
+    with folder_lock.hold(out):
+        return _run_bench_gpu(Path(out), figure_options)
+
+
+def _run_bench_gpu(out: Path, figure_options: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`run_bench_gpu` under ``out``'s lock."""
     path = out / "results.json"
     results: Dict[str, Any] = read_results(path) if path.exists() else {}
     figures = gpu_figures(**figure_options)
@@ -342,12 +347,19 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
               train_config: str = "configs/demo_cpu.yaml", tests: bool = True,
               root: Union[str, Path] = ".", only: Optional[List[str]] = None) -> Dict[str, Any]:
     """Measure everything (or the ``only`` stages, their keys replaced in the existing results.json);
-    write ``out/results.json`` and ``out/results.md``; return the figures."""
+    write ``out/results.json`` and ``out/results.md``; return the figures. ``out`` is locked meanwhile
+    (:mod:`folder_lock`; the demo stage locks ``demo_out``)."""
+    with folder_lock.hold(out):
+        return _run_bench(Path(out), Path(demo_out), train_config, tests, Path(root), only)
+
+
+def _run_bench(out: Path, demo_out: Path, train_config: str, tests: bool, root: Path,
+               only: Optional[List[str]]) -> Dict[str, Any]:
+    """:func:`run_bench` under ``out``'s lock."""
     from mobilefacenet_k210.bench_distill import trend_figures
     from mobilefacenet_k210.bench_recordio import recordio_figures
     from mobilefacenet_k210.config import DemoConfig
 
-    out, demo_out = Path(out), Path(demo_out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     stages: List[Tuple[str, Callable[[], Dict[str, Any]]]] = [
@@ -363,7 +375,7 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
         ("detector_accuracy", lambda: detector_accuracy(demo_out, work, "yunet", DemoConfig().build_config,
                                                         train_config)),
         ("input", lambda: input_figures(demo_out, work, train_config)),
-        ("tests", lambda: test_figures(Path(root))),
+        ("tests", lambda: test_figures(root)),
     ]
     names = [name for name, _ in stages]
     if only:

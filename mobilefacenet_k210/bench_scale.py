@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 
-from mobilefacenet_k210 import atomic
+from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.errors import FileFormatError
 from mobilefacenet_k210.provenance import machine, timestamp
 
@@ -205,8 +205,15 @@ def write_docs(results: Dict[str, Any], doc: Path) -> None:
 def run_bench_scale(out: Union[str, Path] = "bench", doc: Union[str, Path] = "docs/scale.md",
                     records: Sequence[int] = RECORDS, shards: Sequence[int] = SHARDS,
                     classes: Sequence[int] = CLASSES) -> Dict[str, Any]:
-    """Measure every curve; write ``out/scale.json`` after each step and, at the end, the docs' table and PNG."""
-    out = Path(out)
+    """Measure every curve; write ``out/scale.json`` after each step and, at the end, the docs' table and PNG.
+    ``out`` is locked meanwhile (:mod:`folder_lock`)."""
+    with folder_lock.hold(out):
+        return _run_bench_scale(Path(out), Path(doc), records, shards, classes)
+
+
+def _run_bench_scale(out: Path, doc: Path, records: Sequence[int], shards: Sequence[int],
+                     classes: Sequence[int]) -> Dict[str, Any]:
+    """:func:`run_bench_scale` under ``out``'s lock."""
     work = out / "work" / "scale"
     results: Dict[str, Any] = {"machine": machine(), "date": timestamp(), "builder": [], "input": [], "heads": []}
     path = out / "scale.json"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
-from mobilefacenet_k210 import atomic
+from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.config import DemoConfig, resolve
 from mobilefacenet_k210.demo_steps import (align_tree, board_files, eval_set_name, identify_test, inspect_shards,
                                            lay_out_faces, model_paths, open_set_test, write_pairs)
@@ -186,10 +186,18 @@ class Demo:
 
 
 def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] = None) -> Dict[str, Any]:
-    """Run (or resume) the whole demo into ``out`` and return the figures written to report.md."""
+    """Run (or resume) the whole demo into ``out`` and return the figures written to report.md.
+
+    ``out`` is locked for the whole run (a second demo into it is refused, :mod:`folder_lock`); the
+    steps lock their own sub-folders too, as the same commands run alone would."""
+    with folder_lock.hold(out):
+        return _run_demo(out, config or DemoConfig())
+
+
+def _run_demo(out: Union[str, Path], config: DemoConfig) -> Dict[str, Any]:
+    """:func:`run_demo` under ``out``'s lock."""
     from mobilefacenet_k210 import config as config_lib
 
-    config = config or DemoConfig()
     demo = Demo(out, config)
     out = demo.out
     t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import tensorflow as tf
 
+from mobilefacenet_k210 import folder_lock
 from mobilefacenet_k210.config import ConfigError, PhaseConfig, TrainConfig
 from mobilefacenet_k210.data import pipeline, tfrecord
 from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC
@@ -300,7 +301,8 @@ def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, P
           allow_config_change: bool = False, progress: bool = True, source: str = "") -> Dict[str, Any]:
     """Run (or resume) every phase of ``config`` on the shards in ``data_dir``; outputs in ``out_dir``.
 
-    ``source`` says where the config came from (file and overrides); ``train.log`` records it.
+    ``source`` says where the config came from (file and overrides); ``train.log`` records it. A second
+    run into ``out_dir`` meanwhile is refused (:mod:`folder_lock`); a killed run's rerun takes it over.
 
     Returns the run state: phases completed with their epochs and optimizer iterations, and the best
     checkpoint's score. The best embedding model is at ``out_dir/embedding/model.keras``.
@@ -310,9 +312,18 @@ def train(config: TrainConfig, data_dir: Union[str, Path], out_dir: Union[str, P
     if run_dir.exists() and not run_dir.is_dir():
         raise ResumeError(f"{run_dir}: --out is a file, not a run folder; give a new folder, or the run folder "
                           "of the run to resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
     # first: a multi-worker strategy must exist before TensorFlow runs any op
     strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    # the chief holds the run folder's lock; the other workers write only into temporary folders of their own
+    with folder_lock.hold(run_dir) if chief else contextlib.nullcontext():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return _train(config, data_dir, run_dir, strategy, allow_config_change, progress, source)
+
+
+def _train(config: TrainConfig, data_dir: Union[str, Path], run_dir: Path, strategy: tf.distribute.Strategy,
+           allow_config_change: bool, progress: bool, source: str) -> Dict[str, Any]:
+    """:func:`train` in the run folder ``run_dir`` (locked by the chief) with ``strategy``."""
     chief = is_chief(strategy)
     write_dir = worker_write_dir(run_dir, strategy)
     log = run_folder.open_log(write_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobilefacenet_k210 import folder_lock
 from mobilefacenet_k210.data import builder, insightface_set, interop, tfrecord, writer
 from mobilefacenet_k210.data.builder import build, load_build_config
 from mobilefacenet_k210.data.cache import WORK_DIR
@@ -158,7 +159,7 @@ def test_nothing_to_build_and_unwritable_output_stop_with_advice(tmp_path, orl_s
     with pytest.raises(builder.BuildError, match="no such folder"):
         build(tmp_path / "missing", tmp_path / "out", load_build_config(workers=1), progress=False)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(builder.BuildError, match="cannot write"):
+    with pytest.raises(folder_lock.FolderLockError, match="cannot write"):  # the lock beside OUT comes first
         build(orl_small, tmp_path / "file" / "out", load_build_config(workers=1), progress=False)
     raw = _write_aligned(tmp_path / "few", [3, 4])
     with pytest.raises(builder.BuildError, match="--policy none"):

@@ -19,7 +19,7 @@ PACKAGE = "mobilefacenet_k210"
 ROOT = Path(mobilefacenet_k210.__file__).parent
 # Lowest first. A module may import modules of its own layer or of layers listed before it.
 LAYERS = [
-    ["errors"], ["atomic", "files", "wheels", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
+    ["errors"], ["atomic", "files", "folder_lock", "wheels", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
     ["model", "data"], ["evaluate", "export", "teacher"], ["train", "training"], ["board"],
     ["demo_report", "demo_distill", "demo_steps"], ["demo"], ["bench", "bench_distill", "bench_recordio", "bench_scale", "bench_train"], ["cli"], ["__main__"],
 ]

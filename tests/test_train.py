@@ -1,9 +1,9 @@
 """Training runs on tiny shards: phases carry the backbone, the best checkpoint follows verification,
-imprinted centres match the embeddings the margin phase computes, SIGKILL + rerun ends where an
-uninterrupted run ends (logs not doubled, temp files removed), a changed config or other data is
-refused, user mistakes are one-line errors, triplet phases run, `train --mixed-precision` runs (the
-machine's policy: mixed_bfloat16 on CPUs with bfloat16 kernels, else mixed_float16) and its float32
-embedding model exports to a kmodel,
+imprinted centres match the embeddings the margin phase computes, SIGKILL + rerun at once (the dead
+run's folder lock taken over) ends where an uninterrupted run ends (logs not doubled, temp files
+removed), a changed config or other data is refused, user mistakes are one-line errors, triplet
+phases run, `train --mixed-precision` runs (the machine's policy: mixed_bfloat16 on CPUs with
+bfloat16 kernels, else mixed_float16) and its float32 embedding model exports to a kmodel,
 MirroredStrategy runs over two logical CPUs."""
 import csv
 import json
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mobilefacenet_k210 import cli, train
+from mobilefacenet_k210 import cli, folder_lock, train
 from mobilefacenet_k210.config import ModelConfig, TrainConfig, load
 from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC
 from mobilefacenet_k210.model.io import load_embedding_model
@@ -247,8 +247,11 @@ def test_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path,
     # kill during the ArcFace phase, as soon as its first epoch's row is written: the softmax phase
     # done, the ArcFace phase mid-way (before or after that epoch's end-of-epoch backup)
     _wait_for(lambda: len(_csv_epochs(phase1_csv)) >= 1, victim, "the first ArcFace epoch's CSV row")
+    lock = folder_lock.lock_path(victim_dir)
+    assert json.loads(lock.read_text())["pid"] == victim.pid  # it holds the run folder's lock
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    assert json.loads(lock.read_text())["pid"] == victim.pid  # its record outlives it; the lock does not
     killed_state = json.loads((victim_dir / "state.json").read_text())
     assert killed_state["completed_phases"] == 1
     # what a kill during an atomic write leaves: hidden temporary files beside their targets
@@ -258,9 +261,9 @@ def test_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path,
         path.write_bytes(b"half written")
     (victim_dir / "notes.tmp").write_text("the user's own file")
 
-    out = _finish(_cli(config, data, victim_dir), "the resumed run to exit")
+    out = _finish(_cli(config, data, victim_dir), "the resumed run to exit")  # at once: the lock is taken over
     _finish(reference, "the uninterrupted reference run to exit")
-    assert "resuming at epoch" in out
+    assert "resuming at epoch" in out and not lock.exists()
     assert not [p for p in leftovers if p.exists()] and (victim_dir / "notes.tmp").is_file()
     resumed = json.loads((victim_dir / "state.json").read_text())
     expected = json.loads((tmp_path / "reference" / "state.json").read_text())

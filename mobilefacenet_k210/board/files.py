@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from mobilefacenet_k210 import atomic, k210, preprocessing
+from mobilefacenet_k210 import atomic, folder_lock, k210, preprocessing
 from mobilefacenet_k210.board import gallery as board_gallery
 from mobilefacenet_k210.board import kfpkg
 from mobilefacenet_k210.board.score import ThresholdError, threshold_from_eval, threshold_from_identification
@@ -78,10 +78,20 @@ def write_board_files(out: Union[str, Path], kmodel: Union[str, Path], eval_json
     gallery of ``gallery_size`` people, by default the people in ``gallery``, measured in the gallery's
     mode) when given, else from ``eval_json`` (1:1 verification); the config records which, for which
     gallery size and mode.
-    Returns ``{"files": [...], "config": {...}, "warnings": [...]}``.
+    Returns ``{"files": [...], "config": {...}, "warnings": [...]}``. A second writer of ``out``
+    meanwhile is refused (:mod:`folder_lock`).
     """
-    config = config or BoardConfig()
     out = Path(out) if Path(out).name else Path(out).resolve()  # "." has no name to put a sibling beside
+    with folder_lock.hold(out):  # beside ``out``: it covers the hidden folder and the swap
+        return _write_board_files(out, kmodel, eval_json, eval_set, gallery, flash_address, config or BoardConfig(),
+                                  embedding_size, ident_eval, fpir, gallery_size)
+
+
+def _write_board_files(out: Path, kmodel: Union[str, Path], eval_json: Optional[Union[str, Path]],
+                       eval_set: Optional[str], gallery: Optional[Union[str, Path]], flash_address: Optional[int],
+                       config: BoardConfig, embedding_size: Optional[int], ident_eval: Optional[Union[str, Path]],
+                       fpir: float, gallery_size: Optional[int]) -> Dict[str, Any]:
+    """:func:`write_board_files` under ``out``'s lock."""
     people = board_gallery.load_gallery(gallery) if gallery is not None else None
     threshold = _threshold(eval_json, eval_set, ident_eval, fpir,
                            gallery_size or (len(board_gallery.person_names(people)) if people else None))

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mobilefacenet_k210 import atomic
+from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.board import score as board_score
 from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice, recorded_gallery_mode
 from mobilefacenet_k210.errors import Mfk210Error
@@ -113,10 +113,19 @@ def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[st
            aligned: bool = False, batch_size: int = 32, backend: Any = None,
            aligner: Any = None, mode: str = DEFAULT_GALLERY_MODE, trust_model_code: bool = False) -> Dict[str, Any]:
     """Build and write the gallery in ``mode``: per photo its normalized embedding under the person's name
-    ("max"), or per person the normalized mean of them ("mean"). ``trust_model_code``: as ``load_backend``."""
+    ("max"), or per person the normalized mean of them ("mean"). ``trust_model_code``: as ``load_backend``.
+    A second writer of the gallery file meanwhile is refused (its lock ``.NAME.lock`` beside it,
+    :mod:`folder_lock`)."""
+    check_choice(mode, GALLERY_MODES, "enroll --gallery-mode")
+    with folder_lock.hold(out):
+        return _enroll(gallery_dir, model, out, aligned, batch_size, backend, aligner, mode, trust_model_code)
+
+
+def _enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[str, Path], aligned: bool,
+            batch_size: int, backend: Any, aligner: Any, mode: str, trust_model_code: bool) -> Dict[str, Any]:
+    """:func:`enroll` under the gallery file's lock."""
     from mobilefacenet_k210.evaluate.backends import load_backend
 
-    check_choice(mode, GALLERY_MODES, "enroll --gallery-mode")
     people = gallery_folders(gallery_dir)
     backend = backend or load_backend(model, trust_model_code)
     entries, skipped = [], []

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
+from mobilefacenet_k210 import folder_lock
 from mobilefacenet_k210.cli import board_commands, data_commands, model_commands, run_commands
 from mobilefacenet_k210.cli.common import CLIError  # noqa: F401  (raised by the commands; part of the CLI's API)
 from mobilefacenet_k210.errors import Mfk210Error
@@ -18,6 +19,8 @@ COMMANDS = [model_commands.add_check, data_commands.add_build_tfrecords, data_co
             model_commands.add_evaluate, model_commands.add_export, board_commands.add_kfpkg, board_commands.add_flash,
             board_commands.add_board_files, board_commands.add_enroll, board_commands.add_identify,
             run_commands.add_demo, run_commands.add_bench]
+# The commands that write a folder (or a gallery file) and so take its lock (folder_lock): they get --break-lock.
+WRITERS = ("build-tfrecords", "merge", "add-teacher", "train", "export", "enroll", "board-files", "demo", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    for name in WRITERS:
+        sub.choices[name].add_argument(
+            "--break-lock", action="store_true",
+            help="take over the output's lock even if it names a run on another machine (a shared file system); "
+                 "only when that run is over")
     return parser
 
 
@@ -63,7 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # warnings and errors still show, and a TF_CPP_MIN_LOG_LEVEL the user set wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
-        return int(args.handler(args) or 0)
+        with folder_lock.breaking_locks(getattr(args, "break_lock", False)):
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from mobilefacenet_k210 import config as config_lib
+from mobilefacenet_k210 import folder_lock
 from mobilefacenet_k210.config import BuildConfig
 from mobilefacenet_k210.data import beam_runner, insightface_set, local_runner
 from mobilefacenet_k210.data import policy as policy_lib
@@ -53,6 +54,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
     for a RecordIO set also ``source``: its layout, notes and the ``.bin`` verification sets beside it.
 
     ``overwrite``: replace a dataset that OUT_DIR holds from another input (see :func:`writer.plan_output`).
+    A second writer of ``out_dir`` meanwhile is refused (:mod:`folder_lock`).
     ``teacher``: a loaded teacher (``teacher.models.load_teacher``; this layer never imports it) whose
     embeddings of each crop and its mirror are stored in the records, its ``info()`` in ``metadata.json``.
     """
@@ -63,10 +65,13 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
             raise BuildError(f"{raw_dir}: an InsightFace RecordIO set has identities; --unlabeled takes a flat "
                              f"folder of photos")
         cfg = dataclasses.replace(cfg, aligned=True)
-    if not cfg.aligned:
-        describe_detector(cfg)  # fetches the detector's model once, before any worker needs it
     out_dir = Path(out_dir)
-    target = plan_output(out_dir, [raw_dir], overwrite, same_input(raw_dir))
-    summary = RUNNERS[cfg.runner](raw_dir, target, cfg, progress, teacher=teacher)
-    finish_output(target, out_dir)
+    # this process holds OUT_DIR's lock for either runner (Beam's workers write only its cache), from
+    # the plan through the swap of an --overwrite staging folder
+    with folder_lock.hold(out_dir):
+        if not cfg.aligned:
+            describe_detector(cfg)  # fetches the detector's model once, before any worker needs it
+        target = plan_output(out_dir, [raw_dir], overwrite, same_input(raw_dir))
+        summary = RUNNERS[cfg.runner](raw_dir, target, cfg, progress, teacher=teacher)
+        finish_output(target, out_dir)
     return {**summary, "out_dir": str(out_dir)}

@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
-from mobilefacenet_k210 import atomic
+from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.data import stages, tfrecord, writer
 from mobilefacenet_k210.data.scan import scan_folder
 
@@ -48,13 +48,15 @@ def merge(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path], overwri
     property and rejected.csv are written anew. Returns the new metadata.
 
     ``out_dir`` may not be, contain or lie inside an input; a dataset already there is replaced only
-    with ``overwrite``, and stays whole until the merged one is complete (built beside, then swapped).
+    with ``overwrite``, and stays whole until the merged one is complete (built beside, then swapped);
+    a second writer of ``out_dir`` meanwhile is refused (:mod:`folder_lock`).
     """
     if len(inputs) < 2:
         raise tfrecord.ShardError("merge needs at least two shard folders")
-    target = writer.plan_output(out_dir, inputs, overwrite, lambda meta: False, error=tfrecord.ShardError)
-    meta = _merge_into(inputs, target)
-    writer.finish_output(target, Path(out_dir))
+    with folder_lock.hold(out_dir):
+        target = writer.plan_output(out_dir, inputs, overwrite, lambda meta: False, error=tfrecord.ShardError)
+        meta = _merge_into(inputs, target)
+        writer.finish_output(target, Path(out_dir))
     return meta
 
 

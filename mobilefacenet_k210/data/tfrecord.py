@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Union
 
-from mobilefacenet_k210 import atomic
+from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.errors import Mfk210Error
 from mobilefacenet_k210.files import sha256_file  # noqa: F401  (shard checksums: inspect, pipeline, builder)
 
@@ -164,8 +164,14 @@ def load_metadata(shards_dir: Union[str, Path]) -> Dict[str, Any]:
     ``class_counts`` (label -> records in train), ``splits`` (split -> record count), ``shards``
     (list of ``{"file", "split", "records", "sha256"}``), ``policy``, ``build_config``,
     ``package_version``.
+
+    A folder that another process is writing now (it holds the folder's lock, :mod:`folder_lock`) is
+    refused as incomplete, whatever its files say at this moment.
     """
     shards_dir = Path(shards_dir)
+    writer = folder_lock.live_writer(shards_dir)
+    if writer is not None:
+        raise ShardError(f"{shards_dir}: incomplete: {writer} is writing it now; wait for it to finish")
     path = shards_dir / METADATA_FILE
     if not path.is_file():
         raise ShardError(f"{path}: no metadata.json in {shards_dir} (build shards with `mfk210 build-tfrecords`)")

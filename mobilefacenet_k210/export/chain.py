@@ -15,7 +15,7 @@ from typing import Dict, Iterator, Optional, Union
 
 import numpy as np
 
-from mobilefacenet_k210 import k210, preprocessing
+from mobilefacenet_k210 import folder_lock, k210, preprocessing
 from mobilefacenet_k210.config import ExportConfig, to_dict
 from mobilefacenet_k210.evaluate.backends import KerasBackend, KmodelBackend, TFLiteBackend
 from mobilefacenet_k210.export import calibration, kmodel, placement, report, tflite
@@ -68,15 +68,22 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
     Writes model.tflite, model_int8.tflite (unless disabled), model.kmodel, model.kmodel.json,
     report.json, report.md and cosine_histogram.png as one set: ``out_dir`` is replaced whole at the
     end (it must be new, empty or an earlier export). nncase being installed and ``out_dir`` being
-    usable are checked before anything is loaded.
+    usable (and not being written by another run, :mod:`folder_lock`) are checked before anything is loaded.
     """
-    from mobilefacenet_k210.model.io import load_embedding_model
-
     config = config or ExportConfig()
     config.validate()
     out_dir = Path(out_dir)
     versions = kmodel.require_nncase()
-    check_out_dir(out_dir, OUTPUT_NAMES)
+    with folder_lock.hold(out_dir):  # beside OUT: it covers the staging folder and the swap
+        check_out_dir(out_dir, OUTPUT_NAMES)
+        return _export(model_path, calib, out_dir, config, holdout, versions)
+
+
+def _export(model_path: Union[str, Path], calib: Union[str, Path], out_dir: Path, config: ExportConfig,
+            holdout: Optional[Union[str, Path]], versions: Dict[str, str]) -> ExportResult:
+    """:func:`export_model` under ``out_dir``'s lock: load and check, then build the set and swap it in."""
+    from mobilefacenet_k210.model.io import load_embedding_model
+
     stage = Stages(6 + int(config.int8_tflite))
 
     with stage("check", f"loading {model_path} and checking K210 rules"):

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Union
 
 import numpy as np
 
-from mobilefacenet_k210 import atomic
+from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.data import tfrecord
 from mobilefacenet_k210.teacher.contract import TeacherError
 from mobilefacenet_k210.teacher.models import Teacher, load_teacher
@@ -58,14 +58,22 @@ def add_teacher(shards_dir: Union[str, Path], teacher: Union[str, Path, Teacher]
     """Write ``out``: the shards of ``shards_dir`` with teacher embeddings; return its metadata.
 
     ``teacher`` is a :class:`Teacher` or what :func:`load_teacher` takes. Resumable: rerun after a
-    kill and finished shards are kept (if the source metadata and the teacher are the same).
+    kill and finished shards are kept (if the source metadata and the teacher are the same). A second
+    writer of ``out`` meanwhile is refused (:mod:`folder_lock`).
     """
-    from tqdm import tqdm
-
     src, out = Path(shards_dir), Path(out)
     if out.resolve() == src.resolve():
         raise TeacherError(f"{out}: --out is the shard folder itself; write the shards with teacher "
                            f"embeddings to a new folder")
+    with folder_lock.hold(out):  # NEW's lock, beside it, covers .NEW.partial and the rename
+        return _add_teacher(src, teacher, out, batch_size, progress)
+
+
+def _add_teacher(src: Path, teacher: Union[str, Path, Teacher], out: Path, batch_size: int,
+                 progress: bool) -> Dict[str, Any]:
+    """:func:`add_teacher`'s work, under ``out``'s lock."""
+    from tqdm import tqdm
+
     if out.exists():
         raise TeacherError(f"{out}: already exists; remove it or choose another --out")
     meta = tfrecord.load_metadata(src)
