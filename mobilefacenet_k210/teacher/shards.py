@@ -66,11 +66,11 @@ def add_teacher(shards_dir: Union[str, Path], teacher: Union[str, Path, Teacher]
         raise TeacherError(f"{out}: --out is the shard folder itself; write the shards with teacher "
                            f"embeddings to a new folder")
     with folder_lock.hold(out):  # NEW's lock, beside it, covers .NEW.partial and the rename
-        return _add_teacher(src, teacher, out, batch_size, progress)
+        return _add_teacher(src, teacher, out, batch_size, progress, trust_model_code)
 
 
 def _add_teacher(src: Path, teacher: Union[str, Path, Teacher], out: Path, batch_size: int,
-                 progress: bool) -> Dict[str, Any]:
+                 progress: bool, trust_model_code: bool) -> Dict[str, Any]:
     """:func:`add_teacher`'s work, under ``out``'s lock."""
     from tqdm import tqdm
 
