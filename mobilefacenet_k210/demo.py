@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.config import DemoConfig, resolve
@@ -33,10 +33,6 @@ STEPS = [
     ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 3),
     ("board", "package the kmodel (.kfpkg) and the CanMV board files with the open-set threshold", 1),
     ("inspect", "contact sheet of the training shards", 3),
-    ("teacher", "the teacher's (SFace) embeddings of each training crop and its mirror, added to the shards", 2),
-    ("distill", "train the distilled student on the same photos, taught by the teacher", 25),
-    ("distill_export", "export the distilled student: TFLite, kmodel, parity report", 10),
-    ("distill_compare", "teacher, from-scratch and distilled students on the test pairs; cosine to the teacher", 5),
 ]
 STEP_CONFIG = {
     "faces": ("train", "select", "test", "reduced_photos"),
@@ -45,8 +41,6 @@ STEP_CONFIG = {
     "export": ("calibrate_method", "calibration_samples", "int8_tflite"),
     "identify": ("enroll_photos", "gallery_mode"),
     "openset": ("enroll_photos", "test", "gallery_mode"),
-    "distill": ("distill_config",),
-    "distill_export": ("calibrate_method", "calibration_samples", "int8_tflite"),
 }
 """The DemoConfig fields each step's output depends on (``workers`` changes speed only). A field naming
 a config file stands for the file's content too."""
@@ -54,8 +48,7 @@ CONFIG_FILES = ("build_config", "train_config", "distill_config")
 STEP_OUTPUTS = {
     "faces": ("raw",), "shards": ("shards",), "aligned": ("aligned",), "pairs": ("select.bin", "test.bin"),
     "train": ("train",), "export": ("export",), "evaluate": ("evaluate",), "identify": ("identify",),
-    "openset": ("openset",), "board": ("board",), "inspect": ("inspect",), "teacher": ("shards_teacher",),
-    "distill": ("train_distill",), "distill_export": ("export_distill",), "distill_compare": ("distill",),
+    "openset": ("openset",), "board": ("board",), "inspect": ("inspect",),
 }
 """What each step writes under OUT: removed before a step reruns for a changed input."""
 
@@ -77,10 +70,11 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def estimate_left(seconds: Dict[str, float], pending: Iterable[str]) -> Optional[float]:
+def estimate_left(seconds: Dict[str, float], pending: Iterable[str],
+                  steps: Sequence[Tuple[str, str, int]] = STEPS) -> Optional[float]:
     """Seconds the ``pending`` steps should take, scaled from the ``seconds`` measured for other steps on
     this machine by the steps' relative costs; None before any step is measured."""
-    cost = {name: weight for name, _, weight in STEPS}
+    cost = {name: weight for name, _, weight in steps}
     measured = {name: s for name, s in seconds.items() if name in cost}
     if not measured:
         return None
@@ -105,15 +99,21 @@ class Demo:
 
     A step's fingerprint covers its DemoConfig fields (and the content of the config files they name)
     and the record of the step before it, so a changed input reruns its step and every step after it.
+    The step table is the class's (``steps``, ``step_config``, ``step_outputs``): a subclass runs
+    other steps the same way, chained ``after`` another runner's last step (:meth:`replay`).
     """
 
-    def __init__(self, out: Union[str, Path], config: DemoConfig):
+    steps: Sequence[Tuple[str, str, int]] = STEPS
+    step_config: Dict[str, Tuple[str, ...]] = STEP_CONFIG
+    step_outputs: Dict[str, Tuple[str, ...]] = STEP_OUTPUTS
+
+    def __init__(self, out: Union[str, Path], config: DemoConfig, after: str = ""):
         self.out = Path(out)
         self.config = config
         self.results: Dict[str, Any] = {}
         self.seconds: Dict[str, float] = {}
         self.started = time.perf_counter()
-        self.previous = ""
+        self.previous = after
         for path in remove_leftovers(self.out):
             print(f"removed {path}, left by an interrupted run", flush=True)
 
@@ -122,7 +122,7 @@ class Demo:
 
     def fingerprint(self, name: str) -> str:
         """What step ``name`` is made from: its config fields, their files' content, the step before it."""
-        fields = {f: getattr(self.config, f) for f in STEP_CONFIG.get(name, ())}
+        fields = {f: getattr(self.config, f) for f in self.step_config.get(name, ())}
         files = {f: _file_digest(resolve(fields[f])) for f in CONFIG_FILES if f in fields}
         return _digest({"step": name, "config": fields, "files": files, "previous": self.previous})
 
@@ -138,34 +138,56 @@ class Demo:
 
     def _clear(self, name: str, why: str) -> None:
         print(f"{name}: {why}; its outputs are made again", flush=True)
-        for part in STEP_OUTPUTS.get(name, ()):
+        for part in self.step_outputs.get(name, ()):
             _remove(self.path(part))
+
+    def _accept(self, name: str, record: Dict[str, Any]) -> None:
+        self.results[name], self.seconds[name] = record["result"], record["seconds"]
+        self.previous = _digest({"fingerprint": record["fingerprint"], "result": record["result"]})
+
+    def _reusable(self, name: str) -> Optional[Dict[str, Any]]:
+        """The step's record if it was made from the current inputs, else None."""
+        record = self.path("steps", f"{name}.json")
+        if not record.is_file():
+            return None
+        saved = self._read_record(record, name)
+        return saved if saved.get("fingerprint") == self.fingerprint(name) else None
+
+    def replay(self) -> List[str]:
+        """Load, in order, the records of the steps made from the current inputs, chaining them as
+        :meth:`run` does; returns the steps from the first one missing or made from other inputs on."""
+        names = [s[0] for s in self.steps]
+        for i, name in enumerate(names):
+            saved = self._reusable(name)
+            if saved is None:
+                return names[i:]
+            self._accept(name, saved)
+        return []
 
     def run(self, name: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
         record, marker = self.path("steps", f"{name}.json"), self.path("steps", f"{name}.started.json")
-        index = [s[0] for s in STEPS].index(name)
+        names = [s[0] for s in self.steps]
+        index, total = names.index(name), len(names)
         fingerprint = self.fingerprint(name)
         if record.is_file():
-            saved = self._read_record(record, name)
-            if saved.get("fingerprint") == fingerprint:
-                self.results[name], self.seconds[name] = saved["result"], saved["seconds"]
-                self.previous = _digest({"fingerprint": fingerprint, "result": saved["result"]})
-                print(f"[{index + 1}/{len(STEPS)}] {name}: done before ({saved['seconds']:.0f} s), skipped", flush=True)
+            saved = self._reusable(name)
+            if saved is not None:
+                self._accept(name, saved)
+                print(f"[{index + 1}/{total}] {name}: done before ({saved['seconds']:.0f} s), skipped", flush=True)
                 return self.results[name]
             self._clear(name, "made from other inputs (config, config file or an earlier step changed)")
             record.unlink()
         elif marker.is_file() and self._marker(marker) != fingerprint:
             self._clear(name, "interrupted while running with other inputs")
-        print(f"\n[{index + 1}/{len(STEPS)}] {name}: {STEPS[index][1]} ({self.progress(index)})", flush=True)
+        print(f"\n[{index + 1}/{total}] {name}: {self.steps[index][1]} ({self.progress(index)})", flush=True)
         atomic.write_json(marker, {"fingerprint": fingerprint})
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
         atomic.write_json(record, {"result": result, "seconds": seconds, "fingerprint": fingerprint})
         marker.unlink(missing_ok=True)
-        self.results[name], self.seconds[name] = result, seconds
-        self.previous = _digest({"fingerprint": fingerprint, "result": result})
-        print(f"[{index + 1}/{len(STEPS)}] {name}: finished in {seconds:.0f} s", flush=True)
+        self._accept(name, {"result": result, "seconds": seconds, "fingerprint": fingerprint})
+        print(f"[{index + 1}/{total}] {name}: finished in {seconds:.0f} s", flush=True)
         return result
 
     @staticmethod
@@ -178,7 +200,7 @@ class Demo:
     def progress(self, index: int) -> str:
         """Elapsed time of this run and the time left, scaled from the steps measured so far."""
         elapsed = time.perf_counter() - self.started
-        left = estimate_left(self.seconds, [s[0] for s in STEPS[index:]])
+        left = estimate_left(self.seconds, [s[0] for s in self.steps[index:]], self.steps)
         if left is None:
             return f"{elapsed / 60:.1f} min elapsed; time left estimated once a step has run on this machine"
         return (f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left, scaled from the "
@@ -240,12 +262,6 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
     demo.run("openset", lambda: open_set_test(out, config))
     demo.run("board", lambda: board_files(out, len(config.test)))
     demo.run("inspect", lambda: inspect_shards(out))
-    from mobilefacenet_k210 import demo_distill
-
-    demo.run("teacher", lambda: demo_distill.add_teacher_step(out))
-    demo.run("distill", lambda: demo_distill.train_distilled(out, config.distill_config))
-    demo.run("distill_export", lambda: demo_distill.export_distilled(out, config.export_config()))
-    demo.run("distill_compare", lambda: demo_distill.compare(out, demo.results["evaluate"]))
     figures = summarize(demo)
     figures["demo_seconds_this_run"] = time.perf_counter() - t0
     write_report(demo, figures)
@@ -275,10 +291,6 @@ def summarize(demo: Demo) -> Dict[str, Any]:
         "seconds": demo.seconds,
     }
     figures["orl_acc_drop"] = figures["orl_acc_keras"] - figures["orl_acc_kmodel"]
-    if "distill_compare" in r:
-        from mobilefacenet_k210.demo_distill import figures as distill_figures
-
-        figures.update(distill_figures(r))
     return figures
 
 
@@ -287,7 +299,7 @@ def write_report(demo: Demo, figures: Dict[str, Any]) -> Path:
     from mobilefacenet_k210.demo_report import render
 
     path = demo.path("report.md")
-    text = render(demo.out, demo.config, demo.results, demo.seconds, figures, STEPS)
+    text = render(demo.out, demo.config, demo.results, demo.seconds, figures, demo.steps)
     atomic.write_text(path, text)
     print(f"\nreport: {path}")
     return path

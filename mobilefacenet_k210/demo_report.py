@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from mobilefacenet_k210.config import DemoConfig, recorded_gallery_mode, to_dict
-from mobilefacenet_k210.demo_distill import report_section
 from mobilefacenet_k210.provenance import machine, timestamp
 from mobilefacenet_k210.targets import TARGETS
 
@@ -142,7 +141,6 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         f"{ident['probes']} photos.",
         "",
         *_open_set(out, results.get("openset"), board.get("threshold") or {}),
-        *report_section(results),
         "## 6. Board",
         "",
         f"`{board['kfpkg']}` (kflash package) and the CanMV `feat/kpu` files in `board/sd/`: "

@@ -21,7 +21,7 @@ ROOT = Path(mobilefacenet_k210.__file__).parent
 LAYERS = [
     ["errors"], ["atomic", "files", "wheels", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
     ["model", "data"], ["evaluate", "export", "teacher"], ["train", "training"], ["board"],
-    ["demo_report", "demo_distill", "demo_steps"], ["demo"], ["bench", "bench_distill", "bench_scale", "bench_train"], ["cli"], ["__main__"],
+    ["demo_report", "demo_steps"], ["demo"], ["bench", "bench_distill", "bench_scale", "bench_students", "bench_train"], ["cli"], ["__main__"],
 ]
 NOT_PYTHON3 = {f"{PACKAGE}.board.canmv_face_id"}  # MicroPython: runs on the board, never imported here
 
