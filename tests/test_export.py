@@ -120,6 +120,7 @@ def test_simulator_runs_the_kmodel_and_tracks_keras(exported, monkeypatch):
     assert len(ran) == 1 and np.array_equal(ran[0], faces[2])
     assert embeddings.shape == (3, 32) and embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
     kmodel._SIMULATED.clear()
+    monkeypatch.setattr(kmodel, "SIMULATOR_FACES_PER_PROCESS", 1)  # split between processes, one per core
     np.testing.assert_array_equal(embeddings, kmodel.simulate(data, faces))
     keras = exported["model"].predict(preprocessing.normalize(faces), verbose=0)
     assert report.cosine(keras, embeddings).mean() > 0.9

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -305,10 +305,49 @@ def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray, progress: bool
         known.clear()
     todo = list({key: i for i, key in enumerate(keys) if key not in known}.values())
     if todo:
-        simulator = _load_simulator(data, installed, images.shape)
-        for i in tqdm(todo, desc="nncase simulator", unit="face", disable=not progress, leave=False):
-            known[keys[i]] = _run_simulator(simulator, images[i], installed)
+        for i, output in zip(todo, _simulate_in_processes(bytes(data), images[todo], installed, progress)):
+            known[keys[i]] = output
     return np.stack([known[key] for key in keys])
+
+
+SIMULATOR_FACES_PER_PROCESS = 16
+"""Faces each extra simulator process must have to be worth starting (it imports nncase and loads the
+kmodel in well under a second; the simulator takes about a tenth of a second a face on one core)."""
+
+
+def _simulate_in_processes(data: bytes, faces: np.ndarray, installed: Dict[str, str], progress: bool) -> np.ndarray:
+    """Outputs of ``faces``: the simulator holds Python's lock while it runs, so the faces are split
+    between this process and up to one spawned process per other core."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    processes = max(1, min(os.cpu_count() or 1, len(faces) // SIMULATOR_FACES_PER_PROCESS))
+    chunks = np.array_split(faces, processes)
+    with tqdm(total=len(faces), desc="nncase simulator", unit="face", disable=not progress, leave=False) as bar:
+        if processes == 1:
+            return simulate_faces(data, faces, installed, bar.update)
+        # spawn: forking a process that has loaded TensorFlow is unsafe
+        with ProcessPoolExecutor(processes - 1, mp_context=mp.get_context("spawn")) as pool:
+            others = [pool.submit(simulate_faces, data, chunk, installed) for chunk in chunks[1:]]
+            first = simulate_faces(data, chunks[0], installed, bar.update)
+            rest = [future.result() for future in others]
+            bar.update(sum(len(r) for r in rest))
+    return np.concatenate([first, *rest])
+
+
+def simulate_faces(data: bytes, faces: np.ndarray, installed: Dict[str, str],
+                   tick: Optional[Callable[[int], Any]] = None) -> np.ndarray:
+    """Outputs (N, D) of ``faces`` (N, H, W, 3) through the kmodel ``data``, in one simulator; ``tick(1)``
+    after each face. Module level: the spawned simulator processes run it."""
+    simulator = _load_simulator(data, installed, faces.shape)
+    outputs = []
+    for image in faces:
+        outputs.append(_run_simulator(simulator, image, installed))
+        if tick:
+            tick(1)
+    return np.stack(outputs)
 
 
 def _load_simulator(data: bytes, installed: Dict[str, str], shape: Tuple[int, ...]) -> Any:
@@ -332,7 +371,9 @@ def _load_simulator(data: bytes, installed: Dict[str, str], shape: Tuple[int, ..
 def _run_simulator(simulator: Any, image: np.ndarray, installed: Dict[str, str]) -> np.ndarray:
     import nncase
 
-    tensor = nncase.RuntimeTensor.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
+    # nncase compares dtype objects by identity: an array unpickled in a simulator process has a uint8
+    # dtype object of its own, so the pixels are copied into an array of numpy's own uint8
+    tensor = nncase.RuntimeTensor.from_numpy(image.transpose(2, 0, 1)[None].astype(np.uint8))
     simulator.set_input_tensor(0, tensor)
     try:
         simulator.run()
