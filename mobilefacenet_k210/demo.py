@@ -8,6 +8,7 @@ step). Everything lands in ``OUT`` (default ``runs/demo``), ending with ``report
 """
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -82,6 +83,13 @@ def estimate_left(seconds: Dict[str, float], pending: Iterable[str],
     return rate * sum(cost[name] for name in pending)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (nncase's compile, worker pools) so far:
+    set against a step's wall seconds, it says how much other work shared the cores."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def remove_leftovers(out: Path) -> List[Path]:
     """Delete the hidden temporaries (``.*.tmp``, ``.*.png``, ``.*.old``) a killed run left under ``out``."""
     removed = []
@@ -112,6 +120,7 @@ class Demo:
         self.config = config
         self.results: Dict[str, Any] = {}
         self.seconds: Dict[str, float] = {}
+        self.usage: Dict[str, Dict[str, float]] = {}  # per step: CPU seconds and the load around it
         self.started = time.perf_counter()
         self.previous = after
         for path in remove_leftovers(self.out):
@@ -143,6 +152,7 @@ class Demo:
 
     def _accept(self, name: str, record: Dict[str, Any]) -> None:
         self.results[name], self.seconds[name] = record["result"], record["seconds"]
+        self.usage[name] = record.get("usage", {})
         self.previous = _digest({"fingerprint": record["fingerprint"], "result": record["result"]})
 
     def _reusable(self, name: str) -> Optional[Dict[str, Any]]:
@@ -181,12 +191,14 @@ class Demo:
             self._clear(name, "interrupted while running with other inputs")
         print(f"\n[{index + 1}/{total}] {name}: {self.steps[index][1]} ({self.progress(index)})", flush=True)
         atomic.write_json(marker, {"fingerprint": fingerprint})
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         result = fn()
         seconds = time.perf_counter() - t0
-        atomic.write_json(record, {"result": result, "seconds": seconds, "fingerprint": fingerprint})
+        usage = {"cpu_seconds": cpu_seconds() - cpu0, "load_average": os.getloadavg()[0]}
+        saved = {"result": result, "seconds": seconds, "usage": usage, "fingerprint": fingerprint}
+        atomic.write_json(record, saved)
         marker.unlink(missing_ok=True)
-        self._accept(name, {"result": result, "seconds": seconds, "fingerprint": fingerprint})
+        self._accept(name, saved)
         print(f"[{index + 1}/{total}] {name}: finished in {seconds:.0f} s", flush=True)
         return result
 
@@ -299,7 +311,7 @@ def write_report(demo: Demo, figures: Dict[str, Any]) -> Path:
     from mobilefacenet_k210.demo_report import render
 
     path = demo.path("report.md")
-    text = render(demo.out, demo.config, demo.results, demo.seconds, figures, demo.steps)
+    text = render(demo.out, demo.config, demo.results, demo.seconds, figures, demo.steps, demo.usage)
     atomic.write_text(path, text)
     print(f"\nreport: {path}")
     return path
