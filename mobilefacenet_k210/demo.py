@@ -23,17 +23,17 @@ from mobilefacenet_k210.errors import FileFormatError
 # (step, what it does, relative cost: its share of the demo's time, used only to spread the time
 # measured on this machine over the steps still to run)
 STEPS = [
-    ("faces", "fetch the ORL faces and lay out train/select/test photo folders", 4),
-    ("shards", "MTCNN-align the training photos, apply the per-identity policy, write shards", 13),
-    ("aligned", "MTCNN-align the held-out photos (checkpoint selection and test identities)", 7),
+    ("faces", "fetch the ORL faces and lay out train/select/test photo folders", 1),
+    ("shards", "MTCNN-align the training photos, apply the per-identity policy, write shards", 3),
+    ("aligned", "MTCNN-align the held-out photos (checkpoint selection and test identities)", 2),
     ("pairs", "write verification pairs (.bin) of held-out identities", 1),
-    ("train", "train: softmax, then ArcFace from the softmax weights", 40),
-    ("export", "export: float TFLite, kmodel (nncase) with the parity report", 10),
+    ("train", "train: softmax, then ArcFace from the softmax weights", 65),
+    ("export", "export: float TFLite, kmodel (nncase) with the parity report", 13),
     ("evaluate", "10-fold verification of the Keras model and the kmodel on the test identities", 7),
-    ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 4),
-    ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 3),
+    ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 3),
+    ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 1),
     ("board", "package the kmodel (.kfpkg) and the CanMV board files with the open-set threshold", 1),
-    ("inspect", "contact sheet of the training shards", 3),
+    ("inspect", "contact sheet of the training shards", 1),
 ]
 STEP_CONFIG = {
     "faces": ("train", "select", "test", "reduced_photos"),
