@@ -53,9 +53,7 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
     keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
     out = {k: figures[k] for k in keep}
     out["demo_seconds"] = float(sum(figures["seconds"].values()))  # every step, as its record measured it
-    out.update({"demo_kmodel_bytes": report.kmodel_bytes, "demo_kpu_mac_share": report.kpu_mac_share,
-                "demo_cosine_kmodel_mean": report.cosine_kmodel_mean,
-                "demo_cosine_kmodel_min": report.cosine_kmodel_min})
+    out.update(report.headline("demo_"))
     return out
 
 
@@ -77,11 +75,9 @@ def export_figures(demo_out: Path, work: Path, train_config: str, shards: Option
     train_lib.train(cfg, shards or demo_out / "shards", run)
     report = export_model(run, demo_out / "shards", work / f"{prefix}export_default",
                           holdout=demo_out / "aligned" / "test")
-    figures = {"kmodel_bytes": report.kmodel_bytes, "kmodel_version": report.kmodel_version,
-               "kpu_mac_share": report.kpu_mac_share, "cosine_kmodel_mean": report.cosine_kmodel_mean,
-               "cosine_kmodel_min": report.cosine_kmodel_min, "nncase_version": report.nncase_version,
+    figures = {"kmodel_version": report.kmodel_version, "nncase_version": report.nncase_version,
                "calibrate_method": report.calibrate_method, "calibration_samples": report.calibration_samples}
-    return {f"{prefix}{key}": value for key, value in figures.items()}
+    return {**report.headline(prefix), **{f"{prefix}{key}": value for key, value in figures.items()}}
 
 
 def orl_photos() -> Path:

@@ -145,9 +145,7 @@ def figures(results: Dict[str, Any]) -> Dict[str, Any]:
         "distill_cosine_heldout": rows["distill_keras"]["heldout_cosine"],
         "scratch_cosine_heldout": rows["scratch_keras"]["heldout_cosine"],
         "teacher_img_per_s": results["teacher"]["teacher_img_per_s"],
-        "distill_kmodel_bytes": export.kmodel_bytes,
-        "distill_kpu_mac_share": export.kpu_mac_share,
-        "distill_cosine_kmodel_mean": export.cosine_kmodel_mean,
+        **export.headline("distill_"),
     }
 
 
