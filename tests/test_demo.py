@@ -1,6 +1,7 @@
 """The demo's step runner: a finished step is reused only when made from the same inputs, a changed config
 reruns its step and the ones after it, broken records are named, a killed run's temporaries go away, photo
 copies are atomic, and the time estimate scales with what this machine measured."""
+import json
 import shutil
 
 import pytest
@@ -53,6 +54,8 @@ def test_steps_are_reused_only_when_made_from_the_same_inputs(tmp_path, configs)
     steps = Steps(out)
     steps(demo.Demo(out, configs()))
     assert steps.runs == ["faces", "shards", "aligned", "pairs", "train"]
+    usage = json.loads((out / "steps" / "train.json").read_text())["usage"]  # what report.md's table shows
+    assert usage["cpu_seconds"] >= 0 and usage["load_average"] >= 0
     steps.runs.clear()
     steps(demo.Demo(out, configs(workers=3)))  # workers change speed only
     assert steps.runs == []
