@@ -1,8 +1,9 @@
 """`make bench`: every measurable target of the project, in one flat JSON file and one Markdown table.
 
 Figures that the demo already measured (accuracy, export parity) are read from its outputs instead
-of being recomputed; the demo is run (or resumed) first. Speed claims are ratios measured in the
-same run on the same machine (a shared CPU makes absolute times drift): 2 vs 1 builder workers,
+of being recomputed; the demo is run (or resumed) first. The distillation comparison (teacher,
+from-scratch and distilled students) is a bench stage on the demo's outputs, not a demo step. Speed
+claims are ratios measured in the same run on the same machine (a shared CPU makes absolute times drift): 2 vs 1 builder workers,
 tf.data vs training consumption, our shuffling vs the seed's name-ordered stream, the YuNet builder on
 2 workers vs the plain one-MTCNN loop (both on the 400 ORL photos), an InsightFace RecordIO set vs a
 folder of the same JPEGs (:mod:`.bench_recordio`).
@@ -51,22 +52,19 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
 
     figures = run_demo(demo_out)
     report = ExportResult.read(demo_out / "export")
-    keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel",
-            "orl_acc_teacher", "orl_acc_distill_keras", "orl_acc_distill_kmodel", "distill_cosine_heldout",
-            "teacher_img_per_s")
+    keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
     out = {k: figures[k] for k in keep}
     out["demo_seconds"] = float(sum(figures["seconds"].values()))  # every step, as its record measured it
-    out.update({"demo_kmodel_bytes": report.kmodel_bytes, "demo_kpu_mac_share": report.kpu_mac_share,
-                "demo_cosine_kmodel_mean": report.cosine_kmodel_mean,
-                "demo_cosine_kmodel_min": report.cosine_kmodel_min})
+    out.update(report.headline("demo_"))
     return out
 
 
-def export_figures(demo_out: Path, work: Path, train_config: str, shards: str = "shards",
+def export_figures(demo_out: Path, work: Path, train_config: str, shards: Optional[Path] = None,
                    prefix: str = "") -> Dict[str, Any]:
     """Export parity of the default (width 1.0) MobileFaceNet, trained with ``train_config`` (the demo's
-    recipe, or its distilled student's on ``shards_teacher``) on the demo's shards, calibrated on
-    training faces and measured on the held-out test faces; keys start with ``prefix``."""
+    recipe, or the distill stage's on its ``shards_teacher``) on ``shards`` (default the demo's),
+    calibrated on the demo's training faces and measured on the held-out test faces; keys start with
+    ``prefix``."""
     from mobilefacenet_k210 import config as config_lib
     from mobilefacenet_k210 import train as train_lib
     from mobilefacenet_k210.export.chain import export_model
@@ -76,14 +74,12 @@ def export_figures(demo_out: Path, work: Path, train_config: str, shards: str = 
         f"model.width_multiplier={defaults.width_multiplier}", f"model.embedding_size={defaults.embedding_size}",
         f"verification.select={demo_out / 'select.bin'}"])
     run = work / f"{prefix}train_default"
-    train_lib.train(cfg, demo_out / shards, run)
+    train_lib.train(cfg, shards or demo_out / "shards", run)
     report = export_model(run, demo_out / "shards", work / f"{prefix}export_default",
                           holdout=demo_out / "aligned" / "test")
-    figures = {"kmodel_bytes": report.kmodel_bytes, "kmodel_version": report.kmodel_version,
-               "kpu_mac_share": report.kpu_mac_share, "cosine_kmodel_mean": report.cosine_kmodel_mean,
-               "cosine_kmodel_min": report.cosine_kmodel_min, "nncase_version": report.nncase_version,
+    figures = {"kmodel_version": report.kmodel_version, "nncase_version": report.nncase_version,
                "calibrate_method": report.calibrate_method, "calibration_samples": report.calibration_samples}
-    return {f"{prefix}{key}": value for key, value in figures.items()}
+    return {**report.headline(prefix), **{f"{prefix}{key}": value for key, value in figures.items()}}
 
 
 def orl_photos() -> Path:
@@ -358,16 +354,19 @@ def _run_bench(out: Path, demo_out: Path, train_config: str, tests: bool, root: 
     """:func:`run_bench` under ``out``'s lock."""
     from mobilefacenet_k210.bench_distill import trend_figures
     from mobilefacenet_k210.bench_recordio import recordio_figures
+    from mobilefacenet_k210.bench_students import distill_figures
     from mobilefacenet_k210.config import DemoConfig
 
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
+    teacher_shards = work / "distill" / "shards_teacher"  # the distill stage's; the two after it read them
     stages: List[Tuple[str, Callable[[], Dict[str, Any]]]] = [
         ("model", model_figures),
         ("demo", lambda: demo_figures(demo_out)),
-        ("distill_trend", lambda: trend_figures(demo_out, out)),
+        ("distill", lambda: distill_figures(demo_out, work / "distill")),
+        ("distill_trend", lambda: trend_figures(demo_out, out, teacher_shards=teacher_shards)),
         ("export", lambda: export_figures(demo_out, work, train_config)),
-        ("distill_export", lambda: export_figures(demo_out, work, DemoConfig().distill_config, "shards_teacher",
+        ("distill_export", lambda: export_figures(demo_out, work, DemoConfig().distill_config, teacher_shards,
                                                   "distill_default_")),
         ("builder", lambda: builder_figures(demo_out, work)),
         ("recordio", lambda: recordio_figures(work)),

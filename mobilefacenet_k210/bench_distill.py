@@ -1,9 +1,10 @@
 """`make bench`'s distill_trend stage: what more (unlabelled-by-the-teacher) training photos buy.
 
-From the demo's outputs (shards with teacher embeddings, select/test pairs, held-out aligned faces) it
-trains a from-scratch student (the demo's recipe) and a distilled one (the demo's distilled recipe) on
-the first photos of each identity for a few photo budgets, all with one seed, and records each
-student's held-out verification accuracy and its mean cosine to the teacher on the held-out faces.
+From the demo's outputs (select/test pairs, held-out aligned faces) and the distill stage's shards with
+teacher embeddings it trains a from-scratch student (the demo's recipe) and a distilled one (the distill
+stage's recipe) on the first photos of each identity for a few photo budgets, all with one seed, and
+records each student's held-out verification accuracy and its mean cosine to the teacher on the
+held-out faces.
 
 Every run is recorded in ``distill_trend.json`` as soon as it ends (written atomically), keyed by
 its inputs, so a killed bench resumes where it stopped; ``distill_trend.png`` plots the trend.
@@ -105,9 +106,12 @@ def write_subset(src: Union[str, Path], dest: Union[str, Path], budget: int, see
     return new_meta
 
 
-def _check_demo(demo_out: Path) -> None:
-    for path in (demo_out / "shards_teacher" / "metadata.json", demo_out / "select.bin", demo_out / "test.bin",
-                 demo_out / "aligned" / "test"):
+def _check_demo(demo_out: Path, source: Path) -> None:
+    if not (source / "metadata.json").exists():
+        raise TrendError(f"{source / 'metadata.json'}: missing; the distillation trend reads the shards with "
+                         f"teacher embeddings that the bench's distill stage writes (`mfk210 bench --only "
+                         f"distill,distill_trend`)")
+    for path in (demo_out / "select.bin", demo_out / "test.bin", demo_out / "aligned" / "test"):
         if not path.exists():
             raise TrendError(f"{path}: missing; the distillation trend reads the demo's outputs (`make demo`, "
                              f"or --demo-out pointing at a finished demo folder)")
@@ -119,7 +123,7 @@ def train_and_measure(config_path: str, overrides: List[str], shards: Path, run:
     from mobilefacenet_k210 import config as config_lib
     from mobilefacenet_k210 import train as train_lib
     from mobilefacenet_k210.config import EvalConfig
-    from mobilefacenet_k210.demo_distill import heldout_cosine
+    from mobilefacenet_k210.bench_students import heldout_cosine
     from mobilefacenet_k210.evaluate import evaluate, report
 
     cfg = config_lib.load(config_lib.TrainConfig, config_path, overrides)
@@ -134,27 +138,29 @@ def train_and_measure(config_path: str, overrides: List[str], shards: Path, run:
 def run_trend(demo_out: Union[str, Path], out: Union[str, Path] = "bench", work: Optional[Union[str, Path]] = None,
               budgets: Sequence[Optional[int]] = BUDGETS, seed: int = SEED,
               configs: Optional[Dict[str, str]] = None, overrides: Sequence[str] = (), teacher: Any = None,
-              progress: bool = True) -> Dict[str, Any]:
+              progress: bool = True, teacher_shards: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
     """Train and measure both students at every budget; ``out/distill_trend.json`` after each run;
     returns its content.
 
     ``configs``: kind -> recipe (default :data:`KINDS`); ``overrides`` are applied to both (after the
-    seed and the select pairs); ``teacher``: a :class:`Teacher` (default the demo's, SFace).
+    seed and the select pairs); ``teacher``: a :class:`Teacher` (default the demo's, SFace);
+    ``teacher_shards``: the demo's shards with the teacher's embeddings (the distill stage's
+    ``shards_teacher``; default ``demo_out/shards_teacher``).
     """
+    from mobilefacenet_k210.bench_students import TEACHER, aligned_crops
     from mobilefacenet_k210.config.loader import resolve
-    from mobilefacenet_k210.demo_distill import TEACHER, aligned_crops
     from mobilefacenet_k210.teacher.models import load_teacher
 
     demo_out, out = Path(demo_out), Path(out)
     work = Path(work) if work else out / "work" / "distill_trend"
-    _check_demo(demo_out)
+    source = Path(teacher_shards) if teacher_shards else demo_out / "shards_teacher"
+    _check_demo(demo_out, source)
     configs = configs or KINDS
     teacher = teacher or load_teacher(TEACHER)
     crops = aligned_crops(demo_out / "aligned" / "test")
     path = out / JSON_FILE
     state = atomic.read_json(path, "no trend file") if path.is_file() else {}
     runs: List[Dict[str, Any]] = state.get("runs", []) if isinstance(state, dict) else []
-    source = demo_out / "shards_teacher"
     common = {"seed": seed, "source_metadata_sha256": sha256_file(source / "metadata.json"),
               "select_sha256": sha256_file(demo_out / "select.bin"), "test_sha256": sha256_file(demo_out / "test.bin"),
               "teacher": teacher.info(), "overrides": list(overrides)}

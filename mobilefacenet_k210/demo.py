@@ -8,10 +8,11 @@ step). Everything lands in ``OUT`` (default ``runs/demo``), ending with ``report
 """
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.config import DemoConfig, resolve
@@ -22,21 +23,17 @@ from mobilefacenet_k210.errors import FileFormatError
 # (step, what it does, relative cost: its share of the demo's time, used only to spread the time
 # measured on this machine over the steps still to run)
 STEPS = [
-    ("faces", "fetch the ORL faces and lay out train/select/test photo folders", 4),
-    ("shards", "MTCNN-align the training photos, apply the per-identity policy, write shards", 13),
-    ("aligned", "MTCNN-align the held-out photos (checkpoint selection and test identities)", 7),
+    ("faces", "fetch the ORL faces and lay out train/select/test photo folders", 1),
+    ("shards", "MTCNN-align the training photos, apply the per-identity policy, write shards", 3),
+    ("aligned", "MTCNN-align the held-out photos (checkpoint selection and test identities)", 2),
     ("pairs", "write verification pairs (.bin) of held-out identities", 1),
-    ("train", "train: softmax, then ArcFace from the softmax weights", 40),
-    ("export", "export: float TFLite, kmodel (nncase) with the parity report", 10),
+    ("train", "train: softmax, then ArcFace from the softmax weights", 65),
+    ("export", "export: float TFLite, kmodel (nncase) with the parity report", 13),
     ("evaluate", "10-fold verification of the Keras model and the kmodel on the test identities", 7),
-    ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 4),
-    ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 3),
+    ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 3),
+    ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 1),
     ("board", "package the kmodel (.kfpkg) and the CanMV board files with the open-set threshold", 1),
-    ("inspect", "contact sheet of the training shards", 3),
-    ("teacher", "the teacher's (SFace) embeddings of each training crop and its mirror, added to the shards", 2),
-    ("distill", "train the distilled student on the same photos, taught by the teacher", 25),
-    ("distill_export", "export the distilled student: TFLite, kmodel, parity report", 10),
-    ("distill_compare", "teacher, from-scratch and distilled students on the test pairs; cosine to the teacher", 5),
+    ("inspect", "contact sheet of the training shards", 1),
 ]
 STEP_CONFIG = {
     "faces": ("train", "select", "test", "reduced_photos"),
@@ -45,8 +42,6 @@ STEP_CONFIG = {
     "export": ("calibrate_method", "calibration_samples", "int8_tflite"),
     "identify": ("enroll_photos", "gallery_mode"),
     "openset": ("enroll_photos", "test", "gallery_mode"),
-    "distill": ("distill_config",),
-    "distill_export": ("calibrate_method", "calibration_samples", "int8_tflite"),
 }
 """The DemoConfig fields each step's output depends on (``workers`` changes speed only). A field naming
 a config file stands for the file's content too."""
@@ -54,8 +49,7 @@ CONFIG_FILES = ("build_config", "train_config", "distill_config")
 STEP_OUTPUTS = {
     "faces": ("raw",), "shards": ("shards",), "aligned": ("aligned",), "pairs": ("select.bin", "test.bin"),
     "train": ("train",), "export": ("export",), "evaluate": ("evaluate",), "identify": ("identify",),
-    "openset": ("openset",), "board": ("board",), "inspect": ("inspect",), "teacher": ("shards_teacher",),
-    "distill": ("train_distill",), "distill_export": ("export_distill",), "distill_compare": ("distill",),
+    "openset": ("openset",), "board": ("board",), "inspect": ("inspect",),
 }
 """What each step writes under OUT: removed before a step reruns for a changed input."""
 
@@ -77,15 +71,23 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def estimate_left(seconds: Dict[str, float], pending: Iterable[str]) -> Optional[float]:
+def estimate_left(seconds: Dict[str, float], pending: Iterable[str],
+                  steps: Sequence[Tuple[str, str, int]] = STEPS) -> Optional[float]:
     """Seconds the ``pending`` steps should take, scaled from the ``seconds`` measured for other steps on
     this machine by the steps' relative costs; None before any step is measured."""
-    cost = {name: weight for name, _, weight in STEPS}
+    cost = {name: weight for name, _, weight in steps}
     measured = {name: s for name, s in seconds.items() if name in cost}
     if not measured:
         return None
     rate = sum(measured.values()) / sum(cost[name] for name in measured)
     return rate * sum(cost[name] for name in pending)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (nncase's compile, worker pools) so far:
+    set against a step's wall seconds, it says how much other work shared the cores."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def remove_leftovers(out: Path) -> List[Path]:
@@ -105,15 +107,22 @@ class Demo:
 
     A step's fingerprint covers its DemoConfig fields (and the content of the config files they name)
     and the record of the step before it, so a changed input reruns its step and every step after it.
+    The step table is the class's (``steps``, ``step_config``, ``step_outputs``): a subclass runs
+    other steps the same way, chained ``after`` another runner's last step (:meth:`replay`).
     """
 
-    def __init__(self, out: Union[str, Path], config: DemoConfig):
+    steps: Sequence[Tuple[str, str, int]] = STEPS
+    step_config: Dict[str, Tuple[str, ...]] = STEP_CONFIG
+    step_outputs: Dict[str, Tuple[str, ...]] = STEP_OUTPUTS
+
+    def __init__(self, out: Union[str, Path], config: DemoConfig, after: str = ""):
         self.out = Path(out)
         self.config = config
         self.results: Dict[str, Any] = {}
         self.seconds: Dict[str, float] = {}
+        self.usage: Dict[str, Dict[str, float]] = {}  # per step: CPU seconds and the load around it
         self.started = time.perf_counter()
-        self.previous = ""
+        self.previous = after
         for path in remove_leftovers(self.out):
             print(f"removed {path}, left by an interrupted run", flush=True)
 
@@ -122,7 +131,7 @@ class Demo:
 
     def fingerprint(self, name: str) -> str:
         """What step ``name`` is made from: its config fields, their files' content, the step before it."""
-        fields = {f: getattr(self.config, f) for f in STEP_CONFIG.get(name, ())}
+        fields = {f: getattr(self.config, f) for f in self.step_config.get(name, ())}
         files = {f: _file_digest(resolve(fields[f])) for f in CONFIG_FILES if f in fields}
         return _digest({"step": name, "config": fields, "files": files, "previous": self.previous})
 
@@ -138,34 +147,59 @@ class Demo:
 
     def _clear(self, name: str, why: str) -> None:
         print(f"{name}: {why}; its outputs are made again", flush=True)
-        for part in STEP_OUTPUTS.get(name, ()):
+        for part in self.step_outputs.get(name, ()):
             _remove(self.path(part))
+
+    def _accept(self, name: str, record: Dict[str, Any]) -> None:
+        self.results[name], self.seconds[name] = record["result"], record["seconds"]
+        self.usage[name] = record.get("usage", {})
+        self.previous = _digest({"fingerprint": record["fingerprint"], "result": record["result"]})
+
+    def _reusable(self, name: str) -> Optional[Dict[str, Any]]:
+        """The step's record if it was made from the current inputs, else None."""
+        record = self.path("steps", f"{name}.json")
+        if not record.is_file():
+            return None
+        saved = self._read_record(record, name)
+        return saved if saved.get("fingerprint") == self.fingerprint(name) else None
+
+    def replay(self) -> List[str]:
+        """Load, in order, the records of the steps made from the current inputs, chaining them as
+        :meth:`run` does; returns the steps from the first one missing or made from other inputs on."""
+        names = [s[0] for s in self.steps]
+        for i, name in enumerate(names):
+            saved = self._reusable(name)
+            if saved is None:
+                return names[i:]
+            self._accept(name, saved)
+        return []
 
     def run(self, name: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
         record, marker = self.path("steps", f"{name}.json"), self.path("steps", f"{name}.started.json")
-        index = [s[0] for s in STEPS].index(name)
+        names = [s[0] for s in self.steps]
+        index, total = names.index(name), len(names)
         fingerprint = self.fingerprint(name)
         if record.is_file():
-            saved = self._read_record(record, name)
-            if saved.get("fingerprint") == fingerprint:
-                self.results[name], self.seconds[name] = saved["result"], saved["seconds"]
-                self.previous = _digest({"fingerprint": fingerprint, "result": saved["result"]})
-                print(f"[{index + 1}/{len(STEPS)}] {name}: done before ({saved['seconds']:.0f} s), skipped", flush=True)
+            saved = self._reusable(name)
+            if saved is not None:
+                self._accept(name, saved)
+                print(f"[{index + 1}/{total}] {name}: done before ({saved['seconds']:.0f} s), skipped", flush=True)
                 return self.results[name]
             self._clear(name, "made from other inputs (config, config file or an earlier step changed)")
             record.unlink()
         elif marker.is_file() and self._marker(marker) != fingerprint:
             self._clear(name, "interrupted while running with other inputs")
-        print(f"\n[{index + 1}/{len(STEPS)}] {name}: {STEPS[index][1]} ({self.progress(index)})", flush=True)
+        print(f"\n[{index + 1}/{total}] {name}: {self.steps[index][1]} ({self.progress(index)})", flush=True)
         atomic.write_json(marker, {"fingerprint": fingerprint})
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         result = fn()
         seconds = time.perf_counter() - t0
-        atomic.write_json(record, {"result": result, "seconds": seconds, "fingerprint": fingerprint})
+        usage = {"cpu_seconds": cpu_seconds() - cpu0, "load_average": os.getloadavg()[0]}
+        saved = {"result": result, "seconds": seconds, "usage": usage, "fingerprint": fingerprint}
+        atomic.write_json(record, saved)
         marker.unlink(missing_ok=True)
-        self.results[name], self.seconds[name] = result, seconds
-        self.previous = _digest({"fingerprint": fingerprint, "result": result})
-        print(f"[{index + 1}/{len(STEPS)}] {name}: finished in {seconds:.0f} s", flush=True)
+        self._accept(name, saved)
+        print(f"[{index + 1}/{total}] {name}: finished in {seconds:.0f} s", flush=True)
         return result
 
     @staticmethod
@@ -178,7 +212,7 @@ class Demo:
     def progress(self, index: int) -> str:
         """Elapsed time of this run and the time left, scaled from the steps measured so far."""
         elapsed = time.perf_counter() - self.started
-        left = estimate_left(self.seconds, [s[0] for s in STEPS[index:]])
+        left = estimate_left(self.seconds, [s[0] for s in self.steps[index:]], self.steps)
         if left is None:
             return f"{elapsed / 60:.1f} min elapsed; time left estimated once a step has run on this machine"
         return (f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left, scaled from the "
@@ -248,12 +282,6 @@ def _run_demo(out: Union[str, Path], config: DemoConfig) -> Dict[str, Any]:
     demo.run("openset", lambda: open_set_test(out, config))
     demo.run("board", lambda: board_files(out, len(config.test)))
     demo.run("inspect", lambda: inspect_shards(out))
-    from mobilefacenet_k210 import demo_distill
-
-    demo.run("teacher", lambda: demo_distill.add_teacher_step(out))
-    demo.run("distill", lambda: demo_distill.train_distilled(out, config.distill_config))
-    demo.run("distill_export", lambda: demo_distill.export_distilled(out, config.export_config()))
-    demo.run("distill_compare", lambda: demo_distill.compare(out, demo.results["evaluate"]))
     figures = summarize(demo)
     figures["demo_seconds_this_run"] = time.perf_counter() - t0
     write_report(demo, figures)
@@ -274,19 +302,12 @@ def summarize(demo: Demo) -> Dict[str, Any]:
         "orl_acc_keras_std": accuracy["keras"]["accuracy_std"],
         "orl_acc_kmodel": accuracy["kmodel"]["accuracy"],
         "orl_acc_kmodel_std": accuracy["kmodel"]["accuracy_std"],
-        "kmodel_bytes": export.kmodel_bytes,
-        "kpu_mac_share": export.kpu_mac_share,
-        "cosine_kmodel_mean": export.cosine_kmodel_mean,
-        "cosine_kmodel_min": export.cosine_kmodel_min,
+        **export.headline(),
         "identify_keras": r["identify"]["keras"]["accuracy"],
         "identify_kmodel": r["identify"]["kmodel"]["accuracy"],
         "seconds": demo.seconds,
     }
     figures["orl_acc_drop"] = figures["orl_acc_keras"] - figures["orl_acc_kmodel"]
-    if "distill_compare" in r:
-        from mobilefacenet_k210.demo_distill import figures as distill_figures
-
-        figures.update(distill_figures(r))
     return figures
 
 
@@ -295,7 +316,7 @@ def write_report(demo: Demo, figures: Dict[str, Any]) -> Path:
     from mobilefacenet_k210.demo_report import render
 
     path = demo.path("report.md")
-    text = render(demo.out, demo.config, demo.results, demo.seconds, figures, STEPS)
+    text = render(demo.out, demo.config, demo.results, demo.seconds, figures, demo.steps, demo.usage)
     atomic.write_text(path, text)
     print(f"\nreport: {path}")
     return path

@@ -2,11 +2,11 @@
 
 Only formatting: every number comes from the results the demo's steps recorded.
 """
+import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mobilefacenet_k210.config import DemoConfig, recorded_gallery_mode, to_dict
-from mobilefacenet_k210.demo_distill import report_section
 from mobilefacenet_k210.provenance import machine, timestamp
 from mobilefacenet_k210.targets import TARGETS
 
@@ -64,9 +64,27 @@ def _open_set(out: Path, openset: Any, threshold: Dict[str, Any]) -> List[str]:
             ""]
 
 
+def _steps(steps: Sequence[Tuple[str, str, Any]], seconds: Dict[str, float],
+           usage: Dict[str, Dict[str, float]]) -> List[str]:
+    """The "What ran" table: wall and CPU seconds per step, and the machine's load average at its end."""
+    def cell(name: str, key: str, fmt: str) -> str:
+        value = usage.get(name, {}).get(key)
+        return "-" if value is None else format(value, fmt)
+
+    total_cpu = sum(u.get("cpu_seconds", 0.0) for u in usage.values())
+    return ["| step | what | seconds | CPU seconds | load average |", "|---|---|---|---|---|",
+            *[f"| {name} | {what} | {seconds.get(name, 0):.0f} | {cell(name, 'cpu_seconds', '.0f')} | "
+              f"{cell(name, 'load_average', '.1f')} |" for name, what, *_ in steps],
+            f"| total | | {sum(seconds.values()):.0f} | {total_cpu:.0f} | |", "",
+            f"CPU seconds count this process and the ones it started (on {os.cpu_count()} cores); a load average "
+            f"above the number of cores means other work shared them, and the seconds are upper bounds."]
+
+
 def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict[str, float],
-           figures: Dict[str, Any], steps: Sequence[Tuple[str, str, Any]]) -> str:
-    """Markdown for ``OUT/report.md``; image links are relative to ``OUT``; ``steps`` are (name, what, ...)."""
+           figures: Dict[str, Any], steps: Sequence[Tuple[str, str, Any]],
+           usage: Optional[Dict[str, Dict[str, float]]] = None) -> str:
+    """Markdown for ``OUT/report.md``; image links are relative to ``OUT``; ``steps`` are (name, what, ...);
+    ``usage``: each step's CPU seconds and load average, as its record holds them."""
     faces, shards, train = results["faces"], results["shards"], results["train"]
     ident, export, board = results["identify"], results["export"], results["board"]
     lines = [
@@ -83,10 +101,7 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         "",
         "## What ran",
         "",
-        "| step | what | seconds |",
-        "|---|---|---|",
-        *[f"| {name} | {what} | {seconds.get(name, 0):.0f} |" for name, what, *_ in steps],
-        f"| total | | {sum(seconds.values()):.0f} |",
+        *_steps(steps, seconds, usage or {}),
         "",
         "## 1. Photos to shards",
         "",
@@ -142,7 +157,6 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         f"{ident['probes']} photos.",
         "",
         *_open_set(out, results.get("openset"), board.get("threshold") or {}),
-        *report_section(results),
         "## 6. Board",
         "",
         f"`{board['kfpkg']}` (kflash package) and the CanMV `feat/kpu` files in `board/sd/`: "

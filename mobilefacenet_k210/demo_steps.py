@@ -4,7 +4,7 @@ function of the demo's output folder and config; :mod:`.demo` runs them in order
 """
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.config import DemoConfig

@@ -9,7 +9,7 @@ A run folder holds::
                           and iterations (hence the learning-rate position), epoch and step
     phases/phase<i>/      the backbone at the end of phase i, where phase i+1 starts from
     embedding/model.keras the best embedding model (by verification accuracy, see below)
-    last/model.keras      the embedding model after the latest epoch
+    last/model.keras      the embedding model after the latest scored epoch (see EmbeddingCheckpoints)
     logs/phase<i>.csv, tensorboard/, train.log, loss.png
 
 Kill the process at any moment and run the same command again: the phase in progress resumes at

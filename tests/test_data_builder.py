@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mobilefacenet_k210 import folder_lock
-from mobilefacenet_k210.data import builder, insightface_set, interop, tfrecord, writer
+from mobilefacenet_k210.data import builder, insightface_set, interop, local_runner, tfrecord, writer
 from mobilefacenet_k210.data.builder import build, load_build_config
 from mobilefacenet_k210.data.cache import WORK_DIR
 
@@ -66,12 +66,13 @@ def orl_small(tmp_path_factory):
 
 def test_aligned_build_round_trip(tmp_path):
     """--aligned input, seed policy: exact counts per branch, metadata and labels agree with the shards,
-    and every record decodes to its source crop."""
+    and every record decodes to its source crop. Workers on auto: so few photos are done in this process."""
     import cv2
 
     raw = _write_aligned(tmp_path / "raw", [10, 40, 95, 31])
-    cfg = load_build_config(aligned=True, workers=1, val_fraction=0.1, records_per_shard=150)
+    cfg = load_build_config(aligned=True, workers=0, val_fraction=0.1, records_per_shard=150)
     summary = build(raw, tmp_path / "out", cfg, progress=False)
+    assert summary["workers"] == 1 and 10 + 40 + 95 + 31 < local_runner.POOL_MIN_PHOTOS
     out = tmp_path / "out"
     meta = tfrecord.load_metadata(out)
     assert summary["num_classes"] == meta["num_classes"] == 3  # id00 (10 faces) dropped

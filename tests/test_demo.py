@@ -1,6 +1,7 @@
 """The demo's step runner: a finished step is reused only when made from the same inputs, a changed config
 reruns its step and the ones after it, broken records are named, a killed run's temporaries go away, photo
 copies are atomic, and the time estimate scales with what this machine measured."""
+import json
 import shutil
 
 import pytest
@@ -21,8 +22,8 @@ def _killed():
 class Steps:
     """Real step functions: each writes its output under OUT and counts its runs."""
 
-    def __init__(self, out):
-        self.out, self.runs = out, []
+    def __init__(self, out, outputs=demo.STEP_OUTPUTS):
+        self.out, self.outputs, self.runs = out, outputs, []
 
     def __call__(self, d: demo.Demo, names=("faces", "shards", "aligned", "pairs", "train")):
         for name in names:
@@ -30,7 +31,7 @@ class Steps:
 
     def make(self, name):
         self.runs.append(name)
-        target = self.out / demo.STEP_OUTPUTS[name][0]
+        target = self.out / self.outputs[name][0]
         if target.suffix:
             target.write_text(name)
         else:
@@ -53,6 +54,8 @@ def test_steps_are_reused_only_when_made_from_the_same_inputs(tmp_path, configs)
     steps = Steps(out)
     steps(demo.Demo(out, configs()))
     assert steps.runs == ["faces", "shards", "aligned", "pairs", "train"]
+    usage = json.loads((out / "steps" / "train.json").read_text())["usage"]  # what report.md's table shows
+    assert usage["cpu_seconds"] >= 0 and usage["load_average"] >= 0
     steps.runs.clear()
     steps(demo.Demo(out, configs(workers=3)))  # workers change speed only
     assert steps.runs == []
@@ -69,19 +72,39 @@ def test_steps_are_reused_only_when_made_from_the_same_inputs(tmp_path, configs)
     assert steps.runs == ["faces", "shards", "aligned", "pairs", "train"]
 
 
-def test_a_changed_distill_config_reruns_the_distilled_student_only(tmp_path, configs):
-    """The distilled student's steps follow the from-scratch ones: its config changes them alone."""
-    out = tmp_path / "demo"
-    (tmp_path / "distill.yaml").write_text("seed: 0\n")
-    names = ("faces", "shards", "aligned", "pairs", "train", "teacher", "distill", "distill_export")
-    steps = Steps(out)
-    steps(demo.Demo(out, configs(distill_config=str(tmp_path / "distill.yaml"))), names)
-    assert steps.runs == list(names)
-    assert [s[0] for s in demo.STEPS][-4:] == ["teacher", "distill", "distill_export", "distill_compare"]
-    steps.runs.clear()
-    (tmp_path / "distill.yaml").write_text("seed: 1\n")
-    steps(demo.Demo(out, configs(distill_config=str(tmp_path / "distill.yaml"))), names)
-    assert steps.runs == ["distill", "distill_export"]
+def test_the_bench_distill_steps_follow_the_demo_and_rerun_for_their_config_or_a_changed_demo(tmp_path, configs):
+    """The bench's distill stage runs its steps like the demo's, chained after the demo's last one: its
+    own config reruns them alone, a changed demo step reruns them all, an unfinished demo is named."""
+    from mobilefacenet_k210.bench_students import DemoNotFinishedError, DistillSteps, distill_figures
+
+    out, work = tmp_path / "demo", tmp_path / "distill"
+    names, distill_names = [s[0] for s in demo.STEPS], [s[0] for s in DistillSteps.steps]
+    assert not set(names) & set(distill_names)
+    demo_steps_, distill_steps = Steps(out), Steps(work, DistillSteps.step_outputs)
+
+    def run_both(seed):
+        (tmp_path / "distill.yaml").write_text(f"seed: {seed}\n")
+        config = configs(distill_config=str(tmp_path / "distill.yaml"))
+        d = demo.Demo(out, config)
+        demo_steps_(d, names)
+        replayed = demo.Demo(out, config)
+        assert replayed.replay() == [] and replayed.previous == d.previous
+        distill_steps(DistillSteps(work, config, after=replayed.previous), distill_names)
+
+    run_both(0)
+    assert distill_steps.runs == distill_names
+    distill_steps.runs.clear()
+    run_both(1)  # the distill recipe changed
+    assert demo_steps_.runs == names and distill_steps.runs == distill_names[1:]
+    distill_steps.runs.clear()
+    (tmp_path / "train.yaml").write_text("seed: 2\n")  # the demo's training changed
+    run_both(1)
+    assert demo_steps_.runs == names + names[names.index("train"):] and distill_steps.runs == distill_names
+    (out / "steps" / "inspect.json").unlink()
+    config = configs(distill_config=str(tmp_path / "distill.yaml"))
+    assert demo.Demo(out, config).replay() == ["inspect"]
+    with pytest.raises(DemoNotFinishedError, match="inspect.json: the demo's step inspect is missing"):
+        distill_figures(out, work, config)
 
 
 def test_a_step_interrupted_under_other_inputs_starts_clean(tmp_path, configs):

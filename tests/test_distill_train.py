@@ -91,7 +91,7 @@ def test_distill_phase_on_shards_without_teacher_is_one_line_naming_the_file(dis
 def test_heldout_cosine_is_one_for_the_teacher_itself_and_nan_across_sizes(distill_shards, tmp_path):
     """The demo's held-out cosine: a student that is the teacher scores 1; one of another size cannot be
     compared without the training-only projection, so it is NaN rather than a made-up number."""
-    from mobilefacenet_k210.demo_distill import heldout_cosine
+    from mobilefacenet_k210.bench_students import heldout_cosine
 
     _, _, teacher, crops = distill_shards
     assert heldout_cosine(str(teacher.path), teacher, crops) == pytest.approx(1.0, abs=1e-5)

@@ -108,12 +108,20 @@ def test_round_trip_places_convolutions_on_the_kpu(exported):
     assert result.macs_kpu + result.macs_cpu == result.macs_total
 
 
-def test_simulator_runs_the_kmodel_and_tracks_keras(exported):
+def test_simulator_runs_the_kmodel_and_tracks_keras(exported, monkeypatch):
     faces = synthetic_faces(3, 7)
     data = (exported["out"] / "model.kmodel").read_bytes()
-    embeddings = kmodel.simulate(data, faces)
+    kmodel._SIMULATED.clear()
+    embeddings = kmodel.simulate(data, faces[:2])
+    ran = []  # faces seen before are answered from this process's cache, new ones run, in order
+    run = kmodel._run_simulator
+    monkeypatch.setattr(kmodel, "_run_simulator", lambda sim, image, *a: ran.append(image) or run(sim, image, *a))
+    embeddings = kmodel.simulate(exported["out"] / "model.kmodel", faces[[2, 0, 2, 1]])[[1, 3, 0]]
+    assert len(ran) == 1 and np.array_equal(ran[0], faces[2])
     assert embeddings.shape == (3, 32) and embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
-    np.testing.assert_array_equal(embeddings, kmodel.simulate(exported["out"] / "model.kmodel", faces))
+    kmodel._SIMULATED.clear()
+    monkeypatch.setattr(kmodel, "SIMULATOR_FACES_PER_PROCESS", 1)  # split between processes, one per core
+    np.testing.assert_array_equal(embeddings, kmodel.simulate(data, faces))
     keras = exported["model"].predict(preprocessing.normalize(faces), verbose=0)
     assert report.cosine(keras, embeddings).mean() > 0.9
     result = exported["report"]

@@ -6,7 +6,6 @@ keep `mfk210 --help` fast count too), goes to a module of the same layer or a lo
 cycle among modules of one layer.
 """
 import ast
-import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ ROOT = Path(mobilefacenet_k210.__file__).parent
 LAYERS = [
     ["errors"], ["atomic", "files", "folder_lock", "wheels", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
     ["model", "data"], ["evaluate", "export", "teacher"], ["train", "training"], ["board"],
-    ["demo_report", "demo_distill", "demo_steps"], ["demo"], ["bench", "bench_distill", "bench_recordio", "bench_scale", "bench_train"], ["cli"], ["__main__"],
+    ["demo_report", "demo_steps"], ["demo"], ["bench", "bench_distill", "bench_recordio", "bench_scale", "bench_students", "bench_train"], ["cli"], ["__main__"],
 ]
 NOT_PYTHON3 = {f"{PACKAGE}.board.canmv_face_id"}  # MicroPython: runs on the board, never imported here
 

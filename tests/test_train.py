@@ -192,6 +192,24 @@ def test_best_checkpoint_keeps_the_best_epoch_and_the_later_one_on_a_tie(tmp_pat
             np.testing.assert_array_equal(got, want, err_msg=name)
 
 
+def test_last_is_saved_on_scored_epochs_and_on_the_phases_last_epoch(tmp_path):
+    """Epochs that verification skips (NaN score) are not saved to last/, except the phase's last one."""
+    from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
+
+    model_config = ModelConfig(input_size=64, width_multiplier=0.25, embedding_size=32)
+    model, export_copy = MobileFaceNet(model_config), MobileFaceNet(model_config)
+    run = RunContext(tmp_path, {"best": None}, logging.getLogger("test_last_is_saved"))
+    saver = EmbeddingCheckpoints(model, export_copy, run, 0, Monitor(VERIFICATION_METRIC, "max"))
+    saver.set_params({"epochs": 3})
+    weights_at = {}
+    for epoch, score in enumerate([0.5, float("nan"), float("nan")]):
+        model.set_weights([w + 0.01 * (epoch + 1) for w in model.get_weights()])
+        weights_at[epoch] = model.get_weights()
+        saver.on_epoch_end(epoch, {VERIFICATION_METRIC: score})
+        last = load_embedding_model(tmp_path / "last" / "model.keras").get_weights()
+        np.testing.assert_array_equal(last[0], weights_at[0 if epoch == 1 else epoch][0], err_msg=f"epoch {epoch}")
+
+
 def test_imprinted_centres_are_where_the_arcface_phase_puts_each_class(tiny_shards, tmp_path):
     import tensorflow as tf
 

@@ -31,7 +31,6 @@ import json
 import pickle
 import struct
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 

@@ -15,7 +15,7 @@ def add_build_tfrecords(sub) -> None:
                                    "name). Resumable: rerun the same command after a kill to continue.")
     p.add_argument("raw", help="folder of identity folders, a .lst file, or an InsightFace RecordIO set")
     p.add_argument("out", nargs="?", default="tfrecords", help="output folder (default: tfrecords)")
-    p.add_argument("--workers", type=int, help="local worker processes (default: CPU count)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core, or this process alone for a few hundred photos)")
     p.add_argument("--runner", choices=cfg.RUNNERS, help="local processes (default) or an Apache Beam pipeline")
     p.add_argument("--policy", choices=cfg.POLICY_PRESETS, help="seed balancing (default) or keep every face")
     p.add_argument("--aligned", action="store_true", default=None, help="input is already 112x112 aligned crops")

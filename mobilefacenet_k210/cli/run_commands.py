@@ -24,9 +24,10 @@ def run_demo(args) -> int:
 
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure every target into OUT/results.json and OUT/results.md",
-                       description="Runs (or resumes) the demo, then measures the builder (1 vs 2 workers, "
-                                   "--aligned), tf.data vs training throughput, batch mixing, and the test "
-                                   "suite's time; compares each figure with its target.")
+                       description="Runs (or resumes) the demo, then compares a distilled student with the "
+                                   "demo's, measures the builder (1 vs 2 workers, --aligned), tf.data vs training "
+                                   "throughput, batch mixing, and the test suite's time; compares each figure "
+                                   "with its target.")
     p.add_argument("--out", default="bench")
     p.add_argument("--demo-out", default="runs/demo")
     p.add_argument("--train-config", default="configs/demo_cpu.yaml")

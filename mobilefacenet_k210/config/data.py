@@ -72,7 +72,7 @@ class BuildConfig:
     """The dataset builder (``mfk210 build-tfrecords``): detection, policy, split, shards, runner."""
 
     runner: str = "local"  # local (processes) or beam (Apache Beam pipeline)
-    workers: int = 0  # local runner processes; 0 = CPU count
+    workers: int = 0  # local runner processes; 0 = auto (CPU count; this process alone for a few photos)
     aligned: bool = False  # input is already 112x112 aligned crops: no detection
     unlabeled: bool = False  # input is a flat folder of photos without identities: each photo is its own class
     identity_prefix: str = ""  # RecordIO input: identities are named PREFIX_<class id>; "" = the .rec's folder name
@@ -100,7 +100,7 @@ class BuildConfig:
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"{where}.jpeg_quality {self.jpeg_quality}: expected 1..100")
         if self.workers < 0:
-            raise ConfigError(f"{where}.workers {self.workers}: expected 0 (CPU count) or more")
+            raise ConfigError(f"{where}.workers {self.workers}: expected 0 (auto) or more")
         check_positive(where, records_per_shard=self.records_per_shard, detect_batch_size=self.detect_batch_size,
                   detect_max_side=self.detect_max_side, detect_pad_multiple=self.detect_pad_multiple)
         self.policy.validate(f"{where}.policy")

@@ -156,7 +156,7 @@ class DemoConfig:
         default_factory=lambda: {"s24": 8, "s25": 6, "s26": 4, "s27": 3})
     build_config: str = "configs/demo_build.yaml"
     train_config: str = "configs/demo_cpu.yaml"
-    distill_config: str = "configs/demo_distill.yaml"  # the distilled student trained beside the from-scratch one
+    distill_config: str = "configs/demo_distill.yaml"  # `make bench`'s distilled student, beside the demo's own
     enroll_photos: int = 5
     gallery_mode: str = DEFAULT_GALLERY_MODE
     calibrate_method: str = "no_clip"

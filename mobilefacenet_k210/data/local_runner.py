@@ -87,6 +87,18 @@ def _worker_run(task: IdentityTask) -> Dict[str, Any]:
     return summary
 
 
+POOL_MIN_PHOTOS = 500
+"""With ``workers=0`` (auto), fewer photos than this are aligned in this process: starting the worker
+processes (each imports TensorFlow and builds its detector) costs about as much as aligning a few
+hundred photos on one core, so a pool only pays for more."""
+
+
+def auto_workers(photos: int) -> int:
+    """Worker processes for ``workers=0``: one per core, or 1 (this process) for fewer than
+    :data:`POOL_MIN_PHOTOS` photos."""
+    return 1 if photos < POOL_MIN_PHOTOS else (os.cpu_count() or 1)
+
+
 def build_local(raw_dir: Union[str, Path], out_dir: Path, cfg: BuildConfig, progress: bool = True,
                 teacher: Any = None) -> Dict[str, Any]:
     """The local runner: per-identity work in processes, cached, then :func:`writer.write_outputs`
@@ -98,10 +110,10 @@ def build_local(raw_dir: Union[str, Path], out_dir: Path, cfg: BuildConfig, prog
     tasks = scanned.tasks
     work, summaries, todo = open_work(out_dir, cfg, tasks)
     resumed = len(summaries)
-    workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
+    photos_todo = sum(len(t.photos) for t in todo)
+    workers = cfg.workers if cfg.workers > 0 else auto_workers(photos_todo)
     workers = max(1, min(workers, len(todo) or 1))
     needs_detector = any(not p.aligned for t in todo for p in t.photos)
-    photos_todo = sum(len(t.photos) for t in todo)
     # largest identities first: the pool's last tasks are short, so workers finish together
     todo.sort(key=lambda t: (-len(t.photos), t.name))
     cfg_dict = config_lib.to_dict(cfg)

@@ -64,6 +64,12 @@ class ExportResult:
     cosine_int8_mean: Optional[float] = None
     cosine_int8_min: Optional[float] = None
 
+    def headline(self, prefix: str = "") -> Dict[str, Any]:
+        """The figures the demo and the bench report of an export (size, KPU share, parity), keys
+        starting with ``prefix``."""
+        return {f"{prefix}{key}": getattr(self, key)
+                for key in ("kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean", "cosine_kmodel_min")}
+
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form written as ``report.json`` (and recorded by the demo's export step)."""
         data = dataclasses.asdict(self)

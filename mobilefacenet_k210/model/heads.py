@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from mobilefacenet_k210.config import HEADS, MARGIN_HEADS, PhaseConfig
+from mobilefacenet_k210.config import HEADS, PhaseConfig
 from mobilefacenet_k210.model.distill import DistillTerm
 
 

@@ -69,8 +69,12 @@ class EveryNVerification(tf.keras.callbacks.Callback):
 
 
 class EmbeddingCheckpoints(tf.keras.callbacks.Callback):
-    """Save the embedding model: ``last/`` every epoch, ``embedding/`` when ``monitor`` improves.
+    """Save the embedding model: ``last/`` on every scored epoch (one with a finite ``monitor`` value:
+    every epoch, unless verification runs only every n epochs) and on the phase's last epoch,
+    ``embedding/`` when ``monitor`` improves.
 
+    Saving costs about as much as a few training steps of a small model, so the epochs no score
+    can pick are not saved: what ``last/`` would hold there, the exact-resume backup holds too.
     The best value lives in ``state.json`` so that a resumed run keeps comparing with it. Saves go
     through a float32 copy of the backbone (``export_copy``), so a mixed-precision or distributed
     run still saves a plain model that ``mfk210 export`` reads.
@@ -92,12 +96,14 @@ class EmbeddingCheckpoints(tf.keras.callbacks.Callback):
         return value >= best["value"] if self.monitor.mode == "max" else value <= best["value"]
 
     def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
-        logs = logs or {}
+        value = (logs or {}).get(self.monitor.name)
+        scored = value is not None and math.isfinite(float(value))
+        if not scored and epoch + 1 != (getattr(self, "params", None) or {}).get("epochs"):
+            return
         # every worker reads the weights: in a cluster, reading BatchNorm's statistics is a collective
         self.export_copy.set_weights(self.embedding_model.get_weights())
         save_embedding_model(self.export_copy, self.run.out / "last" / "model.keras")
-        value = logs.get(self.monitor.name)
-        if value is None or not math.isfinite(float(value)):
+        if not scored:
             return
         if self._better(float(value)):
             save_embedding_model(self.export_copy, self.run.out)
