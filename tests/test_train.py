@@ -350,7 +350,7 @@ def test_triplet_phase_trains_end_to_end(tiny_shards, tmp_path):
 
 
 def test_mixed_precision_cli_trains_saves_float32_and_exports_a_kmodel(tiny_shards, tmp_path, capsys):
-    from test_export import synthetic_faces, write_faces
+    from conftest import synthetic_faces, write_faces
 
     from mobilefacenet_k210.config import ExportConfig
     from mobilefacenet_k210.export import export_model
