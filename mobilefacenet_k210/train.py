@@ -156,6 +156,8 @@ def build_models(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo, 
         model, head = heads.build_training_model(embedding, plan.phase, data.num_classes, teacher[0] if teacher else 0)
         model.compile(optimizer=with_loss_scaling(make_optimizer(plan.phase, plan.steps)),
                       loss=heads.make_loss(plan.phase), metrics=heads.make_metrics(plan.phase))
+        # slots made now, not by the first step: a step that creates variables is traced twice
+        model.optimizer.build(model.trainable_variables)
     models = PhaseModels(embedding, model, head, float32_backbone(config))
     if plan.phase.head_init == "imprint" and not plan.resumed:  # a resumed head comes from the backup
         models.export_copy.set_weights(embedding.get_weights())

@@ -1,4 +1,6 @@
-"""Shared fixtures of the test suite."""
+"""Shared fixtures and helpers of the test suite: tiny shards, synthetic and ORL faces, the small K210-legal
+model compiled once for the whole session, the identification people, one-line CLI errors."""
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +50,119 @@ def tiny_shards(tmp_path_factory):
     def make(**kwargs) -> Path:
         return write_tiny_shards(tmp_path_factory.mktemp("shards"), **kwargs)
     return make
+
+
+def synthetic_faces(count: int, seed: int, size: int = 112) -> np.ndarray:
+    """Smooth colour fields plus noise: natural-image statistics without shipping photos."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    faces = []
+    for _ in range(count):
+        low = rng.uniform(0, 255, (6, 6, 3)).astype(np.float32)
+        img = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 8, (size, size, 3))
+        faces.append(np.clip(img, 0, 255).astype(np.uint8))
+    return np.stack(faces)
+
+
+def write_faces(folder: Path, faces: np.ndarray) -> Path:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, face in enumerate(faces):
+        cv2.imwrite(str(folder / f"face_{i:03d}.png"), face[:, :, ::-1])
+    return folder
+
+
+def orl_crop(path: Path) -> np.ndarray:
+    """An ORL photo (92x112 gray) stretched to a 112x112 RGB 'aligned' crop."""
+    import cv2
+
+    from mobilefacenet_k210.data.align import read_image
+
+    return cv2.resize(read_image(path), (112, 112), interpolation=cv2.INTER_LINEAR)
+
+
+def tiny_k210_model():
+    """A small K210-legal embedding model (3 stride-2 convs, GDC, 1x1 to 32-d), fixed random weights."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    inp = tf.keras.Input((112, 112, 3))
+    x = inp
+    for i, channels in enumerate((16, 32, 32)):
+        x = layers.ZeroPadding2D(1, name=f"pad{i}")(x)
+        x = layers.Conv2D(channels, 3, strides=2, padding="valid", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+    x = layers.DepthwiseConv2D(14, padding="valid", use_bias=False, name="gdc")(x)
+    x = layers.BatchNormalization(name="gdc_bn")(x)
+    x = layers.Conv2D(32, 1, use_bias=False, name="embedding")(x)
+    return tf.keras.Model(inp, layers.Flatten(name="flatten")(x), name="tiny")
+
+
+TINY_K210_CALIBRATION = [(f"s{p}", k) for p in range(1, 7) for k in (1, 2, 3, 4)]
+"""ORL photos (person, photo) the tiny kmodel is calibrated on: the board tests' enrolled photos."""
+
+
+@pytest.fixture(scope="session")
+def tiny_k210(tmp_path_factory):
+    """:func:`tiny_k210_model` as .keras, float .tflite and a uint8 kmodel (nncase, with its compile record),
+    made once for every test that needs a kmodel to pack, flash, enroll with or run on the emulated board.
+    Read only: a test that changes one copies it first."""
+    from mobilefacenet_k210.data.orl import fetch_orl
+    from mobilefacenet_k210.export.kmodel import compile_kmodel
+    from mobilefacenet_k210.export.tflite import convert_float
+
+    orl = fetch_orl()
+    out = tmp_path_factory.mktemp("tiny_k210")
+    model = tiny_k210_model()
+    model.save(out / "tiny.keras")
+    convert_float(model, out / "tiny.tflite")
+    calibration = np.stack([orl_crop(orl / p / f"{k}.pgm") for p, k in TINY_K210_CALIBRATION])
+    compile_kmodel(out / "tiny.tflite", out / "tiny.kmodel", calibration=calibration, timeout_s=300)
+    return {"keras": out / "tiny.keras", "tflite": out / "tiny.tflite", "kmodel": out / "tiny.kmodel", "orl": orl}
+
+
+def fake_kmodel(path: Path, version: int = 5, size: int = 4096) -> Path:
+    """A kmodel header of ``version`` padded to ``size`` bytes: enough for the packing checks (never run)."""
+    header = struct.pack("<I", version) if version == 3 else b"LDMK" + struct.pack("<I", version)
+    with path.open("wb") as f:
+        f.write(header)
+        f.truncate(size)
+    return path
+
+
+def one_line_error(capsys, command: str, *needles: str) -> str:
+    """The CLI's stderr after a user error: one line, `mfk210 COMMAND: error: ...`, holding every needle."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"mfk210 {command}: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.fixture(scope="session")
+def people(tmp_path_factory):
+    """Aligned 112x112 crops of 4 ORL people x 4 photos, and a small fixed-weight Keras embedding model."""
+    import cv2
+    import tensorflow as tf
+
+    from mobilefacenet_k210.data.align import read_image
+    from mobilefacenet_k210.data.orl import fetch_orl
+
+    orl = fetch_orl()
+    root = tmp_path_factory.mktemp("people")
+    for person in ("s1", "s2", "s3", "s4"):
+        (root / "faces" / person).mkdir(parents=True)
+        for k in range(1, 5):
+            crop = cv2.resize(read_image(orl / person / f"{k}.pgm"), (112, 112))
+            cv2.imwrite(str(root / "faces" / person / f"{k}.png"), crop[:, :, ::-1])
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((112, 112, 3))
+    x = tf.keras.layers.Conv2D(8, 3, strides=4, activation="relu")(inp)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    tf.keras.Model(inp, tf.keras.layers.Dense(16)(x)).save(root / "m.keras")
+    return {"faces": root / "faces", "model": root / "m.keras"}

@@ -15,6 +15,7 @@ import pytest
 from mobilefacenet_k210 import k210, preprocessing
 from mobilefacenet_k210.board import files, flash, gallery, kfpkg, score
 from mobilefacenet_k210.cli import main
+from conftest import fake_kmodel, one_line_error, orl_crop
 
 PEOPLE = ["s1", "s2", "s3", "s4", "s5", "s6"]
 ENROLL_PHOTOS = (1, 2, 3, 4)
@@ -22,34 +23,6 @@ PROBE_PHOTOS = (9, 10)
 
 
 # --- fixtures ----------------------------------------------------------------------------------------
-def _tiny_model():
-    """A small K210-legal embedding model (3 stride-2 convs, GDC, 1x1 to 32-d), fixed random weights."""
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(0)
-    layers = tf.keras.layers
-    inp = tf.keras.Input((112, 112, 3))
-    x = inp
-    for i, channels in enumerate((16, 32, 32)):
-        x = layers.ZeroPadding2D(1, name=f"pad{i}")(x)
-        x = layers.Conv2D(channels, 3, strides=2, padding="valid", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
-    x = layers.DepthwiseConv2D(14, padding="valid", use_bias=False, name="gdc")(x)
-    x = layers.BatchNormalization(name="gdc_bn")(x)
-    x = layers.Conv2D(32, 1, use_bias=False, name="embedding")(x)
-    return tf.keras.Model(inp, layers.Flatten(name="flatten")(x), name="tiny")
-
-
-def _orl_crop(path: Path) -> np.ndarray:
-    """An ORL photo (92x112 gray) stretched to a 112x112 RGB 'aligned' crop."""
-    import cv2
-
-    from mobilefacenet_k210.data.align import read_image
-
-    return cv2.resize(read_image(path), (112, 112), interpolation=cv2.INTER_LINEAR)
-
-
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     """Aligned-crop folders: gallery/<person>/*.png and probes/<person>_<k>.png from the real ORL faces."""
@@ -62,38 +35,21 @@ def faces(tmp_path_factory):
     for person in PEOPLE:
         (root / "gallery" / person).mkdir(parents=True)
         for k in ENROLL_PHOTOS:
-            cv2.imwrite(str(root / "gallery" / person / f"{k}.png"), _orl_crop(orl / person / f"{k}.pgm")[:, :, ::-1])
+            cv2.imwrite(str(root / "gallery" / person / f"{k}.png"), orl_crop(orl / person / f"{k}.pgm")[:, :, ::-1])
     (root / "probes").mkdir()
     probes = []
     for person in PEOPLE:
         for k in PROBE_PHOTOS:
             path = root / "probes" / f"{person}_{k}.png"
-            cv2.imwrite(str(path), _orl_crop(orl / person / f"{k}.pgm")[:, :, ::-1])
+            cv2.imwrite(str(path), orl_crop(orl / person / f"{k}.pgm")[:, :, ::-1])
             probes.append(path)
     return {"orl": orl, "gallery": root / "gallery", "probes": probes}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, faces):
-    """The tiny model as .keras, float .tflite and a uint8 kmodel (nncase 1.x, with its compile record)."""
-    from mobilefacenet_k210.export.kmodel import compile_kmodel
-    from mobilefacenet_k210.export.tflite import convert_float
-
-    out = tmp_path_factory.mktemp("tiny")
-    model = _tiny_model()
-    model.save(out / "tiny.keras")
-    convert_float(model, out / "tiny.tflite")
-    calibration = np.stack([_orl_crop(faces["orl"] / p / f"{k}.pgm") for p in PEOPLE for k in ENROLL_PHOTOS])
-    compile_kmodel(out / "tiny.tflite", out / "tiny.kmodel", calibration=calibration, timeout_s=300)
-    return {"keras": out / "tiny.keras", "tflite": out / "tiny.tflite", "kmodel": out / "tiny.kmodel"}
-
-
-def _fake_kmodel(path: Path, version: int = 5, size: int = 4096) -> Path:
-    header = struct.pack("<I", version) if version == 3 else b"LDMK" + struct.pack("<I", version)
-    with path.open("wb") as f:
-        f.write(header)
-        f.truncate(size)
-    return path
+@pytest.fixture
+def tiny(tiny_k210):
+    """The session's tiny model as .keras, float .tflite and uint8 kmodel (conftest.tiny_k210; read only)."""
+    return tiny_k210
 
 
 class FakeK210:
@@ -201,14 +157,14 @@ def test_runtime_mismatch_warns_and_no_record_warns(tmp_path, tiny, capsys):
                  "--runtime", "sdk-1.9"]) == 0
     out = capsys.readouterr().out
     assert "0x00300000-" in out and "WARNING" in out and "nncase 1.9.0" in out
-    bare = _fake_kmodel(tmp_path / "bare.kmodel")
+    bare = fake_kmodel(tmp_path / "bare.kmodel")
     assert any("no compile record" in w for w in kfpkg.check_kmodel(bare)["warnings"])
 
 
 @pytest.mark.parametrize("version, why", [(4, "kmodel v4"), (3, "kmodel v3")])
 def test_non_v5_kmodel_is_refused(tmp_path, version, why):
     with pytest.raises(kfpkg.KfpkgError, match=why):
-        kfpkg.build_kfpkg(_fake_kmodel(tmp_path / "old.kmodel", version), tmp_path / "x.kfpkg")
+        kfpkg.build_kfpkg(fake_kmodel(tmp_path / "old.kmodel", version), tmp_path / "x.kfpkg")
     with zipfile.ZipFile(tmp_path / "old.kfpkg", "w") as zf:  # someone else's package: flashable, but warned
         zf.write(tmp_path / "old.kmodel", "old.kmodel")
         zf.writestr(kfpkg.FLASH_LIST, kfpkg.flash_list_json([{"address": 0x300000, "bin": "old.kmodel",
@@ -222,8 +178,8 @@ def test_non_v5_kmodel_is_refused(tmp_path, version, why):
 
 def test_oversized_and_misplaced_kmodels_are_refused(tmp_path):
     with pytest.raises(kfpkg.KfpkgError, match="RAM"):
-        kfpkg.check_kmodel(_fake_kmodel(tmp_path / "big.kmodel", size=k210.CANMV_KMODEL_RAM_LIMIT))
-    small = _fake_kmodel(tmp_path / "small.kmodel", size=8192)
+        kfpkg.check_kmodel(fake_kmodel(tmp_path / "big.kmodel", size=k210.CANMV_KMODEL_RAM_LIMIT))
+    small = fake_kmodel(tmp_path / "small.kmodel", size=8192)
     with pytest.raises(kfpkg.KfpkgError, match="past the free flash"):
         kfpkg.check_kmodel(small, address=k210.FLASH_END - 4096)
     with pytest.raises(kfpkg.KfpkgError, match="firmware area"):
@@ -236,16 +192,6 @@ def test_oversized_and_misplaced_kmodels_are_refused(tmp_path):
         kfpkg.build_plan(small, firmware)
 
 
-def _one_line_error(capsys, command: str, *needles: str) -> str:
-    """The CLI's stderr after a user error: one line, `mfk210 COMMAND: error: ...`, holding every needle."""
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"mfk210 {command}: error: "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
-
-
 # --- flash -------------------------------------------------------------------------------------------
 def test_flash_checks_runtime_against_the_record_packed_in_the_kfpkg(tmp_path, tiny, capsys):
     package = tmp_path / "m.kfpkg"
@@ -253,9 +199,9 @@ def test_flash_checks_runtime_against_the_record_packed_in_the_kfpkg(tmp_path, t
     assert main(["flash", "--board", "goE", "--kfpkg", str(package), "--dry-run"]) == 0
     assert "WARNING" not in capsys.readouterr().out
     assert main(["flash", "--board", "goE", "--kfpkg", str(package), "--runtime", "sdk-1.9", "--dry-run"]) == 2
-    _one_line_error(capsys, "flash", str(package), "tiny.kmodel", "nncase 1.9.0", "--runtime canmv-feat-kpu or sdk-1.1")
+    one_line_error(capsys, "flash", str(package), "tiny.kmodel", "nncase 1.9.0", "--runtime canmv-feat-kpu or sdk-1.1")
     assert main(["flash", "--board", "goE", "--kmodel", str(tiny["kmodel"]), "--runtime", "sdk-1.9", "--dry-run"]) == 2
-    _one_line_error(capsys, "flash", str(tiny["kmodel"]), "nncase 1.9.0")
+    one_line_error(capsys, "flash", str(tiny["kmodel"]), "nncase 1.9.0")
 
     bare = tmp_path / "bare.kfpkg"  # someone else's package: no compile record inside, so only a warning
     with zipfile.ZipFile(bare, "w") as zf:
@@ -272,10 +218,10 @@ def test_flash_checks_runtime_against_the_record_packed_in_the_kfpkg(tmp_path, t
 def test_malformed_flash_list_is_one_clear_error(tmp_path, listing, why, capsys):
     package = tmp_path / "odd.kfpkg"
     with zipfile.ZipFile(package, "w") as zf:
-        zf.write(_fake_kmodel(tmp_path / "m.kmodel"), "m.kmodel")
+        zf.write(fake_kmodel(tmp_path / "m.kmodel"), "m.kmodel")
         zf.writestr(kfpkg.FLASH_LIST, listing)
     assert main(["flash", "--board", "goE", "--kfpkg", str(package), "--dry-run"]) == 2
-    _one_line_error(capsys, "flash", str(package), kfpkg.FLASH_LIST, why)
+    one_line_error(capsys, "flash", str(package), kfpkg.FLASH_LIST, why)
 
 
 def test_dry_run_plan_needs_no_board(tmp_path, tiny, capsys):
@@ -371,7 +317,7 @@ def test_board_files_swaps_the_whole_set_in_and_a_failure_keeps_the_previous_one
     monkeypatch.setattr(files.shutil, "copyfile", disk_full)
     assert main(["board-files", "--out", str(sd), "--kmodel", str(tiny["kmodel"]), "--eval", str(eval_json),
                  "--set", "detector_nms=0.3"]) == 2
-    _one_line_error(capsys, "board-files", "No space left on device")
+    one_line_error(capsys, "board-files", "No space left on device")
     assert {p.name: p.read_bytes() for p in sd.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "sd"]  # no temporary folder left
     monkeypatch.undo()
@@ -380,7 +326,7 @@ def test_board_files_swaps_the_whole_set_in_and_a_failure_keeps_the_previous_one
     assert sorted(p.name for p in sd.iterdir()) == sorted([files.SCRIPT, files.CONFIG_NAME])
     (sd / "notes.txt").write_text("mine")
     assert main(["board-files", "--out", str(sd), "--kmodel", str(tiny["kmodel"]), "--eval", str(eval_json)]) == 2
-    _one_line_error(capsys, "board-files", str(sd), "notes.txt", "new or empty folder")
+    one_line_error(capsys, "board-files", str(sd), "notes.txt", "new or empty folder")
     assert (sd / "notes.txt").read_text() == "mine"
 
 
@@ -476,13 +422,13 @@ def test_gallery_entries_and_model_are_checked(tmp_path, tiny, faces, capsys):
     assert recorded["model_sha256"] == hashlib.sha256(tiny["keras"].read_bytes()).hexdigest()
     probe = str(faces["probes"][0])
     assert main(["identify", probe, "--gallery", str(keras_gallery), "--model", str(tiny["tflite"]), "--aligned"]) == 2
-    _one_line_error(capsys, "identify", str(keras_gallery), f"enrolled with the model {tiny['keras']}",
+    one_line_error(capsys, "identify", str(keras_gallery), f"enrolled with the model {tiny['keras']}",
                     f"--model {tiny['tflite']}")
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps({"best_threshold": 1.0}))
     assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(tiny["kmodel"]), "--eval",
                  str(eval_json), "--gallery", str(keras_gallery)]) == 2
-    _one_line_error(capsys, "board-files", str(keras_gallery), f"enrolled with the model {tiny['keras']}")
+    one_line_error(capsys, "board-files", str(keras_gallery), f"enrolled with the model {tiny['keras']}")
     assert not (tmp_path / "sd").exists()
 
     feature = recorded["people"][0]["feature"]
@@ -492,10 +438,10 @@ def test_gallery_entries_and_model_are_checked(tmp_path, tiny, faces, capsys):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({**recorded, "people": people}))
         assert main(["identify", probe, "--gallery", str(bad), "--model", str(tiny["keras"]), "--aligned"]) == 2
-        _one_line_error(capsys, "identify", str(bad), why)
+        one_line_error(capsys, "identify", str(bad), why)
         assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(tiny["kmodel"]), "--eval",
                      str(eval_json), "--gallery", str(bad)]) == 2
-        _one_line_error(capsys, "board-files", str(bad), why)
+        one_line_error(capsys, "board-files", str(bad), why)
 
 
 def test_missing_or_bad_gallery_gives_clear_errors(tmp_path, tiny, faces, capsys):

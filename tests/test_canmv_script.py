@@ -11,7 +11,6 @@ import pytest
 
 from canmv_board import Board, paste_frame
 from mobilefacenet_k210.board import files, gallery, score
-from test_board import _orl_crop, _tiny_model
 
 ENROLL = [("s1", 1), ("s1", 2), ("s2", 1), ("s2", 2), ("s3", 1), ("s3", 2)]
 PROBES = [("s1", 9), ("s2", 9), ("s3", 9), ("s1", 10), ("s4", 9)]  # s4 never enrolled
@@ -56,21 +55,13 @@ def test_cpython_only_syntax_fails_naming_the_line(tmp_path, construct, line):
 
 # --- run on an emulated board ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def sd_card(tmp_path_factory):
-    """The folder `mfk210 board-files` writes for the SD card, with a tiny kmodel compiled by nncase."""
-    from mobilefacenet_k210.data.orl import fetch_orl
-    from mobilefacenet_k210.export.kmodel import compile_kmodel
-    from mobilefacenet_k210.export.tflite import convert_float
-
-    orl = fetch_orl()
+def sd_card(tmp_path_factory, tiny_k210):
+    """The folder `mfk210 board-files` writes for the SD card, with the session's tiny kmodel (conftest.tiny_k210)."""
     work = tmp_path_factory.mktemp("canmv")
-    convert_float(_tiny_model(), work / "tiny.tflite")
-    calibration = np.stack([_orl_crop(orl / p / f"{k}.pgm") for p, k in ENROLL])
-    compile_kmodel(work / "tiny.tflite", work / "tiny.kmodel", calibration=calibration, timeout_s=300)
     eval_json = work / "eval.json"
     eval_json.write_text(json.dumps({"best_threshold": 0.4}))  # board score 90
-    files.write_board_files(work / "sd", work / "tiny.kmodel", eval_json, embedding_size=32)
-    return {"orl": orl, "sd": work / "sd", "kmodel": work / "tiny.kmodel"}
+    files.write_board_files(work / "sd", tiny_k210["kmodel"], eval_json, embedding_size=32)
+    return {"orl": tiny_k210["orl"], "sd": work / "sd", "kmodel": tiny_k210["kmodel"]}
 
 
 def _frames(orl: Path, photos, press: bool) -> list:

@@ -13,34 +13,13 @@ from mobilefacenet_k210.errors import FileFormatError
 from mobilefacenet_k210.export import ExportResult, export_model, kmodel, report, tflite
 from mobilefacenet_k210.export.calibration import CalibrationError, load_faces
 from mobilefacenet_k210.model.io import ModelFileError
+from conftest import synthetic_faces, write_faces
 
 TINY = ModelConfig(width_multiplier=0.25, embedding_size=32)
 NNCASE = kmodel.nncase_version()["nncase_version"]
 NNCASE_1_1 = pytest.mark.skipif(not NNCASE.startswith("1.1."), reason=(
     f"nncase {NNCASE} installed: this expectation was measured on nncase 1.1 (constraints.txt's pin); "
     "other releases place operators and handle bad options differently"))
-
-
-def synthetic_faces(count: int, seed: int, size: int = 112) -> np.ndarray:
-    """Smooth colour fields plus noise: natural-image statistics without shipping photos."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    faces = []
-    for _ in range(count):
-        low = rng.uniform(0, 255, (6, 6, 3)).astype(np.float32)
-        img = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 8, (size, size, 3))
-        faces.append(np.clip(img, 0, 255).astype(np.uint8))
-    return np.stack(faces)
-
-
-def write_faces(folder: Path, faces: np.ndarray) -> Path:
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, face in enumerate(faces):
-        cv2.imwrite(str(folder / f"face_{i:03d}.png"), face[:, :, ::-1])
-    return folder
 
 
 def tiny_model(input_size: int = 112, seed: int = 0, fit_batchnorm: bool = True):

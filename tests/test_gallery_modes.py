@@ -10,7 +10,7 @@ import pytest
 from mobilefacenet_k210.board import files, gallery
 from mobilefacenet_k210.cli import main
 from mobilefacenet_k210.evaluate import identification as ident
-from test_identification import _fake_kmodel, _one_line_error, people  # noqa: F401  (people: a fixture)
+from conftest import fake_kmodel, one_line_error
 
 DIMS = 10
 
@@ -122,10 +122,10 @@ def test_enroll_max_writes_one_entry_per_photo_and_identify_names_the_person(tmp
 def test_wrong_gallery_mode_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--identification", "--model", "m.keras", "--folder", str(tmp_path),
                  "--gallery-mode", "median"]) == 2
-    _one_line_error(capsys, "evaluate", "gallery_mode 'median'", "max, mean")
+    one_line_error(capsys, "evaluate", "gallery_mode 'median'", "max, mean")
     assert main(["enroll", str(tmp_path), "--model", "m.keras", "--out", str(tmp_path / "g.json"),
                  "--gallery-mode", "median"]) == 2
-    _one_line_error(capsys, "enroll", "--gallery-mode 'median'", "max, mean")
+    one_line_error(capsys, "enroll", "--gallery-mode 'median'", "max, mean")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "mfk210-gallery", "mode": "median", "people": [{"name": "a", "feature": [1]}]}))
     with pytest.raises(gallery.GalleryError, match="gallery mode 'median'"):
@@ -147,7 +147,7 @@ def _gallery(path, mode, names):
 
 
 def test_board_files_refuses_a_threshold_of_the_other_mode_and_records_the_mode(tmp_path, capsys):
-    kmodel = _fake_kmodel(tmp_path / "m.kmodel")
+    kmodel = fake_kmodel(tmp_path / "m.kmodel")
     by_max, by_mean = _ident_json(tmp_path / "max.json", "max"), _ident_json(tmp_path / "mean.json", "mean")
     g_max = _gallery(tmp_path / "g_max.json", "max", ["p", "p", "q", "q"])
     assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(kmodel), "--ident-eval", str(by_max),
@@ -157,7 +157,7 @@ def test_board_files_refuses_a_threshold_of_the_other_mode_and_records_the_mode(
     assert "gallery mode max" in capsys.readouterr().out
     assert main(["board-files", "--out", str(tmp_path / "sd2"), "--kmodel", str(kmodel), "--ident-eval",
                  str(by_mean), "--gallery", str(g_max)]) == 2
-    _one_line_error(capsys, "board-files", str(by_mean), str(g_max), "'mean' gallery", "'max' gallery",
+    one_line_error(capsys, "board-files", str(by_mean), str(g_max), "'mean' gallery", "'max' gallery",
                     "--gallery-mode max")
     assert not (tmp_path / "sd2").exists()
     old = _gallery(tmp_path / "old.json", "mean", ["p", "q"])
@@ -166,4 +166,4 @@ def test_board_files_refuses_a_threshold_of_the_other_mode_and_records_the_mode(
     old.write_text(json.dumps(data))
     assert main(["board-files", "--out", str(tmp_path / "sd3"), "--kmodel", str(kmodel), "--ident-eval",
                  str(by_max), "--gallery", str(old)]) == 2
-    _one_line_error(capsys, "board-files", str(by_max), str(old), "'max' gallery", "--gallery-mode mean")
+    one_line_error(capsys, "board-files", str(by_max), str(old), "'max' gallery", "--gallery-mode mean")

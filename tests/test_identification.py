@@ -2,7 +2,6 @@
 per gallery size, `evaluate --identification` end to end, and `board-files --ident-eval`."""
 import json
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.board import files
 from mobilefacenet_k210.cli import main
 from mobilefacenet_k210.evaluate import identification as ident
+from conftest import fake_kmodel, one_line_error
 
 
 def _unit(**parts: float) -> np.ndarray:
@@ -98,12 +98,6 @@ def test_threshold_at_follows_the_boards_strict_comparison():
     assert ident.threshold_at(scores, 1.0) == 0.0
 
 
-def _fake_kmodel(path: Path) -> Path:
-    """A kmodel v5 header padded to 4 KiB: enough for board-files' checks (it is never run)."""
-    path.write_bytes(b"LDMK" + struct.pack("<I", 5) + bytes(4088))
-    return path
-
-
 def _ident_json(path: Path) -> Path:
     result = ident.open_set(*_hand_built(), enroll_photos=1, fpirs=(0.01, 0.1), gallery_sizes=(1, 2))
     atomic.write_json(path, {"format": ident.FORMAT, "version": 1, "results": {"m.kmodel": result}})
@@ -117,7 +111,7 @@ def _gallery(path: Path, people: int) -> Path:
 
 
 def test_board_files_takes_the_open_set_threshold_for_the_gallerys_size(tmp_path, capsys):
-    kmodel, ident_json = _fake_kmodel(tmp_path / "m.kmodel"), _ident_json(tmp_path / "ident.json")
+    kmodel, ident_json = fake_kmodel(tmp_path / "m.kmodel"), _ident_json(tmp_path / "ident.json")
     verification = tmp_path / "eval.json"
     verification.write_text(json.dumps({"best_threshold": 1.0, "accuracy": 0.9}))
     assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(kmodel), "--eval", str(verification),
@@ -144,64 +138,33 @@ def test_board_files_takes_the_open_set_threshold_for_the_gallerys_size(tmp_path
     assert plain["from"].startswith("1:1 verification")
 
 
-def _one_line_error(capsys, command, *needles):
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith(f"mfk210 {command}: error: "), err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_cli_errors_are_one_line_naming_the_file(tmp_path, capsys):
-    kmodel = _fake_kmodel(tmp_path / "m.kmodel")
+    kmodel = fake_kmodel(tmp_path / "m.kmodel")
     ident_json = _ident_json(tmp_path / "ident.json")
     base = ["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(kmodel), "--embedding-size", "6"]
     assert main(base + ["--ident-eval", str(ident_json)]) == 2
-    _one_line_error(capsys, "board-files", str(ident_json), "--gallery or --gallery-size")
+    one_line_error(capsys, "board-files", str(ident_json), "--gallery or --gallery-size")
     assert main(base) == 2
-    _one_line_error(capsys, "board-files", "--eval", "--ident-eval")
+    one_line_error(capsys, "board-files", "--eval", "--ident-eval")
     assert main(base + ["--ident-eval", str(tmp_path / "missing.json"), "--gallery-size", "3"]) == 2
-    _one_line_error(capsys, "board-files", str(tmp_path / "missing.json"), "evaluate --identification --json")
+    one_line_error(capsys, "board-files", str(tmp_path / "missing.json"), "evaluate --identification --json")
     verification = tmp_path / "eval.json"
     verification.write_text(json.dumps({"best_threshold": 1.0}))
     assert main(base + ["--ident-eval", str(verification), "--gallery-size", "3"]) == 2
-    _one_line_error(capsys, "board-files", str(verification), "not `mfk210 evaluate --identification --json`")
+    one_line_error(capsys, "board-files", str(verification), "not `mfk210 evaluate --identification --json`")
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     assert main(base + ["--ident-eval", str(broken), "--gallery-size", "3"]) == 2
-    _one_line_error(capsys, "board-files", str(broken))
+    one_line_error(capsys, "board-files", str(broken))
     assert main(base + ["--ident-eval", str(ident_json), "--gallery-size", "3", "--eval-set", "other"]) == 2
-    _one_line_error(capsys, "board-files", str(ident_json), "no model 'other'", "m.kmodel")
+    one_line_error(capsys, "board-files", str(ident_json), "no model 'other'", "m.kmodel")
     assert main(["evaluate", "--identification", "--model", "m.keras"]) == 2
-    _one_line_error(capsys, "evaluate", "--folder")
+    one_line_error(capsys, "evaluate", "--folder")
     assert main(["evaluate", "--identification", "--model", "m.keras", "--folder", str(tmp_path / "none")]) == 2
-    _one_line_error(capsys, "evaluate", str(tmp_path / "none"))
+    one_line_error(capsys, "evaluate", str(tmp_path / "none"))
     assert main(["evaluate", "--identification", "--model", "m.keras", "--folder", str(tmp_path),
                  "--enroll-photos", "0"]) == 2
-    _one_line_error(capsys, "evaluate", "enroll_photos")
-
-
-@pytest.fixture(scope="module")
-def people(tmp_path_factory):
-    """Aligned 112x112 crops of 4 ORL people x 4 photos, and a small fixed-weight Keras embedding model."""
-    import cv2
-    import tensorflow as tf
-
-    from mobilefacenet_k210.data.align import read_image
-    from mobilefacenet_k210.data.orl import fetch_orl
-
-    orl = fetch_orl()
-    root = tmp_path_factory.mktemp("people")
-    for person in ("s1", "s2", "s3", "s4"):
-        (root / "faces" / person).mkdir(parents=True)
-        for k in range(1, 5):
-            crop = cv2.resize(read_image(orl / person / f"{k}.pgm"), (112, 112))
-            cv2.imwrite(str(root / "faces" / person / f"{k}.png"), crop[:, :, ::-1])
-    tf.keras.utils.set_random_seed(0)
-    inp = tf.keras.Input((112, 112, 3))
-    x = tf.keras.layers.Conv2D(8, 3, strides=4, activation="relu")(inp)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    tf.keras.Model(inp, tf.keras.layers.Dense(16)(x)).save(root / "m.keras")
-    return {"faces": root / "faces", "model": root / "m.keras"}
+    one_line_error(capsys, "evaluate", "enroll_photos")
 
 
 def test_evaluate_identification_writes_the_table_det_png_and_json(tmp_path, people, capsys):

@@ -1,14 +1,15 @@
 """No import cycle, no import against the data flow.
 
-Two checks: every module imports alone in a fresh interpreter (nothing depends on import order), and
-every import statement of the package, module-level or inside a function (the lazy imports that
-keep `mfk210 --help` fast count too), goes to a module of the same layer or a lower one, with no
-cycle among modules of one layer.
+Two checks: every module imports alone, in a process where no other module of the package was imported
+(nothing depends on import order), and every import statement of the package, module-level or inside
+a function (the lazy imports that keep `mfk210 --help` fast count too), goes to a module of the same
+layer or a lower one, with no cycle among modules of one layer.
 """
 import ast
+import importlib.util
+import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -108,16 +109,72 @@ def test_the_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set()}) == []
 
 
-PROBE = "import importlib, sys; importlib.import_module(sys.argv[1])"
+# One interpreter loads the third-party packages the package's modules import at module level (numpy,
+# TensorFlow: seconds each), then forks a fresh child per module: each child imports its module into a
+# process where no module of the package was imported before, so nothing depends on import order,
+# without paying TensorFlow's import ~90 times.
+PROBE = r"""
+import importlib, json, os, sys
+names, preload = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for name in preload:
+    importlib.import_module(name)
+assert not [m for m in sys.modules if m.split(".")[0] in {n.split(".")[0] for n in names}], "package preloaded"
+failures = {}
+for name in names:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            os._exit(1)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status:
+        failures[name] = message or f"child died with status {status}"
+print(json.dumps(failures))
+"""
+
+
+def _third_party(paths) -> List[str]:
+    """Top-level packages, neither stdlib nor ours, that the files import at module level."""
+    tops = set()
+    for path in paths:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                tops |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                tops.add(node.module.split(".")[0])
+    return sorted(tops - set(sys.stdlib_module_names) - {PACKAGE, "__future__"})
+
+
+def _imports_alone(names: List[str], preload: List[str], cwd: Path) -> Dict[str, str]:
+    """Each of ``names`` imported in its own forked child of one interpreter that loaded only ``preload``."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(names), json.dumps(preload)], cwd=cwd,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_every_module_imports_alone():
-    names = [n for n in _modules() if n != f"{PACKAGE}.__main__"]  # __main__ runs the CLI when imported
+    modules = {n: p for n, p in _modules().items() if n != f"{PACKAGE}.__main__"}  # __main__ runs the CLI
+    preload = [name for name in _third_party(modules.values()) if importlib.util.find_spec(name)]
+    assert "tensorflow" in preload and len(modules) > 50
+    failures = _imports_alone(sorted(modules), preload, ROOT.parent)
+    assert not failures, "modules that do not import alone:\n" + "\n".join(f"{k}: {v}" for k, v in failures.items())
 
-    def probe(name: str) -> str:
-        proc = subprocess.run([sys.executable, "-c", PROBE, name], capture_output=True, text=True)
-        return "" if proc.returncode == 0 else f"{name}: {proc.stderr.strip().splitlines()[-1]}"
 
-    with ThreadPoolExecutor(2) as pool:
-        failures = [f for f in pool.map(probe, names) if f]
-    assert not failures, "modules that do not import alone:\n" + "\n".join(failures)
+def test_the_import_check_finds_a_module_that_needs_another_imported_first(tmp_path):
+    pkg = tmp_path / "orderpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "first.py").write_text("import orderpkg\norderpkg.SHARED = 1\n")
+    (pkg / "second.py").write_text("import orderpkg\nVALUE = orderpkg.SHARED + 1\n")
+    subprocess.run([sys.executable, "-c", "import orderpkg.first, orderpkg.second"], cwd=tmp_path, check=True)
+    failures = _imports_alone(["orderpkg", "orderpkg.first", "orderpkg.second"], ["numpy"], tmp_path)
+    assert list(failures) == ["orderpkg.second"] and "SHARED" in failures["orderpkg.second"], failures

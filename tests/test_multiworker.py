@@ -1,7 +1,7 @@
 """Multi-worker training for real: two worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy,
-standard TF_CONFIG, free ports chosen here) on tiny shards. Both finish with identical weights, only
-the chief writes the shared run folder, killing a worker and rerunning both resumes them at the same
-epoch and step, and each worker reads its own part of every epoch.
+standard TF_CONFIG, free ports chosen here) on tiny shards. Killing a worker and rerunning both resumes
+them at the same epoch and step, both finish with identical weights, only the chief writes the shared
+run folder (one run checks all three), and each worker reads its own part of every epoch.
 
 The commands are the ones docs/scale.md shows: the same `mfk210 train ... --strategy multiworker` on
 every worker, each with its TF_CONFIG."""
@@ -100,13 +100,40 @@ def _write_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tiny_shards, tmp_path):
+def test_killed_and_rerun_workers_resume_at_the_same_step_end_identical_and_only_the_chief_writes(tiny_shards,
+                                                                                                  tmp_path):
+    """One kill and rerun checks it all: both rerun workers resume at the backup's epoch and step, finish
+    with identical weights (the saved model's), and the shared run folder holds the chief's files only."""
     from mobilefacenet_k210.train import weights_digest
+    from mobilefacenet_k210.training.callbacks import resume_point
 
     data = tiny_shards(num_classes=4, per_class=8, num_shards=4, size=64)
-    run, logs = tmp_path / "run", tmp_path / "logs"
-    outs = _finish(_start_workers(_write_config(tmp_path), data, run, logs), logs, "the two workers to finish")
+    config, run = _write_config(tmp_path), tmp_path / "run"
+    procs = _start_workers(config, data, run, tmp_path / "first")
+    # kill worker 1 once the first epoch's backup is written: 2 epochs still to go
+    deadline = time.monotonic() + HUNG_S
+    while resume_point(run / "backup" / "phase0", STEPS) == (0, 0):
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            _kill(procs)
+            pytest.fail("the workers exited or hung before the first epoch's backup:\n"
+                        + _output(tmp_path / "first", 0)[-3000:] + _output(tmp_path / "first", 1)[-3000:])
+        time.sleep(0.05)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    procs[1].wait()
+    _kill(procs)  # the chief waits on a collective with a dead peer: stop it as the operator would
+    # a SIGKILL leaves the killed worker's temporary folder (its path is in its first lines)
+    killed_folders = re.findall(r"this worker writes into (\S+), deleted", _output(tmp_path / "first", 1))
+    assert killed_folders and not any(Path(f).is_relative_to(run) for f in killed_folders), killed_folders
+    for folder in killed_folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    epoch, step = resume_point(run / "backup" / "phase0", STEPS)
+    killed = json.loads((run / "state.json").read_text())  # written with the first epoch's best model
+    assert (epoch, step) != (0, 0) and killed["completed_phases"] == 0, "the phase ended before the kill"
 
+    outs = _finish(_start_workers(config, data, run, tmp_path / "second"), tmp_path / "second",
+                   "the two rerun workers to finish")
+    points = [re.findall(r"resuming at epoch (\d+), step (\d+)/(\d+)", out) for out in outs]
+    assert points[0] == points[1] == [(str(epoch + 1), str(step), str(STEPS))], points
     digests = [_digests(out) for out in outs]
     assert digests[0] and digests[0] == digests[1], digests
     assert weights_digest(load_embedding_model(run / "phases" / "phase0")) == digests[0]["phase 1/1 softmax"]
@@ -126,43 +153,6 @@ def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tin
     assert other, outs[1][-3000:]
     assert not Path(other.group(1)).exists() and not Path(other.group(1)).is_relative_to(run)
     assert load_embedding_model(run).output_shape == (None, 32)
-
-
-def test_killing_a_worker_and_rerunning_both_resumes_them_at_the_same_epoch_and_step(tiny_shards, tmp_path):
-    from mobilefacenet_k210.training.callbacks import resume_point
-
-    data = tiny_shards(num_classes=4, per_class=8, num_shards=4, size=64)
-    config, run = _write_config(tmp_path), tmp_path / "run"
-    procs = _start_workers(config, data, run, tmp_path / "first")
-    # kill worker 1 once the first epoch's backup is written: 2 epochs still to go
-    deadline = time.monotonic() + HUNG_S
-    while resume_point(run / "backup" / "phase0", STEPS) == (0, 0):
-        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
-            _kill(procs)
-            pytest.fail("the workers exited or hung before the first epoch's backup:\n"
-                        + _output(tmp_path / "first", 0)[-3000:] + _output(tmp_path / "first", 1)[-3000:])
-        time.sleep(0.05)
-    os.kill(procs[1].pid, signal.SIGKILL)
-    procs[1].wait()
-    _kill(procs)  # the chief waits on a collective with a dead peer: stop it as the operator would
-    # a SIGKILL leaves the killed worker's temporary folder (its path is in its first lines)
-    for folder in re.findall(r"this worker writes into (\S+), deleted", _output(tmp_path / "first", 1)):
-        shutil.rmtree(folder, ignore_errors=True)
-    epoch, step = resume_point(run / "backup" / "phase0", STEPS)
-    killed = json.loads((run / "state.json").read_text())  # written with the first epoch's best model
-    assert (epoch, step) != (0, 0) and killed["completed_phases"] == 0, "the phase ended before the kill"
-
-    outs = _finish(_start_workers(config, data, run, tmp_path / "second"), tmp_path / "second",
-                   "the two rerun workers to finish")
-    points = [re.findall(r"resuming at epoch (\d+), step (\d+)/(\d+)", out) for out in outs]
-    assert points[0] == points[1] == [(str(epoch + 1), str(step), str(STEPS))], points
-    digests = [_digests(out) for out in outs]
-    assert digests[0] and digests[0] == digests[1], digests
-    state = json.loads((run / "state.json").read_text())
-    assert state["completed_phases"] == 1 and state["phases"][0]["optimizer_iterations"] == 3 * STEPS
-    with open(run / "logs" / "phase0.csv") as f:
-        assert [row.split(",")[0] for row in f.read().splitlines()[1:]] == ["0", "1", "2"]
-    assert not list((run / "backup").iterdir())
 
 
 @pytest.mark.parametrize("num_shards", [4, 1])  # whole shards per worker, or records of one shard

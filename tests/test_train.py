@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from mobilefacenet_k210 import cli, folder_lock, train
-from mobilefacenet_k210.config import ModelConfig, TrainConfig, load
+from mobilefacenet_k210.config import TrainConfig, load
 from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC
 from mobilefacenet_k210.model.io import load_embedding_model
 from mobilefacenet_k210.training import run_folder
@@ -128,23 +128,32 @@ def _one_line_error(capsys, *names: str) -> str:
     return errors[0]
 
 
-def test_softmax_then_arcface_carries_the_backbone_and_keeps_the_best_by_verification(tiny_shards, tmp_path):
+def test_softmax_then_imprinted_arcface_carries_the_backbone_and_keeps_the_best_by_verification(tiny_shards,
+                                                                                               tmp_path):
+    """One two-phase run: the ArcFace phase starts from the softmax phase's backbone and from centres
+    imprinted where its first epoch puts each class; the best epoch by verification is the model kept."""
+    import tensorflow as tf
+
+    from mobilefacenet_k210.data import pipeline
     from mobilefacenet_k210.evaluate.callback import VerificationCallback
+    from mobilefacenet_k210.model import heads
 
     data = tiny_shards(num_classes=4, per_class=4, num_shards=2)
     bins = _pairs_bin(tmp_path / "pairs.bin")
     config = load(TrainConfig, None, [
         "model.width_multiplier=0.25", "model.embedding_size=32", "pipeline.shuffle_buffer=32",
         "pipeline.validation=false",
-        "phases.0.epochs=2", "phases.0.batch_size=8",
-        # an ArcFace phase that cannot move the weights: what it ends with is what it started from
+        "phases.0.epochs=3", "phases.0.batch_size=8", "phases.0.lr=0.05",
+        # an ArcFace phase that cannot move the weights: what it ends with is what it started from, and its
+        # loss is the starting head's
         "phases.1.epochs=1", "phases.1.batch_size=8", "phases.1.lr=1e-12", "phases.1.weight_decay=0",
-        "phases.1.lr_steps=[]", f"verification.tiny={bins}", "verification_batch_size=8"])
+        "phases.1.lr_steps=[]", "phases.1.scale=16", "phases.1.margin=0.0", "phases.1.head_init=imprint",
+        f"verification.tiny={bins}", "verification_batch_size=8", "deterministic_ops=true"])
     run = tmp_path / "run"
     state = train.train(config, data, run, progress=False)
 
     assert state["completed_phases"] == 2
-    assert [p["optimizer_iterations"] for p in state["phases"]] == [4, 2]
+    assert [p["optimizer_iterations"] for p in state["phases"]] == [6, 2]
     after_softmax = load_embedding_model(run / "phases" / "phase0")
     after_arcface = load_embedding_model(run / "phases" / "phase1")
     for a, b in zip(after_softmax.trainable_weights, after_arcface.trainable_weights):
@@ -168,15 +177,46 @@ def test_softmax_then_arcface_carries_the_backbone_and_keeps_the_best_by_verific
     assert {"loss", "accuracy", "lr", "verification_accuracy"} <= set(header)
     assert (run / "loss.png").stat().st_size > 0 and (run / "last" / "model.keras").is_file()
     log = (run / "train.log").read_text()
-    assert "phase 2/2 arcface epoch 1/1" in log and "verification_accuracy" in log
+    assert "phase 2/2 arcface epoch 1/1" in log and "verification_accuracy" in log and "imprinted" in log
     assert any((run / "tensorboard" / "phase1").rglob("events.out.tfevents*"))
+
+    # the ArcFace phase's first epoch, computed as its steps compute it: training mode, batch statistics
+    info = pipeline.DataInfo(data)
+    steps = pipeline.steps_per_epoch(info, 8)
+    batches = list(first_epoch_batches(config, 1, info, steps))
+    _, imprinted = heads.build_training_model(after_softmax, config.phases[1], 4)
+    _, random_head = heads.build_training_model(after_softmax, config.phases[1], 4)
+    heads.imprint(imprinted, class_embedding_sums(after_softmax, batches, 4, steps, progress=False))
+    own, correct, losses = {"imprint": [], "random": []}, [], []
+    for (images, labels), _ in batches:
+        embeddings = after_softmax(images, training=True)
+        rows = np.arange(len(labels))
+        for name, head in (("imprint", imprinted), ("random", random_head)):
+            own[name] += list(head.cosine(embeddings).numpy()[rows, labels.numpy()])
+        logits = imprinted([embeddings, labels])
+        correct += list(np.argmax(logits, axis=1) == labels.numpy())
+        losses.append(float(tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)))
+    summary = {k: float(np.mean(v)) for k, v in own.items()}
+    assert summary["imprint"] > summary["random"] + 0.3, summary
+    assert np.mean(correct) >= 0.5, (np.mean(correct), summary)
+    # the phase itself started from these centres: its epoch loss is theirs (its lr cannot move them)
+    with open(run / "logs" / "phase1.csv") as f:
+        logged = float(list(csv.DictReader(f))[-1]["loss"])
+    np.testing.assert_allclose(logged, np.mean(losses), rtol=1e-3)
+    with pytest.raises(train.ConfigError, match="margin heads"):
+        load(TrainConfig, None, ["phases.0.head_init=imprint"])
+
+
+def _small_model():
+    """The checkpoint callback saves whatever backbone it is given: a small one is as good here."""
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((8,))
+    return tf.keras.Model(inputs, tf.keras.layers.Dense(4)(tf.keras.layers.Dense(6, activation="relu")(inputs)))
 
 
 def test_best_checkpoint_keeps_the_best_epoch_and_the_later_one_on_a_tie(tmp_path):
-    from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
-
-    model_config = ModelConfig(input_size=64, width_multiplier=0.25, embedding_size=32)
-    model, export_copy = MobileFaceNet(model_config), MobileFaceNet(model_config)
+    model, export_copy = _small_model(), _small_model()
     state: dict = {"best": None}
     run = RunContext(tmp_path, state, logging.getLogger("test_best_checkpoint"))
     saver = EmbeddingCheckpoints(model, export_copy, run, 0, Monitor(VERIFICATION_METRIC, "max"))
@@ -194,10 +234,7 @@ def test_best_checkpoint_keeps_the_best_epoch_and_the_later_one_on_a_tie(tmp_pat
 
 def test_last_is_saved_on_scored_epochs_and_on_the_phases_last_epoch(tmp_path):
     """Epochs that verification skips (NaN score) are not saved to last/, except the phase's last one."""
-    from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
-
-    model_config = ModelConfig(input_size=64, width_multiplier=0.25, embedding_size=32)
-    model, export_copy = MobileFaceNet(model_config), MobileFaceNet(model_config)
+    model, export_copy = _small_model(), _small_model()
     run = RunContext(tmp_path, {"best": None}, logging.getLogger("test_last_is_saved"))
     saver = EmbeddingCheckpoints(model, export_copy, run, 0, Monitor(VERIFICATION_METRIC, "max"))
     saver.set_params({"epochs": 3})
@@ -208,51 +245,6 @@ def test_last_is_saved_on_scored_epochs_and_on_the_phases_last_epoch(tmp_path):
         saver.on_epoch_end(epoch, {VERIFICATION_METRIC: score})
         last = load_embedding_model(tmp_path / "last" / "model.keras").get_weights()
         np.testing.assert_array_equal(last[0], weights_at[0 if epoch == 1 else epoch][0], err_msg=f"epoch {epoch}")
-
-
-def test_imprinted_centres_are_where_the_arcface_phase_puts_each_class(tiny_shards, tmp_path):
-    import tensorflow as tf
-
-    from mobilefacenet_k210.data import pipeline
-    from mobilefacenet_k210.model import heads
-
-    data = tiny_shards(num_classes=4, per_class=4, num_shards=1, size=64)
-    config = load(TrainConfig, None, SMALL + [
-        "phases.0.epochs=6", "phases.0.batch_size=8", "phases.0.lr=0.05",
-        # an ArcFace phase that does not move the weights: its loss is the starting head's
-        "phases.1.epochs=1", "phases.1.batch_size=8", "phases.1.lr=1e-12", "phases.1.weight_decay=0",
-        "phases.1.lr_steps=[]", "phases.1.scale=16", "phases.1.margin=0.0", "phases.1.head_init=imprint",
-        "deterministic_ops=true"])
-    run = tmp_path / "run"
-    train.train(config, data, run, progress=False)
-    assert "imprinted" in (run / "train.log").read_text()
-
-    # the ArcFace phase's first epoch, computed as its steps compute it: training mode, batch statistics
-    info = pipeline.DataInfo(data)
-    steps = pipeline.steps_per_epoch(info, 8)
-    backbone = load_embedding_model(run / "phases" / "phase0")
-    batches = list(first_epoch_batches(config, 1, info, steps))
-    _, imprinted = heads.build_training_model(backbone, config.phases[1], 4)
-    _, random_head = heads.build_training_model(backbone, config.phases[1], 4)
-    heads.imprint(imprinted, class_embedding_sums(backbone, batches, 4, steps, progress=False))
-    own, correct, losses = {"imprint": [], "random": []}, [], []
-    for (images, labels), _ in batches:
-        embeddings = backbone(images, training=True)
-        rows = np.arange(len(labels))
-        for name, head in (("imprint", imprinted), ("random", random_head)):
-            own[name] += list(head.cosine(embeddings).numpy()[rows, labels.numpy()])
-        logits = imprinted([embeddings, labels])
-        correct += list(np.argmax(logits, axis=1) == labels.numpy())
-        losses.append(float(tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)))
-    summary = {k: float(np.mean(v)) for k, v in own.items()}
-    assert summary["imprint"] > summary["random"] + 0.3, summary
-    assert np.mean(correct) >= 0.5, (np.mean(correct), summary)
-    # the phase itself started from these centres: its epoch loss is theirs (its lr cannot move them)
-    with open(run / "logs" / "phase1.csv") as f:
-        logged = float(list(csv.DictReader(f))[-1]["loss"])
-    np.testing.assert_allclose(logged, np.mean(losses), rtol=1e-3)
-    with pytest.raises(train.ConfigError, match="margin heads"):
-        load(TrainConfig, None, ["phases.0.head_init=imprint"])
 
 
 def test_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path, capsys):
@@ -378,7 +370,7 @@ def test_triplet_phase_trains_end_to_end(tiny_shards, tmp_path):
 
 
 def test_mixed_precision_cli_trains_saves_float32_and_exports_a_kmodel(tiny_shards, tmp_path, capsys):
-    from test_export import synthetic_faces, write_faces
+    from conftest import synthetic_faces, write_faces
 
     from mobilefacenet_k210.config import ExportConfig
     from mobilefacenet_k210.export import export_model
@@ -405,7 +397,8 @@ def test_mixed_precision_cli_trains_saves_float32_and_exports_a_kmodel(tiny_shar
         assert model(np.zeros((1, 112, 112, 3), np.float32)).dtype.name == "float32"
     calibration = write_faces(tmp_path / "calib", synthetic_faces(6, 1))
     result = export_model(run / "embedding" / "model.keras", calibration, tmp_path / "export",
-                          ExportConfig(calibrate_method="no_clip", calibration_samples=4, holdout_samples=2))
+                          ExportConfig(calibrate_method="no_clip", calibration_samples=4, holdout_samples=2,
+                                       int8_tflite=False))  # the kmodel is what this run is for
     assert (tmp_path / "export" / "model.kmodel").stat().st_size == result.kmodel_bytes > 0
 
 

@@ -23,6 +23,7 @@ Loading a file never runs code from it (people pass models around; a model must 
 and build-tfrecords) is the opt-out for a user's own files: Keras files and SavedModels load as
 Keras loads them (``.keras`` with ``safe_mode=False``, so a Lambda runs) and TFLite's TensorFlow ops run.
 """
+import shutil
 from pathlib import Path
 from typing import Union
 
@@ -48,18 +49,32 @@ def resolve_model_path(path: Union[str, Path]) -> Path:
                          "a .keras/.h5 file or a SavedModel folder)")
 
 
+def _model_file(path: Union[str, Path]) -> Path:
+    """``path`` itself if a ``.keras``/``.h5`` file, else the run folder's ``embedding/model.keras``."""
+    path = Path(path)
+    return path if path.suffix in (".keras", ".h5") else path / EMBEDDING_DIR / EMBEDDING_FILE
+
+
 def save_embedding_model(model, path: Union[str, Path]) -> Path:
     """Save atomically: write beside the target, then rename, so a killed run never leaves half a model.
 
     ``path`` is a run folder (saved to ``path/embedding/model.keras``) or a ``.keras``/``.h5`` file.
     """
-    path = Path(path)
-    target = path if path.suffix in (".keras", ".h5") else path / EMBEDDING_DIR / EMBEDDING_FILE
+    target = _model_file(path)
     with atomic.atomic_path(target, suffix=target.suffix) as tmp:  # Keras picks the format by suffix
         if target.suffix == ".keras":
             model.save(str(tmp))
         else:
             model.save(str(tmp), include_optimizer=False)
+    return target
+
+
+def copy_embedding_model(saved: Union[str, Path], path: Union[str, Path]) -> Path:
+    """Copy a model file saved by :func:`save_embedding_model` to where it would save to ``path``, atomically:
+    the same model twice (the last epoch that is also the best) is saved once."""
+    target = _model_file(path)
+    with atomic.atomic_path(target, suffix=target.suffix) as tmp:
+        shutil.copyfile(saved, tmp)
     return target
 
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import tensorflow as tf
 
 from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC, VerificationCallback
-from mobilefacenet_k210.model.io import save_embedding_model
+from mobilefacenet_k210.model.io import copy_embedding_model, save_embedding_model
 from mobilefacenet_k210.training.context import Monitor, RunContext
 from mobilefacenet_k210.training.plot import plot_history
 from mobilefacenet_k210.training.schedule import WarmupPiecewise
@@ -102,11 +102,11 @@ class EmbeddingCheckpoints(tf.keras.callbacks.Callback):
             return
         # every worker reads the weights: in a cluster, reading BatchNorm's statistics is a collective
         self.export_copy.set_weights(self.embedding_model.get_weights())
-        save_embedding_model(self.export_copy, self.run.out / "last" / "model.keras")
+        last = save_embedding_model(self.export_copy, self.run.out / "last" / "model.keras")
         if not scored:
             return
         if self._better(float(value)):
-            save_embedding_model(self.export_copy, self.run.out)
+            copy_embedding_model(last, self.run.out)
             self.run.state["best"] = {"monitor": self.monitor.name, "mode": self.monitor.mode, "value": float(value),
                                       "phase": self.phase_index, "epoch": epoch + 1}
             self.run.save_state()
