@@ -52,6 +52,8 @@ def load_embedding_model(path: Union[str, Path]):
     """Load the embedding model for inference (never compiled: it has no loss of its own)."""
     import tensorflow as tf
 
+    from mobilefacenet_k210.model import mobilefacenet  # noqa: F401  (registers its layers, InputOrientation)
+
     resolved = resolve_model_path(path)
     try:
         return tf.keras.models.load_model(resolved, compile=False)
