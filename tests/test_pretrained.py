@@ -120,6 +120,16 @@ def test_exact_copy_reproduces_every_layer_of_the_source(tiny_source, imported):
                                found["embedding"], rtol=1e-6)
 
 
+def test_split_conv_last_keeps_the_last_prelu_exact_with_relu(tiny_source, imported):
+    graph = imported["graph"]
+    split, config, mapping = replica.build(graph, "prelu", split_conv_last=True)
+    assert type(split.get_layer("conv_last_relu")).__name__ == "ReLU"
+    assert split.get_layer("conv_last").filters == 2 * imported["exact"][0].get_layer("conv_last").filters
+    assert check_exact(graph, split, mapping, config, tiny_source["crops"]).min() >= 0.9999
+    twin, _, _ = replica.build(graph, "relu", split_conv_last=True)
+    assert not k210.errors(k210.check_model(twin))
+
+
 def test_a_copy_that_differs_is_refused_naming_the_first_layer_that_differs(tiny_source, imported):
     graph, (model, config, mapping) = imported["graph"], imported["exact"]
     layer = model.get_layer("block_3_expand")
@@ -327,3 +337,36 @@ def test_cosine_schedule_falls_from_lr_to_zero_over_the_phase():
     schedule = make_schedule(PhaseConfig(epochs=4, lr=0.5, lr_schedule="cosine", warmup_epochs=1), steps_per_epoch=10)
     assert float(schedule(0)) == pytest.approx(0.5 / 10)  # warm-up: (step + 1) / warmup steps
     assert [float(schedule(s)) for s in (10, 25, 40)] == pytest.approx([0.5, 0.25, 0.0], abs=1e-6)
+
+
+def test_pretrained_steps_rerun_from_the_first_one_whose_inputs_changed(tmp_path):
+    """`make pretrained` runs on the demo's step machinery with its own tables: a new seed reruns the recovery
+    and what follows it, another source file (same path, new content) everything from the fetch on."""
+    from mobilefacenet_k210 import demo_pretrained
+    from mobilefacenet_k210.config import ConfigError, PretrainedConfig
+
+    source = tmp_path / "source.tflite"
+    source.write_bytes(b"one")
+    out, runs = tmp_path / "run", []
+
+    def steps(config):
+        run = demo_pretrained.PretrainedRun(out, config)
+        for name, _, _ in demo_pretrained.STEPS[:7]:
+            def make(name=name):
+                runs.append(name)
+                for part in demo_pretrained.STEP_OUTPUTS.get(name, ()):
+                    (out / part).mkdir(parents=True, exist_ok=True)
+                return {"step": name}
+            run.run(name, make)
+
+    steps(PretrainedConfig(source=str(source)))
+    assert runs == ["faces", "source", "shards", "aligned", "pairs", "import", "recover"]
+    runs.clear()
+    steps(PretrainedConfig(source=str(source), seed=1))
+    assert runs == ["recover"]
+    runs.clear()
+    source.write_bytes(b"two")
+    steps(PretrainedConfig(source=str(source), seed=1))
+    assert runs == ["source", "shards", "aligned", "pairs", "import", "recover"]
+    with pytest.raises(ConfigError, match="s31 is also a training identity"):
+        PretrainedConfig(train=[1, 31]).validate()

@@ -32,6 +32,11 @@ class ModelConfig:
     ``input_orientation`` ``rot180``: the network computes on the aligned crop turned by 180 degrees,
     which makes its symmetric stride-2 padding equal TensorFlow's 'same' padding of the model it was
     imported from (``mfk210 import-model``); the Keras model still takes upright crops.
+    ``split_conv_last``: the last 1x1 conv gives twice its channels through ReLU, room for ``y`` and
+    ``-y``; since ``prelu(y) = relu(y) - a * relu(-y)`` and the GDConv and the projection after it
+    are linear, an imported per-channel PReLU there is reproduced exactly with ReLU alone (the
+    GDConv weighs the second half by ``-a``, the projection sums the halves), for twice conv_last's
+    multiply-adds (about 3M at width 1.0) and a wider 7x7 map.
     """
 
     input_size: int = 112
@@ -43,6 +48,7 @@ class ModelConfig:
     embedding_head: str = "gdc_linear_kpu"  # one of EMBEDDING_HEADS
     stem_project: bool = False  # a linear 1x1 conv after the stem's depthwise conv (sirius-ai MobileFaceNet_TF)
     input_orientation: str = UPRIGHT  # one of preprocessing.ORIENTATIONS; the model's first layer turns the crop
+    split_conv_last: bool = False  # conv_last gives 2x the channels, with ReLU: an imported PReLU there stays exact
 
     def validate(self, where: str = "model") -> None:
         """Refuse a shape the builder cannot make, naming the field."""
@@ -106,8 +112,9 @@ class PhaseConfig:
     term; a margin head with ``distill_weight`` > 0 adds that many times the same loss to its own.
     Head ``feature_distill`` runs ``teacher_model`` (a Keras embedding model with the student's layer
     names, e.g. the exact copy `mfk210 import-model` writes) on every augmented batch and trains on
-    ``1 - cos`` of the embeddings plus ``feature_weight`` times the mean normalized squared error of
-    the bottlenecks' outputs (labels unused: any faces will do).
+    ``1 - cos`` of the embeddings (plus ``relation_weight`` times the relation term) plus
+    ``feature_weight`` times the mean normalized squared error of the bottlenecks' outputs (labels
+    unused: any faces will do).
     ``frozen_bn``: BatchNorm computes with its stored statistics, as in inference (its scale and shift
     still train), for a backbone whose BatchNorm holds folded weights, such as an imported one.
     ``lr_schedule`` (one of ``LR_SCHEDULES``): ``lr_steps`` decays, or a cosine from ``lr`` to 0.
@@ -178,8 +185,9 @@ class PhaseConfig:
         if self.distill_weight > 0 and self.head not in MARGIN_HEADS:
             raise ConfigError(f"{where}.distill_weight: only a margin head {MARGIN_HEADS} adds a distillation "
                               f"loss; use head: distill to train on the teacher alone")
-        if self.relation_weight > 0 and not self.uses_teacher:
-            raise ConfigError(f"{where}.relation_weight: only for head distill or a phase with distill_weight > 0")
+        if self.relation_weight > 0 and not (self.uses_teacher or self.head == "feature_distill"):
+            raise ConfigError(f"{where}.relation_weight: only for heads distill and feature_distill or a phase with "
+                              "distill_weight > 0")
         if self.head == "triplet" and self.images_per_identity < 2:
             raise ConfigError(f"{where}.images_per_identity: a triplet batch needs at least 2 images per identity")
 

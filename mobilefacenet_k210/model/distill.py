@@ -15,8 +15,8 @@
   teacher's, each map's squared error over the teacher map's energy, per sample; the loss averages it
   over the batch and the matched layers.
 - :class:`FeatureDistillTerm`: the layer of a ``feature_distill`` phase, whose teacher runs beside
-  the student on every batch: ``1 - cos`` of the embeddings plus ``feature_weight`` times the
-  feature matching loss, with the ``teacher_cosine`` and ``feature_nmse`` metrics.
+  the student on every batch: the :class:`DistillLoss` of the embeddings plus ``feature_weight``
+  times the feature matching loss, with the ``teacher_cosine`` and ``feature_nmse`` metrics.
 
 ``y_true`` is the teacher embedding (B, D_t), ``y_pred`` the student's (B, D_t) (projected if need be).
 Neither has to be normalised: the losses normalise both.
@@ -103,12 +103,16 @@ class DistillTerm(tf.keras.layers.Layer):
             self.projection = TeacherProjection(self.teacher_dim, name="teacher_projection")
         super().build(input_shape)
 
-    def call(self, inputs: Any) -> tf.Tensor:
-        student, teacher = inputs
+    def embedding_loss(self, student: tf.Tensor, teacher: tf.Tensor) -> tf.Tensor:
+        """``weight`` times the batch's :class:`DistillLoss`, with the ``teacher_cosine`` metric."""
         matched = tf.cast(student, tf.float32) if self.projection is None else self.projection(student)
         teacher = tf.cast(teacher, tf.float32)
-        self.add_loss(self.weight * tf.reduce_mean(self.loss_fn.call(teacher, matched)))
         self.add_metric(tf.reduce_mean(1.0 - cosine_distill_loss(teacher, matched)), name="teacher_cosine")
+        return self.weight * tf.reduce_mean(self.loss_fn.call(teacher, matched))
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        student, teacher = inputs
+        self.add_loss(self.embedding_loss(student, teacher))
         return student
 
     def get_config(self) -> Dict[str, Any]:
@@ -131,41 +135,29 @@ def feature_matching_loss(teachers: List[tf.Tensor], students: List[tf.Tensor]) 
 
 
 @tf.keras.utils.register_keras_serializable(package="mfk210")
-class FeatureDistillTerm(tf.keras.layers.Layer):
-    """``[student emb, teacher emb, student maps..., teacher maps...] -> student emb``, adding
-    ``mean(1 - cos(student, teacher)) + feature_weight * feature_matching_loss`` to the model's loss.
+class FeatureDistillTerm(DistillTerm):
+    """``[student emb, teacher emb, student maps..., teacher maps...] -> student emb``, adding the
+    :class:`DistillTerm` loss (weight 1) plus ``feature_weight * feature_matching_loss`` of the maps to the
+    model's loss, with the ``feature_nmse`` metric beside ``teacher_cosine``."""
 
-    A student embedding of another size than the teacher's is compared through a training-only
-    :class:`TeacherProjection` owned by this layer.
-    """
-
-    def __init__(self, teacher_dim: int, feature_weight: float = 1.0, **kwargs: Any):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.teacher_dim, self.feature_weight = int(teacher_dim), float(feature_weight)
-        self.projection = None
-
-    def build(self, input_shape: Any) -> None:
-        if int(input_shape[0][-1]) != self.teacher_dim:
-            self.projection = TeacherProjection(self.teacher_dim, name="teacher_projection")
-        super().build(input_shape)
+    def __init__(self, teacher_dim: int, feature_weight: float = 1.0, relation_weight: float = 0.0, **kwargs: Any):
+        kwargs.pop("weight", None)
+        super().__init__(teacher_dim, 1.0, relation_weight, **kwargs)
+        self.feature_weight = float(feature_weight)
 
     def call(self, inputs: Any) -> tf.Tensor:
         student, teacher, *maps = inputs
+        loss = self.embedding_loss(student, teacher)
         half = len(maps) // 2
-        matched = tf.cast(student, tf.float32) if self.projection is None else self.projection(student)
-        cosine = tf.reduce_mean(1.0 - cosine_distill_loss(teacher, matched))
-        loss = 1.0 - cosine
         if half:
             nmse = feature_matching_loss(maps[half:], maps[:half])
             loss = loss + self.feature_weight * nmse
             self.add_metric(nmse, name="feature_nmse")
         self.add_loss(loss)
-        self.add_metric(cosine, name="teacher_cosine")
         return student
 
     def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "teacher_dim": self.teacher_dim, "feature_weight": self.feature_weight}
+        return {**super().get_config(), "feature_weight": self.feature_weight}
 
 
 def _feature_view(model: tf.keras.Model, names: List[str], name: str) -> tf.keras.Model:
@@ -174,7 +166,7 @@ def _feature_view(model: tf.keras.Model, names: List[str], name: str) -> tf.kera
 
 
 def feature_distill(student: tf.keras.Model, image: tf.Tensor, teacher_path: str, feature_weight: float,
-                    frozen_bn: bool) -> tf.Tensor:
+                    frozen_bn: bool, relation_weight: float = 0.0) -> tf.Tensor:
     """The student's embedding of ``image`` in a training model that also runs the frozen teacher saved at
     ``teacher_path`` on it and adds the :class:`FeatureDistillTerm` loss over every bottleneck's output.
 
@@ -198,5 +190,5 @@ def feature_distill(student: tf.keras.Model, image: tf.Tensor, teacher_path: str
             raise ModelFileError(f"{teacher_path}: layer {n} gives {shape}, the student's {student.get_layer(n).output_shape}")
     s = _feature_view(student, names, "student_features")(image, training=False if frozen_bn else None)
     t = _feature_view(teacher, names, "teacher_features")(image, training=False)
-    term = FeatureDistillTerm(int(teacher.output_shape[-1]), feature_weight, name="distill")
+    term = FeatureDistillTerm(int(teacher.output_shape[-1]), feature_weight, relation_weight, name="distill")
     return term([s[0], t[0], *s[1:], *t[1:]])

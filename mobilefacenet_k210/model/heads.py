@@ -231,7 +231,8 @@ def build_training_model(embedding_model: tf.keras.Model, phase: PhaseConfig, nu
     label = tf.keras.Input((), dtype=tf.int32, name="label")
     inputs = [image, label]
     if phase.head == "feature_distill":
-        embedding = feature_distill(embedding_model, image, phase.teacher_model, phase.feature_weight, phase.frozen_bn)
+        embedding = feature_distill(embedding_model, image, phase.teacher_model, phase.feature_weight, phase.frozen_bn,
+                                    phase.relation_weight)
     else:
         embedding = embedding_model(image, training=False if phase.frozen_bn else None)
     if phase.uses_teacher:

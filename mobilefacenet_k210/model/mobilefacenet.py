@@ -9,6 +9,7 @@ upright crops (``preprocessing.normalize``) to an un-normalized embedding; heads
 With ``input_orientation: rot180`` its first layer (:class:`InputOrientation`) turns the crop by 180
 degrees and the rest (the body, which export compiles) computes on the turned crop.
 """
+import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
@@ -163,6 +164,11 @@ def MobileFaceNet(config: Optional[ModelConfig] = None, name: str = "mobilefacen
             x = bottleneck_block(x, expansion, _make_divisible(channels * alpha), stride if i == 0 else 1,
                                  config, block_id)
             block_id += 1
-    x = conv_block(x, _make_divisible(512 * alpha), 1, 1, config, "conv_last")
+    last = _make_divisible(512 * alpha)
+    if config.split_conv_last:
+        # (y, -y) through ReLU: the GDConv after it can weigh relu(-y) by any per-channel slope (import)
+        x = conv_block(x, 2 * last, 1, 1, dataclasses.replace(config, activation="relu"), "conv_last")
+    else:
+        x = conv_block(x, last, 1, 1, config, "conv_last")
     outputs = embedding_head(x, config)
     return tf.keras.Model(inputs, outputs, name=name)

@@ -47,8 +47,11 @@ def check_exact(graph: SourceGraph, model: Any, mapping: replica.Mapping, config
                            f"differs is {name} (cosine {cos:.6f})")
 
 
-def import_arrays(graph: SourceGraph, crops: np.ndarray) -> Dict[str, Any]:
+def import_arrays(graph: SourceGraph, crops: np.ndarray, split_conv_last: bool = True) -> Dict[str, Any]:
     """The exact copy and the K210 twin of ``graph``, checked on uint8 ``crops``; their figures.
+
+    ``split_conv_last`` (when the source's last 1x1 conv has a PReLU) keeps that PReLU exact in the twin
+    (``ModelConfig.split_conv_last``).
 
     Returns ``{"teacher", "student", "config", "record"}``: the two Keras models, the twin's ModelConfig
     and what ``import.json`` records.
@@ -56,7 +59,8 @@ def import_arrays(graph: SourceGraph, crops: np.ndarray) -> Dict[str, Any]:
     activation = "prelu" if any(l.activation == "prelu" for l in graph.layers) else "relu"
     teacher, exact_config, mapping = replica.build(graph, activation)
     exact = check_exact(graph, teacher, mapping, exact_config, crops)
-    student, config, student_mapping = replica.build(graph, "relu")
+    split = split_conv_last and graph.layers[-3].activation == "prelu"  # conv_last, GDConv, projection
+    student, config, student_mapping = replica.build(graph, "relu", split)
     twin = replica.compare(graph, student, student_mapping, config, crops, layers=False)["embedding"]
     findings = k210.check_model(student)
     if k210.errors(findings):
@@ -94,7 +98,8 @@ def recovery_config(out: Union[str, Path], recipe: Union[str, Path] = RECIPE,
 
 
 def import_model(source: Union[str, Path], out: Union[str, Path], faces: Union[str, Path],
-                 samples: int = 100, seed: int = 0, recipe: Union[str, Path] = RECIPE) -> Dict[str, Any]:
+                 samples: int = 100, seed: int = 0, recipe: Union[str, Path] = RECIPE,
+                 split_conv_last: bool = True) -> Dict[str, Any]:
     """Read SOURCE, build and check its exact copy on ``samples`` aligned faces of ``faces`` (a folder of
     crops or shards), write OUT (see the module's docstring); return what ``import.json`` records."""
     import yaml
@@ -107,7 +112,7 @@ def import_model(source: Union[str, Path], out: Union[str, Path], faces: Union[s
     check_out_dir(out, OUTPUT_NAMES)
     graph = read_graph(source)
     crops, _ = load_faces(faces, samples, seed=seed)
-    built = import_arrays(graph, crops)
+    built = import_arrays(graph, crops, split_conv_last)
     record = {**built["record"], "faces_from": str(faces)}
     config = _recovery_config(record, out.resolve(), recipe, None)  # names the files where OUT will hold them
     with staged_folder(out) as staging:

@@ -26,8 +26,9 @@ STEM_CHANNELS = 64
 """MobileFaceNet's first convolution at width 1.0: the width of a source is its stem over this."""
 
 
-def model_config(graph: SourceGraph, activation: str = "relu") -> ModelConfig:
-    """Our MobileFaceNet's config for ``graph``'s shape (input, width, embedding, stem projection, orientation)."""
+def model_config(graph: SourceGraph, activation: str = "relu", split_conv_last: bool = False) -> ModelConfig:
+    """Our MobileFaceNet's config for ``graph``'s shape (input, width, embedding, stem projection, orientation);
+    ``split_conv_last`` where the source's last 1x1 conv has a PReLU that should stay exact."""
     first = graph.layers[0]
     size = graph.input_shape[1]
     if graph.input_shape[1] != graph.input_shape[2]:
@@ -42,7 +43,7 @@ def model_config(graph: SourceGraph, activation: str = "relu") -> ModelConfig:
     config = ModelConfig(input_size=size, width_multiplier=first.output_shape[-1] / STEM_CHANNELS,
                          embedding_size=graph.output_dim, activation=activation, stem_project=stem_project,
                          input_orientation=preprocessing.ROT180 if asymmetric else preprocessing.UPRIGHT,
-                         embedding_head="gdc_linear_kpu")
+                         embedding_head="gdc_linear_kpu", split_conv_last=split_conv_last)
     config.validate()
     return config
 
@@ -94,7 +95,12 @@ class Mapping:
         return [ours.name for _, ours in self.pairs]
 
 
-def map_layers(graph: SourceGraph, model: Any) -> Mapping:
+SPLIT_OUT = ("conv_last", "gdconv")
+SPLIT_IN = ("gdconv", "embedding_conv")
+"""Our layers with twice the source's output / input channels under ``split_conv_last``."""
+
+
+def map_layers(graph: SourceGraph, model: Any, split_conv_last: bool = False) -> Mapping:
     """Pair each source layer with our conv of the same role, refusing at the first that does not fit."""
     ours = conv_layers(model)
     if len(ours) != len(graph.layers):
@@ -103,8 +109,10 @@ def map_layers(graph: SourceGraph, model: Any) -> Mapping:
                                f"{len(ours)}; not the MobileFaceNet topology this importer reads")
     for src, layer in zip(graph.layers, ours):
         depthwise = type(layer).__name__ == "DepthwiseConv2D"
+        halve_in = 2 if split_conv_last and layer.name in SPLIT_IN else 1
+        halve_out = 2 if split_conv_last and layer.name in SPLIT_OUT else 1
         want = (("depthwise" if depthwise else "conv"), layer.kernel_size[0], layer.strides[0],
-                int(layer.input_shape[-1]), int(layer.output_shape[-1]))
+                int(layer.input_shape[-1]) // halve_in, int(layer.output_shape[-1]) // halve_out)
         got = (src.kind, src.kernel_size, src.stride, src.input_shape[-1], src.output_shape[-1])
         problems = []
         if want != got:
@@ -130,32 +138,53 @@ def turn(kernel: np.ndarray, orientation: str) -> np.ndarray:
     return np.ascontiguousarray(kernel[::-1, ::-1])
 
 
+def _split(layer_name: str, kernel: np.ndarray, bias: np.ndarray,
+           slopes: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Kernel and bias of a ``split_conv_last`` layer from the source's: conv_last gives ``(y, -y)``, the
+    GDConv weighs ``relu(-y)`` by ``-a`` (conv_last's slopes), the projection sums the two halves."""
+    if layer_name == "conv_last":
+        return np.concatenate([kernel, -kernel], axis=-1), np.concatenate([bias, -bias])
+    if layer_name == "gdconv":
+        scaled = -slopes.reshape(1, 1, -1, 1) * kernel
+        return np.concatenate([kernel, scaled], axis=2), np.concatenate([bias, np.zeros_like(bias)])
+    return np.concatenate([kernel, kernel], axis=2), bias
+
+
 def set_weights(model: Any, mapping: Mapping, config: ModelConfig) -> None:
     """Write the source's weights into ``model`` (built from ``config``): kernels turned for the model's
-    orientation, bias into the BatchNorm after each conv, PReLU slopes where the model has PReLU."""
+    orientation, bias into the BatchNorm after each conv, PReLU slopes where the model has PReLU, and
+    ``split_conv_last``'s doubled layers."""
+    last_slopes = None
     for src, layer in mapping.pairs:
-        layer.set_weights([turn(src.kernel, config.input_orientation)])
+        kernel, bias = turn(src.kernel, config.input_orientation), src.bias.astype(np.float32)
+        if config.split_conv_last and layer.name in SPLIT_OUT + SPLIT_IN:
+            if layer.name == "gdconv" and last_slopes is None:
+                raise ModelImportError(f"{src.describe()}: split_conv_last needs a PReLU on the conv before it")
+            kernel, bias = _split(layer.name, kernel, bias, last_slopes)
+            last_slopes = src.slopes if layer.name == "conv_last" else last_slopes
+        layer.set_weights([kernel.astype(np.float32)])
         bn = model.get_layer(bn_name(layer.name))
         epsilon = np.float32(bn.epsilon)
-        channels = src.bias.shape[0]
-        bn.set_weights([np.ones(channels, np.float32), src.bias.astype(np.float32),
+        channels = bias.shape[0]
+        bn.set_weights([np.ones(channels, np.float32), bias,
                         np.zeros(channels, np.float32), np.full(channels, np.float32(1.0) - epsilon)])
         act = _activation_layer(model, layer.name)
-        if act is not None and act.weights:
+        if act is not None and act.weights and not (config.split_conv_last and layer.name == "conv_last"):
             if src.slopes is None:
                 raise ModelImportError(f"{mapping.pairs[0][0].name}: our layer {act.name} has slopes but "
                                        f"{src.describe()} has none")
             act.set_weights([src.slopes.reshape(act.weights[0].shape).astype(np.float32)])
 
 
-def build(graph: SourceGraph, activation: str) -> Tuple[Any, ModelConfig, Mapping]:
+def build(graph: SourceGraph, activation: str, split_conv_last: bool = False) -> Tuple[Any, ModelConfig, Mapping]:
     """Our MobileFaceNet for ``graph`` with its weights: ``activation`` prelu for the exact copy, relu
-    for the K210 twin. Returns (model, its config, the layer mapping)."""
+    for the K210 twin; ``split_conv_last`` keeps the PReLU of the source's last 1x1 conv exact with ReLU.
+    Returns (model, its config, the layer mapping)."""
     from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
 
-    config = model_config(graph, activation)
+    config = model_config(graph, activation, split_conv_last)
     model = MobileFaceNet(config, name="mobilefacenet_imported")
-    mapping = map_layers(graph, model)
+    mapping = map_layers(graph, model, split_conv_last)
     set_weights(model, mapping, config)
     return model, config, mapping
 
@@ -207,6 +236,8 @@ def compare(graph: SourceGraph, model: Any, mapping: Mapping, config: ModelConfi
     per_layer = []
     for name, a, b in zip(names, ours, theirs):
         upright = preprocessing.orient(a, config.input_orientation) if a.ndim == 4 else a
+        if upright.size != b.size:  # split_conv_last's doubled layers: compared through the layers after them
+            continue
         per_layer.append((name, float(_cosines(upright, b.reshape(upright.shape)).min())))
     embedding = _cosines(ours[-1], theirs[-1])
     return {"embedding": embedding, "layers": per_layer}
