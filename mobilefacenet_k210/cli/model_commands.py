@@ -42,6 +42,8 @@ def add_import_model(sub) -> None:
     p.add_argument("--faces", required=True, metavar="DIR",
                    help="aligned 112x112 faces (folder or shards) to check the copy on")
     p.add_argument("--samples", type=int, default=100, help="faces to check on (default 100)")
+    p.add_argument("--split-conv-last", action="store_true",
+                   help="keep the last 1x1 conv's PReLU exact in the twin (twice its channels through ReLU; more RAM)")
     p.set_defaults(handler=run_import_model)
 
 
@@ -50,7 +52,7 @@ def run_import_model(args) -> int:
     from mobilefacenet_k210.pretrained.source import fetch_source
 
     source = fetch_source(None if args.source == "fetch" else args.source)
-    record = import_model(source, args.out, args.faces, args.samples)
+    record = import_model(source, args.out, args.faces, args.samples, split_conv_last=args.split_conv_last)
     print(f"{source}: {record['layers']} layers imported; exact copy's embedding cosine to it min "
           f"{record['exact_cosine_min']:.6f} on {record['faces']} faces; K210 twin before recovery mean "
           f"{record['twin_cosine_mean']:.3f}")

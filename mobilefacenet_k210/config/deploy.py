@@ -195,13 +195,15 @@ class PretrainedConfig(HeldOutRunConfig):
     The ``train`` identities' MTCNN-aligned photos (no labels used) recover the K210 twin with
     ``recover_config`` (``import_faces`` of them check the exact copy); every reported figure comes
     from the ``test`` identities, which nothing before the report has seen. ``seed`` seeds the
-    recovery (augmentation and batches).
+    recovery (augmentation and batches). ``split_conv_last``: keep the source's last PReLU exact in the
+    twin (``ModelConfig.split_conv_last``; measured: more RAM, no better accuracy, docs/pretrained.md).
     """
 
     source: str = ""
     train: List[int] = dataclasses.field(default_factory=lambda: list(range(1, 31)))
     recover_config: str = "configs/pretrained.yaml"
     import_faces: int = 100
+    split_conv_last: bool = False
     seed: int = 0
 
     def validate(self, where: str = "pretrained") -> None:

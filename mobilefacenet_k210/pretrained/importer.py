@@ -47,7 +47,7 @@ def check_exact(graph: SourceGraph, model: Any, mapping: replica.Mapping, config
                            f"differs is {name} (cosine {cos:.6f})")
 
 
-def import_arrays(graph: SourceGraph, crops: np.ndarray, split_conv_last: bool = True) -> Dict[str, Any]:
+def import_arrays(graph: SourceGraph, crops: np.ndarray, split_conv_last: bool = False) -> Dict[str, Any]:
     """The exact copy and the K210 twin of ``graph``, checked on uint8 ``crops``; their figures.
 
     ``split_conv_last`` (when the source's last 1x1 conv has a PReLU) keeps that PReLU exact in the twin
@@ -99,7 +99,7 @@ def recovery_config(out: Union[str, Path], recipe: Union[str, Path] = RECIPE,
 
 def import_model(source: Union[str, Path], out: Union[str, Path], faces: Union[str, Path],
                  samples: int = 100, seed: int = 0, recipe: Union[str, Path] = RECIPE,
-                 split_conv_last: bool = True) -> Dict[str, Any]:
+                 split_conv_last: bool = False) -> Dict[str, Any]:
     """Read SOURCE, build and check its exact copy on ``samples`` aligned faces of ``faces`` (a folder of
     crops or shards), write OUT (see the module's docstring); return what ``import.json`` records."""
     import yaml
