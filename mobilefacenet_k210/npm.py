@@ -5,12 +5,11 @@ Only the ``npm`` client talks to the registry; nothing is installed and no packa
 (``npm pack`` only downloads the tarball).
 """
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 from typing import Tuple
 
-from mobilefacenet_k210.wheels import FetchError, fetch_checked
+from mobilefacenet_k210.wheels import FetchError, fetch_checked, run_download
 
 
 def npm_pack(spec: str, into: Path, instead: str) -> Path:
@@ -18,14 +17,8 @@ def npm_pack(spec: str, into: Path, instead: str) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise FetchError(f"npm is not on the PATH, so {spec} cannot be fetched; {instead}")
-    proc = subprocess.run([npm, "pack", spec, "--silent", "--ignore-scripts"], cwd=into, capture_output=True,
-                          text=True)
-    tarballs = sorted(Path(into).glob("*.tgz"))
-    if proc.returncode != 0 or not tarballs:
-        lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-        why = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise FetchError(f"npm pack {spec} failed ({why}); {instead}")
-    return tarballs[0]
+    return run_download([npm, "pack", spec, "--silent", "--ignore-scripts"], into, "*.tgz", f"npm pack {spec}",
+                        instead)
 
 
 def fetch_npm_member(spec: str, member: str, sha256: str, dest: Path, instead: str) -> Path:

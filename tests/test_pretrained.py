@@ -218,25 +218,14 @@ def test_import_model_command_without_npm_is_one_line_and_status_2(tmp_path, mon
 
 
 def _turned_tiny_model():
-    """A small K210-legal embedding model computing on turned crops (first layer ``InputOrientation``)."""
-    from mobilefacenet_k210.model.mobilefacenet import InputOrientation
+    """test_board's tiny K210-legal model computing on turned crops, BatchNorm fitted to face-like inputs
+    (activations of a realistic scale, for a meaningful quantization)."""
+    from test_board import _tiny_model
     from test_export import synthetic_faces
 
-    tf.keras.utils.set_random_seed(0)
-    layers = tf.keras.layers
-    inp = tf.keras.Input((112, 112, 3), name="image")
-    x = InputOrientation("rot180", name="input_orientation")(inp)
-    for i, channels in enumerate((16, 32, 32)):
-        x = layers.ZeroPadding2D(1, name=f"pad{i}")(x)
-        x = layers.Conv2D(channels, 3, strides=2, padding="valid", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
-    x = layers.DepthwiseConv2D(14, padding="valid", use_bias=False, name="gdc")(x)
-    x = layers.BatchNormalization(name="gdc_bn")(x)
-    x = layers.Conv2D(32, 1, use_bias=False, name="embedding")(x)
-    model = tf.keras.Model(inp, layers.Flatten(name="flatten")(x), name="turned")
+    model = _tiny_model("rot180")
     faces = preprocessing.normalize(synthetic_faces(16, 7))
-    for _ in range(10):  # BatchNorm statistics of face-like inputs: activations of a realistic scale
+    for _ in range(10):
         model(faces, training=True)
     return model
 
