@@ -87,28 +87,6 @@ def export_figures(demo_out: Path, work: Path, train_config: str, shards: str = 
     return {f"{prefix}{key}": value for key, value in figures.items()}
 
 
-PRETRAINED_SEEDS = (0, 1, 2)
-PRETRAINED_KEYS = ("orl_acc_source", "orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "memory_total_bytes",
-                   "kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean", "cosine_kmodel_min", "identify_keras",
-                   "identify_kmodel", "recover_seconds", "total_seconds")
-
-
-def pretrained_figures(out: Path, seeds: Tuple[int, ...] = PRETRAINED_SEEDS) -> Dict[str, Any]:
-    """`make pretrained` (run or resumed) for each seed, the first into ``out``, the others beside it
-    (``OUT_seed<n>``): the first seed's figures, and the range of the accuracies over the seeds."""
-    from mobilefacenet_k210.config import PretrainedConfig
-    from mobilefacenet_k210.demo_pretrained import run_pretrained
-
-    runs = [run_pretrained(out if i == 0 else out.with_name(f"{out.name}_seed{seed}"), PretrainedConfig(seed=seed))
-            for i, seed in enumerate(seeds)]
-    figures = {f"pretrained_{key}": runs[0][key] for key in PRETRAINED_KEYS}
-    for key in ("orl_acc_keras", "orl_acc_kmodel"):
-        values = [run[key] for run in runs]
-        figures.update({f"pretrained_{key}_seed_min": min(values), f"pretrained_{key}_seed_max": max(values),
-                        f"pretrained_{key}_seeds": dict(zip(map(str, seeds), values))})
-    return figures
-
-
 def orl_photos() -> Path:
     """The 400 raw ORL photos (s1-s40, 10 each), fetched once: the builder figures all run on them."""
     from mobilefacenet_k210.data.orl import fetch_orl
@@ -368,6 +346,7 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
     """Measure everything (or the ``only`` stages, their keys replaced in the existing results.json);
     write ``out/results.json`` and ``out/results.md``; return the figures."""
     from mobilefacenet_k210.bench_distill import trend_figures
+    from mobilefacenet_k210.bench_pretrained import pretrained_figures
     from mobilefacenet_k210.config import DemoConfig
 
     out, demo_out = Path(out), Path(demo_out)

@@ -21,7 +21,8 @@ ROOT = Path(mobilefacenet_k210.__file__).parent
 LAYERS = [
     ["errors"], ["atomic", "files", "wheels", "npm", "preprocessing", "k210"], ["config"], ["provenance", "targets"],
     ["model", "data"], ["evaluate", "export", "teacher", "pretrained"], ["train", "training"], ["board"],
-    ["demo_report", "demo_distill", "demo_steps", "demo_pretrained_report"], ["demo", "demo_pretrained"], ["bench", "bench_distill", "bench_scale", "bench_train"], ["cli"], ["__main__"],
+    ["demo_report", "demo_distill", "demo_steps", "demo_pretrained_report"], ["demo", "demo_pretrained"],
+    ["bench", "bench_distill", "bench_pretrained", "bench_scale", "bench_train"], ["cli"], ["__main__"],
 ]
 NOT_PYTHON3 = {f"{PACKAGE}.board.canmv_face_id"}  # MicroPython: runs on the board, never imported here
 

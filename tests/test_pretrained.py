@@ -370,3 +370,23 @@ def test_pretrained_steps_rerun_from_the_first_one_whose_inputs_changed(tmp_path
     assert runs == ["source", "shards", "aligned", "pairs", "import", "recover"]
     with pytest.raises(ConfigError, match="s31 is also a training identity"):
         PretrainedConfig(train=[1, 31]).validate()
+
+
+def test_bench_stage_keeps_the_first_seeds_figures_and_the_range_over_seeds(tmp_path, monkeypatch):
+    from mobilefacenet_k210 import bench_pretrained, demo_pretrained
+
+    calls = []
+
+    def fake_run(out, config):
+        calls.append((out.name, config.seed))
+        return {key: float(config.seed) for key in bench_pretrained.PRETRAINED_KEYS} | \
+            {"orl_acc_kmodel": 0.97 + config.seed / 100, "orl_acc_keras": 0.99 - config.seed / 100}
+
+    monkeypatch.setattr(demo_pretrained, "run_pretrained", fake_run)
+    figures = bench_pretrained.pretrained_figures(tmp_path / "pretrained", (0, 1, 2))
+    assert calls == [("pretrained", 0), ("pretrained_seed1", 1), ("pretrained_seed2", 2)]
+    assert figures["pretrained_orl_acc_kmodel"] == pytest.approx(0.97)
+    assert (figures["pretrained_orl_acc_kmodel_seed_min"], figures["pretrained_orl_acc_kmodel_seed_max"]) == \
+        pytest.approx((0.97, 0.99))
+    assert figures["pretrained_orl_acc_keras_seeds"] == pytest.approx({"0": 0.99, "1": 0.98, "2": 0.97})
+    assert figures["pretrained_memory_total_bytes"] == 0.0
