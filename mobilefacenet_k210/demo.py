@@ -72,9 +72,9 @@ def _remove(path: Path) -> None:
 
 
 def estimate_left(seconds: Dict[str, float], pending: Iterable[str],
-                  steps: Sequence[Tuple[str, str, int]] = STEPS) -> Optional[float]:
+                  steps: Sequence[Tuple[str, str, float]] = STEPS) -> Optional[float]:
     """Seconds the ``pending`` steps should take, scaled from the ``seconds`` measured for other steps on
-    this machine by the steps' relative costs; None before any step is measured."""
+    this machine by the ``steps``' relative costs; None before any step is measured."""
     cost = {name: weight for name, _, weight in steps}
     measured = {name: s for name, s in seconds.items() if name in cost}
     if not measured:
@@ -107,12 +107,14 @@ class Demo:
 
     A step's fingerprint covers its DemoConfig fields (and the content of the config files they name)
     and the record of the step before it, so a changed input reruns its step and every step after it.
-    The step table is the class's (``steps``, ``step_config``, ``step_outputs``): a subclass runs
-    other steps the same way, chained ``after`` another runner's last step (:meth:`replay`).
+    The step table is the class's (``steps``, ``step_config``, ``config_files``, ``step_outputs``): a
+    subclass runs other steps the same way (``demo_pretrained``), or chained ``after`` another runner's
+    last step (:meth:`replay`; the bench's distillation stage).
     """
 
-    steps: Sequence[Tuple[str, str, int]] = STEPS
+    steps: Sequence[Tuple[str, str, float]] = STEPS
     step_config: Dict[str, Tuple[str, ...]] = STEP_CONFIG
+    config_files: Tuple[str, ...] = CONFIG_FILES
     step_outputs: Dict[str, Tuple[str, ...]] = STEP_OUTPUTS
 
     def __init__(self, out: Union[str, Path], config: DemoConfig, after: str = ""):
@@ -132,7 +134,7 @@ class Demo:
     def fingerprint(self, name: str) -> str:
         """What step ``name`` is made from: its config fields, their files' content, the step before it."""
         fields = {f: getattr(self.config, f) for f in self.step_config.get(name, ())}
-        files = {f: _file_digest(resolve(fields[f])) for f in CONFIG_FILES if f in fields}
+        files = {f: _file_digest(resolve(fields[f])) for f in self.config_files if f in fields and fields[f]}
         return _digest({"step": name, "config": fields, "files": files, "previous": self.previous})
 
     def _read_record(self, record: Path, name: str) -> Dict[str, Any]:
@@ -235,7 +237,8 @@ def _run_demo(out: Union[str, Path], config: DemoConfig) -> Dict[str, Any]:
     demo = Demo(out, config)
     out = demo.out
     t0 = time.perf_counter()
-    demo.run("faces", lambda: lay_out_faces(out, config))
+    demo.run("faces", lambda: lay_out_faces(out, {g: getattr(config, g) for g in ("train", "select", "test")},
+                                            config.reduced_photos))
 
     def shards() -> Dict[str, Any]:
         from mobilefacenet_k210.data import builder

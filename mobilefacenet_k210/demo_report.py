@@ -11,35 +11,38 @@ from mobilefacenet_k210.provenance import machine, timestamp
 from mobilefacenet_k210.targets import TARGETS
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def _image(out: Path, path: Path, alt: str) -> str:
+def image_link(out: Path, path: Path, alt: str) -> str:
     return f"![{alt}]({path.relative_to(out)})" if path.is_file() else f"*({alt}: {path.name} missing)*"
 
 
 # (figure, what the row says, how the measured value is shown); the targets themselves: targets.TARGETS
 REPORTED_TARGETS = (
-    ("orl_acc_keras", "held-out ORL verification, Keras (10-fold)", _pct),
-    ("orl_acc_drop", "held-out ORL verification, kmodel in nncase's simulator: drop vs Keras", _pct),
+    ("orl_acc_keras", "held-out ORL verification, Keras (10-fold)", pct),
+    ("orl_acc_drop", "held-out ORL verification, kmodel in nncase's simulator: drop vs Keras", pct),
     ("kmodel_bytes", "kmodel size", lambda v: f"{v:,} bytes"),
-    ("kpu_mac_share", "multiply-adds on the KPU", _pct),
+    ("kpu_mac_share", "multiply-adds on the KPU", pct),
     ("cosine_kmodel_mean", "embedding cosine Keras vs kmodel, mean", lambda v: f"{v:.4f}"),
     ("cosine_kmodel_min", "embedding cosine Keras vs kmodel, min", lambda v: f"{v:.4f}"),
 )
 
 
-def _targets(figures: Dict[str, Any]) -> List[str]:
+def targets_table(figures: Dict[str, Any], rows: Sequence[Tuple[str, str, Any]] = REPORTED_TARGETS,
+                  prefix: str = "") -> List[str]:
+    """Markdown rows of ``rows`` (figure, what it is, how it is shown) against ``TARGETS[prefix + figure]``."""
+    named = {prefix + key: value for key, value in figures.items()}
     lines = ["| figure | measured | target | met |", "|---|---|---|---|"]
-    for key, what, shown in REPORTED_TARGETS:
-        target = TARGETS[key]
-        met = "yes" if target.met(key, figures) else "**no**"
+    for key, what, shown in rows:
+        target = TARGETS[prefix + key]
+        met = "yes" if target.met(prefix + key, named) else "**no**"
         lines.append(f"| {what} | {shown(figures[key])} | {target.text} | {met} |")
     return lines
 
 
-def _open_set(out: Path, openset: Any, threshold: Dict[str, Any]) -> List[str]:
+def open_set_section(out: Path, openset: Any, threshold: Dict[str, Any]) -> List[str]:
     """Section 5b: open-set figures of the kmodel and the threshold the board files carry."""
     if not openset:
         return []
@@ -60,24 +63,70 @@ def _open_set(out: Path, openset: Any, threshold: Dict[str, Any]) -> List[str]:
             "(enrolled people not named correctly) at FPIR (strangers given a name), board score in (). "
             f"Gallery: {mode}, as the board's gallery holds them.",
             "", openset["table"], f"Threshold for N people: {method}. {carried}", "",
-            _image(out, out / "openset" / "det_identification.png", "DET curve and threshold against gallery size"),
+            image_link(out, out / "openset" / "det_identification.png", "DET curve and threshold against gallery size"),
             ""]
 
 
-def _steps(steps: Sequence[Tuple[str, str, Any]], seconds: Dict[str, float],
-           usage: Dict[str, Dict[str, float]]) -> List[str]:
-    """The "What ran" table: wall and CPU seconds per step, and the machine's load average at its end."""
+def steps_section(steps: Sequence[Tuple[str, str, Any]], seconds: Dict[str, float],
+                  usage: Optional[Dict[str, Dict[str, float]]] = None) -> List[str]:
+    """What ran: wall and CPU seconds per step, and the machine's load average at its end."""
+    usage = usage or {}
+
     def cell(name: str, key: str, fmt: str) -> str:
         value = usage.get(name, {}).get(key)
         return "-" if value is None else format(value, fmt)
 
     total_cpu = sum(u.get("cpu_seconds", 0.0) for u in usage.values())
-    return ["| step | what | seconds | CPU seconds | load average |", "|---|---|---|---|---|",
+    return ["## What ran", "", "| step | what | seconds | CPU seconds | load average |", "|---|---|---|---|---|",
             *[f"| {name} | {what} | {seconds.get(name, 0):.0f} | {cell(name, 'cpu_seconds', '.0f')} | "
               f"{cell(name, 'load_average', '.1f')} |" for name, what, *_ in steps],
             f"| total | | {sum(seconds.values()):.0f} | {total_cpu:.0f} | |", "",
             f"CPU seconds count this process and the ones it started (on {os.cpu_count()} cores); a load average "
-            f"above the number of cores means other work shared them, and the seconds are upper bounds."]
+            f"above the number of cores means other work shared them, and the seconds are upper bounds.", ""]
+
+
+def verification_section(heading: str, out: Path, evaluated: Dict[str, Any]) -> List[str]:
+    """The evaluate step's tables, ROC and Keras-vs-kmodel cosine pictures."""
+    return [heading, "", evaluated["table"], "", evaluated.get("tar_table", ""), "",
+            image_link(out, out / "evaluate" / "roc_test.png", "ROC of Keras and kmodel"),
+            image_link(out, out / "evaluate" / "cosine_test.png", "cosine of Keras vs kmodel embeddings"), ""]
+
+
+def export_section(heading: str, out: Path, export: Dict[str, Any]) -> List[str]:
+    """The export step's kmodel in a few words, with its cosine histogram."""
+    return [heading, "",
+            f"nncase {export.get('nncase_version')}, {export.get('calibrate_method')} calibration on "
+            f"{export.get('calibration_samples')} training faces; parity measured on held-out faces. "
+            f"kmodel v{export.get('kmodel_version')}, {export.get('kmodel_bytes', 0):,} bytes, "
+            f"{pct(export.get('kpu_mac_share', 0))} of multiply-adds on the KPU, nncase memory total "
+            f"{export.get('memory_total_bytes') or 0:,} bytes. Full report: [export/report.md](export/report.md).",
+            "", image_link(out, out / "export" / "cosine_histogram.png", "embedding cosine histograms"), ""]
+
+
+def identify_section(heading: str, ident: Dict[str, Any]) -> List[str]:
+    """Closed-set identification of the held-out people by Keras and the kmodel, as the board scores it."""
+    return [heading, "",
+            f"{ident['enrolled_photos_per_person']} photos of each held-out person enrolled (gallery mode "
+            f"{recorded_gallery_mode(ident.get('gallery_mode'))}); their "
+            f"{ident['probes']} other photos identified with the board's score and threshold:", "",
+            "| model | correct name | closest is right (rank-1) | unknown | threshold (board score) |",
+            "|---|---|---|---|---|",
+            *[f"| {m} | {pct(ident[m]['accuracy'])} | {pct(ident[m]['rank1'])} | {ident[m]['unknown']} | "
+              f"{ident[m]['threshold_score']:.1f} |" for m in ("keras", "kmodel")], "",
+            f"The kmodel (in nncase's simulator) gives the same answer as Keras on {ident['same_names']} of "
+            f"{ident['probes']} photos.", ""]
+
+
+def board_section(heading: str, board: Dict[str, Any]) -> List[str]:
+    """The kflash package and the board files written."""
+    return [heading, "",
+            f"`{board['kfpkg']}` (kflash package) and the CanMV `feat/kpu` files in `board/sd/`: "
+            + ", ".join(Path(f).name for f in board["files"]) + ". See the README's *On the board*.", ""]
+
+
+def config_section(heading: str, config: Any) -> List[str]:
+    """The run's config, field by field."""
+    return [heading, "", "```", *[f"{k}: {v}" for k, v in to_dict(config).items()], "```", ""]
 
 
 def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict[str, float],
@@ -97,12 +146,9 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         "",
         "## Targets",
         "",
-        *_targets(figures),
+        *targets_table(figures),
         "",
-        "## What ran",
-        "",
-        *_steps(steps, seconds, usage or {}),
-        "",
+        *steps_section(steps, seconds, usage),
         "## 1. Photos to shards",
         "",
         f"Raw photos: {faces['photos']['train']} for training, {faces['photos']['select']} for checkpoint "
@@ -112,7 +158,7 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         f"{shards['identities']['input']} identities and wrote {shards['records'].get('train', 0)} training records "
         f"(originals and augmented copies).",
         "",
-        _image(out, out / "inspect" / "contact_sheet.png", "contact sheet of the training shards"),
+        image_link(out, out / "inspect" / "contact_sheet.png", "contact sheet of the training shards"),
         "",
         "## 2. Training",
         "",
@@ -121,52 +167,14 @@ def render(out: Path, config: DemoConfig, results: Dict[str, Any], seconds: Dict
         + (f". Best checkpoint by {train['best']['monitor']} = {train['best']['value']:.4f}"
            if train.get("best") else "") + ".",
         "",
-        _image(out, out / "train" / "loss.png", "loss and accuracy curves"),
+        image_link(out, out / "train" / "loss.png", "loss and accuracy curves"),
         "",
-        "## 3. Verification on held-out identities (10 folds, InsightFace protocol)",
-        "",
-        results["evaluate"]["table"],
-        "",
-        results["evaluate"].get("tar_table", ""),
-        "",
-        _image(out, out / "evaluate" / "roc_test.png", "ROC of Keras and kmodel"),
-        _image(out, out / "evaluate" / "cosine_test.png", "cosine of Keras vs kmodel embeddings"),
-        "",
-        "## 4. Export for the K210",
-        "",
-        f"nncase {export.get('nncase_version')}, {export.get('calibrate_method')} calibration on "
-        f"{export.get('calibration_samples')} training faces; parity measured on held-out faces. "
-        f"kmodel v{export.get('kmodel_version')}, {export.get('kmodel_bytes', 0):,} bytes, "
-        f"{_pct(export.get('kpu_mac_share', 0))} of multiply-adds on the KPU. Full report: "
-        f"[export/report.md](export/report.md).",
-        "",
-        _image(out, out / "export" / "cosine_histogram.png", "embedding cosine histograms"),
-        "",
-        "## 5. Enroll and identify",
-        "",
-        f"{ident['enrolled_photos_per_person']} photos of each held-out person enrolled (gallery mode "
-        f"{recorded_gallery_mode(ident.get('gallery_mode'))}); their "
-        f"{ident['probes']} other photos identified with the board's score and threshold:",
-        "",
-        "| model | correct name | closest is right (rank-1) | unknown | threshold (board score) |",
-        "|---|---|---|---|---|",
-        *[f"| {m} | {_pct(ident[m]['accuracy'])} | {_pct(ident[m]['rank1'])} | {ident[m]['unknown']} | "
-          f"{ident[m]['threshold_score']:.1f} |" for m in ("keras", "kmodel")],
-        "",
-        f"The kmodel (in nncase's simulator) gives the same answer as Keras on {ident['same_names']} of "
-        f"{ident['probes']} photos.",
-        "",
-        *_open_set(out, results.get("openset"), board.get("threshold") or {}),
-        "## 6. Board",
-        "",
-        f"`{board['kfpkg']}` (kflash package) and the CanMV `feat/kpu` files in `board/sd/`: "
-        + ", ".join(Path(f).name for f in board["files"]) + ". See the README's *On the board*.",
-        "",
-        "## Demo configuration",
-        "",
-        "```",
-        *[f"{k}: {v}" for k, v in to_dict(config).items()],
-        "```",
-        "",
+        *verification_section("## 3. Verification on held-out identities (10 folds, InsightFace protocol)", out,
+                              results["evaluate"]),
+        *export_section("## 4. Export for the K210", out, export),
+        *identify_section("## 5. Enroll and identify", ident),
+        *open_set_section(out, results.get("openset"), board.get("threshold") or {}),
+        *board_section("## 6. Board", board),
+        *config_section("## Demo configuration", config),
     ]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from mobilefacenet_k210 import atomic
-from mobilefacenet_k210.config import DemoConfig
+from mobilefacenet_k210.config import HeldOutRunConfig
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -25,17 +25,19 @@ def _copy_identity(src: Path, dst: Path, count: Optional[int] = None) -> int:
     return len(photos)
 
 
-def lay_out_faces(out: Path, config: DemoConfig) -> Dict[str, Any]:
-    """Copy ORL photos into raw/train, raw/select and raw/test identity folders."""
+def lay_out_faces(out: Path, groups: Dict[str, List[int]],
+                  reduced_photos: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    """Copy the photos of ORL identities into raw/<group>/s<i> folders (``groups``: group -> identity
+    numbers, e.g. train, select, test); ``reduced_photos`` caps some training identities' photos."""
     from mobilefacenet_k210.data.orl import fetch_orl
 
     orl = fetch_orl()
     counts: Dict[str, Dict[str, int]] = {}
-    for group in ("train", "select", "test"):
+    for group, ids in groups.items():
         counts[group] = {}
-        for i in getattr(config, group):
+        for i in ids:
             name = f"s{i}"
-            limit = config.reduced_photos.get(name) if group == "train" else None
+            limit = (reduced_photos or {}).get(name) if group == "train" else None
             counts[group][name] = _copy_identity(orl / name, out / "raw" / group / name, limit)
     return {"orl": str(orl), "photos": {g: sum(c.values()) for g, c in counts.items()}, "counts": counts}
 
@@ -94,7 +96,7 @@ def eval_set_name(out: Path, model: str) -> str:
     return f"{model}/{report.set_name(out / 'test.bin')}"
 
 
-def identify_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
+def identify_test(out: Path, config: HeldOutRunConfig) -> Dict[str, Any]:
     """Enroll the first photos of each test identity, identify the rest, with Keras and with the kmodel.
 
     The galleries are in ``config.gallery_mode``, the one :func:`open_set_test` measures the board's
@@ -131,7 +133,7 @@ def identify_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
     return results
 
 
-def open_set_test(out: Path, config: DemoConfig) -> Dict[str, Any]:
+def open_set_test(out: Path, config: HeldOutRunConfig) -> Dict[str, Any]:
     """The kmodel's open-set figures on the test identities (the board's job), thresholds up to their number."""
     from mobilefacenet_k210.config import EvalConfig
     from mobilefacenet_k210.evaluate import evaluate as evaluate_fn

@@ -39,13 +39,16 @@ CPU_LAYERS = ("Dense",)
 """Legal, but run in float on the K210 CPU: warnings."""
 PASS_THROUGH = ("InputLayer", "BatchNormalization", "ZeroPadding2D", "Add", "Flatten", "Reshape",
                 "ReLU", "Activation", "Cropping2D", "UpSampling2D")
-PACKAGE_LAYERS = ("TeacherProjection", "DistillTerm")
-"""This package's own Keras layers, registered as ``mfk210>Name`` (training only: never deployable)."""
+STRIPPED_BY_EXPORT = ("InputOrientation",)
+"""Layers export cuts off and records beside the kmodel instead (the board's alignment turns the crop)."""
+PACKAGE_LAYERS = ("TeacherProjection", "DistillTerm", "FeatureDistillTerm")
+"""This package's own training-only Keras layers, registered as ``mfk210>Name`` (never deployable)."""
 OTHER_LAYERS = ("AveragePooling2D", "MaxPooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Dropout",
                 "Concatenate", "Multiply")
 """Keras layers of other face models (teachers) with nothing but numbers in their config: never deployable
 here (:func:`check_model` names them as unsupported), but a model file may hold them."""
-KNOWN_LAYERS = CONV_LAYERS + CPU_ACTIVATION_LAYERS + CPU_LAYERS + PASS_THROUGH + PACKAGE_LAYERS + OTHER_LAYERS
+KNOWN_LAYERS = (CONV_LAYERS + CPU_ACTIVATION_LAYERS + CPU_LAYERS + PASS_THROUGH + STRIPPED_BY_EXPORT + PACKAGE_LAYERS
+                + OTHER_LAYERS)
 """Every layer class this package knows, and so the only ones a model file may hold (``model/guard.py``
 refuses any other before it loads: a Lambda or an unknown class can carry code). To let model files hold
 another class, add it to the tuple above that says how :func:`check_model` judges it."""
@@ -121,6 +124,21 @@ def _check_conv(layer, findings: List[Finding]) -> None:
         findings.append(Finding(layer.name, "activation relu/relu6/linear", f"fused activation {act!r}"))
 
 
+def _check_padding(layer, findings: List[Finding]) -> None:
+    """An asymmetric zero pad (e.g. TensorFlow's 'same' stride-2 phase, 0 before and 1 after) is legal,
+    but nncase 1.1 runs it as a float Pad on the CPU between KPU layers: its float buffers add to RAM."""
+    (top, bottom), (left, right) = layer.padding
+    if top != bottom or left != right:
+        _, h, w, c = layer.output_shape
+        floats = (h * w + (h - top - bottom) * (w - left - right)) * c
+        findings.append(Finding(layer.name, "symmetric padding",
+                                f"padding (({top}, {bottom}), ({left}, {right})) is asymmetric: nncase runs it as a "
+                                f"float Pad on the CPU between KPU layers, whose float input and output take "
+                                f"{4 * floats:,} bytes of RAM; symmetric padding stays on the KPU (a model "
+                                "imported from TensorFlow gets it by computing on the crop turned by 180 degrees: "
+                                "input_orientation rot180)", "warning"))
+
+
 def check_model(model) -> List[Finding]:
     """Walk a Keras model and list every K210 rule its layers break (errors and CPU-fallback warnings)."""
     findings: List[Finding] = []
@@ -153,10 +171,12 @@ def check_model(model) -> List[Finding]:
             if layer.max_value not in (None, 6, 6.0):
                 findings.append(Finding(layer.name, "activation relu/relu6/linear",
                                         f"ReLU clipped at {layer.max_value}: only 6 or none"))
+        elif cls == "ZeroPadding2D":
+            _check_padding(layer, findings)
         elif cls in CPU_LAYERS:
             findings.append(Finding(layer.name, "convolutions only",
                                     f"{cls} runs on the K210 CPU in float; use a 1x1 Conv2D", "warning"))
-        elif cls not in PASS_THROUGH:
+        elif cls not in PASS_THROUGH + STRIPPED_BY_EXPORT:
             findings.append(Finding(layer.name, "supported layer",
                                     f"{cls} is not a layer this package knows nncase 1.x compiles for the K210"))
     if largest * 4 * 2 > MAIN_MEMORY_BYTES:

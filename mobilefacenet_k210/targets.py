@@ -79,4 +79,8 @@ TARGETS: Dict[str, Target] = {
     "tests_seconds": Target("<=", 1500, "on 2 cores"),
     "demo_seconds": Target("<=", 600, "whole demo, 2 cores without AVX-512"),
     "gpu_mixed_over_fp32": Target(">", 1, "mixed precision pays on the GPU"),
+    "pretrained_orl_acc_kmodel": Target(">=", 0.98, "make pretrained, held-out pairs, flip", unit="pct"),
+    "pretrained_memory_total_bytes": Target("<=", 2_600_000, "nncase memory total: fits beside CanMV", unit="int"),
+    "pretrained_kpu_mac_share": Target(">=", 0.98, unit="pct"),
+    "pretrained_total_seconds": Target("<=", 900, "make pretrained, 2 cores"),
 }

@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import tensorflow as tf
 
 from mobilefacenet_k210 import folder_lock
-from mobilefacenet_k210.config import ConfigError, PhaseConfig, TrainConfig
+from mobilefacenet_k210.config import EMBEDDING_LOSS_HEADS, ConfigError, PhaseConfig, TrainConfig
 from mobilefacenet_k210.data import pipeline, tfrecord
 from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC
 from mobilefacenet_k210.model import heads
@@ -152,6 +152,8 @@ def build_models(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo, 
             own = run.out / "phases" / f"phase{plan.index - 1}"
             previous = own if (own / "model.keras").is_file() else run.run_dir / "phases" / f"phase{plan.index - 1}"
             embedding.set_weights(load_embedding_model(previous).get_weights())
+        elif plan.index == 0 and config.init_model:
+            start_from_model(embedding, config.init_model)
         teacher = _teacher(plan.phase, data)
         model, head = heads.build_training_model(embedding, plan.phase, data.num_classes, teacher[0] if teacher else 0)
         model.compile(optimizer=with_loss_scaling(make_optimizer(plan.phase, plan.steps)),
@@ -168,6 +170,15 @@ def build_models(config: TrainConfig, plan: PhasePlan, data: pipeline.DataInfo, 
         run.log.info("%s: class centres imprinted from the mean embedding of each of %d classes", plan.title,
                      len(sums))
     return models
+
+
+def start_from_model(embedding: tf.keras.Model, path: str) -> None:
+    """Set the backbone's weights to those of the embedding model at ``path`` (``init_model``)."""
+    weights = load_embedding_model(path).get_weights()
+    if [w.shape for w in weights] != [tuple(w.shape) for w in embedding.weights]:
+        raise ConfigError(f"init_model {path}: its weights do not fit the configured model (another shape); give "
+                          "the model section the init model was built with")
+    embedding.set_weights(weights)
 
 
 def _triplet_groups(phase: PhaseConfig, replicas: int) -> Optional[Tuple[int, int]]:
@@ -237,7 +248,7 @@ def monitor_for(config: TrainConfig, phase: PhaseConfig, has_val: bool) -> Monit
     """What picks the best model: verification if configured, else the head's own (val) accuracy or loss."""
     if config.verification:
         return Monitor(VERIFICATION_METRIC, "max")
-    if phase.head in ("triplet", "distill"):
+    if phase.head in EMBEDDING_LOSS_HEADS:
         return Monitor("val_loss" if has_val else "loss", "min")
     return Monitor("val_accuracy" if has_val else "accuracy", "max")
 

@@ -83,14 +83,17 @@ def orl_crop(path: Path) -> np.ndarray:
     return cv2.resize(read_image(path), (112, 112), interpolation=cv2.INTER_LINEAR)
 
 
-def tiny_k210_model():
-    """A small K210-legal embedding model (3 stride-2 convs, GDC, 1x1 to 32-d), fixed random weights."""
+def tiny_k210_model(orientation: str = "upright"):
+    """A small K210-legal embedding model (3 stride-2 convs, GDC, 1x1 to 32-d), fixed random weights;
+    ``orientation`` rot180 makes its first layer turn the crop (``InputOrientation``)."""
     import tensorflow as tf
+
+    from mobilefacenet_k210.model.mobilefacenet import InputOrientation
 
     tf.keras.utils.set_random_seed(0)
     layers = tf.keras.layers
     inp = tf.keras.Input((112, 112, 3))
-    x = inp
+    x = inp if orientation == "upright" else InputOrientation(orientation, name="input_orientation")(inp)
     for i, channels in enumerate((16, 32, 32)):
         x = layers.ZeroPadding2D(1, name=f"pad{i}")(x)
         x = layers.Conv2D(channels, 3, strides=2, padding="valid", use_bias=False, name=f"conv{i}")(x)

@@ -148,11 +148,15 @@ def test_every_config_validates_itself_with_its_choices_beside_its_fields():
              (config.TrainConfig, "phases.1.optimizer=lion", "optimizer"), (config.BuildConfig, "runner=spark", "runner"),
              (config.BuildConfig, "select=smallest", "select"), (config.ExportConfig, "calibrate_method=kld", "calibrate"),
              (config.ExportConfig, "w_quant_type=int4", "w_quant_type"), (config.EvalConfig, "nfolds=1", "nfolds"),
-             (config.TrainConfig, "model.activation=prelu", "activation")]
+             (config.TrainConfig, "model.activation=swish", "activation"),
+             (config.TrainConfig, "model.input_orientation=rot90", "input_orientation"),
+             (config.TrainConfig, "phases.0.lr_schedule=linear", "lr_schedule"),
+             (config.PretrainedConfig, "gallery_mode=median", "gallery_mode")]
     for cls, override, field in cases:
         with pytest.raises(config.ConfigError, match=field):
             config.load(cls, None, [override])
-    for cls in (config.TrainConfig, config.BuildConfig, config.ExportConfig, config.EvalConfig):
+    for cls in (config.TrainConfig, config.BuildConfig, config.ExportConfig, config.EvalConfig,
+                config.PretrainedConfig):
         cls().validate()
 
 

@@ -193,11 +193,11 @@ def test_export_into_a_folder_being_written_is_refused_before_anything_is_loaded
 
 
 def test_enroll_into_a_gallery_being_written_is_refused(tmp_path, capsys):
-    from test_board import _tiny_model
+    from conftest import tiny_k210_model
 
     from mobilefacenet_k210.model.io import save_embedding_model
 
-    model = save_embedding_model(_tiny_model(), tmp_path / "model")
+    model = save_embedding_model(tiny_k210_model(), tmp_path / "model")
     people, gallery = write_crops(tmp_path / "people", 2, 1), tmp_path / "gallery.json"
     gallery.write_text("the previous gallery")
     argv = ["enroll", str(people), "--model", str(model), "--out", str(gallery), "--aligned"]

@@ -194,7 +194,7 @@ def test_demo_report_shows_the_open_set_figures_and_the_board_threshold(tmp_path
 
     result = ident.open_set(*_hand_built(), enroll_photos=1, fpirs=(0.01, 0.1), gallery_sizes=(1, 2))
     threshold = ident.threshold_for_gallery(np.array(result["impostor_tail"]), result["impostor_count"], 2, 0.01)
-    section = "\n".join(demo_report._open_set(tmp_path, {"table": ident.table({"m.kmodel": result}),
+    section = "\n".join(demo_report.open_set_section(tmp_path, {"table": ident.table({"m.kmodel": result}),
                                                          "results": {"m.kmodel": result}},
                                               {**threshold, "from": "open-set identification",
                                                "gallery_mode": result["gallery_mode"]}))

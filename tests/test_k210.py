@@ -86,3 +86,16 @@ def test_check_cli_names_the_layer(tmp_path, capsys):
     assert main(["check", "--model", str(path)]) == 1
     out = capsys.readouterr().out
     assert "bad_5x5" in out and "not deployable" in out
+
+
+def test_asymmetric_padding_is_legal_but_warned_about_its_float_ram():
+    model = build(lambda: layers.ZeroPadding2D(((0, 1), (0, 1)), name="tf_phase"),
+                  lambda: layers.Conv2D(8, 3, strides=2, padding="valid", name="c"))
+    findings = k210.check_model(model)
+    assert not k210.errors(findings)
+    (warning,) = [f for f in findings if f.layer == "tf_phase"]
+    assert warning.severity == "warning" and warning.rule == "symmetric padding"
+    assert f"{4 * (17 * 17 + 16 * 16) * 3:,} bytes" in warning.message and "rot180" in warning.message
+    symmetric = build(lambda: layers.ZeroPadding2D(1, name="pad"),
+                      lambda: layers.Conv2D(8, 3, strides=2, padding="valid", name="c"))
+    assert not k210.check_model(symmetric)

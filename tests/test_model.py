@@ -71,13 +71,32 @@ def test_relu6_and_input_size_options():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("activation", "prelu", "PReLU does not fit the K210"),
+    ("activation", "swish", "activation 'swish'"),
+    ("input_orientation", "rot90", "input_orientation 'rot90'"),
     ("embedding_head", "nope", "embedding_head 'nope'"),
     ("input_size", 100, "multiple of 16"),
 ])
 def test_bad_options_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
         MobileFaceNet(ModelConfig(**{field: value, "width_multiplier": 0.25}))
+
+
+def test_prelu_builds_for_host_teachers_but_the_k210_check_refuses_it():
+    model = MobileFaceNet(ModelConfig(activation="prelu", input_size=64, width_multiplier=0.25))
+    assert model.get_layer("conv1_prelu").weights[0].shape == (1, 1, 16)  # one slope per channel
+    assert "conv1_prelu" in {f.layer for f in k210.errors(k210.check_model(model))}
+
+
+def test_stem_projection_and_turned_input_options():
+    from mobilefacenet_k210.model.mobilefacenet import InputOrientation, block_outputs, split_orientation
+
+    model = MobileFaceNet(ModelConfig(stem_project=True, input_orientation="rot180", input_size=64,
+                                      width_multiplier=0.25))
+    assert isinstance(model.layers[1], InputOrientation) and model.get_layer("conv2_project").kernel_size == (1, 1)
+    assert len(block_outputs(model)) == 15 and block_outputs(model)[:2] == ["block_0_project_bn", "block_1_add"]
+    body, orientation = split_orientation(model)
+    assert orientation == "rot180" and not any(isinstance(layer, InputOrientation) for layer in body.layers)
+    assert not k210.errors(k210.check_model(model))
 
 
 def test_every_embedding_head_builds_a_k210_legal_model():

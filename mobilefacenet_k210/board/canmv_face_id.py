@@ -5,8 +5,9 @@
 # threshold by hand: it is our evaluation's best verification threshold on the board's score scale).
 # Flow per camera frame, as in CanMV's face-recognition example: a YOLOv2 face detector finds boxes,
 # a 5-landmark model places the eyes, nose and mouth corners, image.get_affine_transform +
-# image.warp_affine_ai align the face to the ArcFace template into a 112x112 AI buffer (planar RGB,
-# what our kmodel takes), our MobileFaceNet kmodel embeds it, KPU.Feat.calculate L2-normalizes the
+# image.warp_affine_ai align the face to the config's template into a 112x112 AI buffer (planar RGB,
+# what our kmodel takes; the ArcFace template, or the same turned by 180 degrees for a kmodel that
+# computes on the turned crop), our MobileFaceNet kmodel embeds it, KPU.Feat.calculate L2-normalizes the
 # embedding and KPU.Feat.compare scores it against every gallery feature: (0.5 + 0.5 * cos) * 100.
 # A person may have several entries (`mfk210 enroll --gallery-mode max`: one per photo): the best entry
 # names the face, so a person scores the max over its entries.

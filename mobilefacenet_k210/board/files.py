@@ -2,7 +2,9 @@
 
 The config is written by this tool only: the match threshold is our evaluation's ``best_threshold``
 (squared L2 between normalized embeddings) converted exactly onto the board's score scale, the
-alignment template is ``preprocessing.ARCFACE_TEMPLATE``, and the kmodel is checked (v5, RAM, flash,
+alignment template is ``preprocessing.template`` of the orientation the kmodel's record names (the
+ArcFace template, or the same turned by 180 degrees for a kmodel that computes on turned crops: the
+board's alignment then turns the crop, at no cost), and the kmodel is checked (v5, RAM, flash,
 compiler vs runtime) exactly as for a ``.kfpkg``. Copy the output folder's files to the SD card root.
 """
 import contextlib
@@ -45,6 +47,7 @@ def board_config(kmodel_check: Dict[str, Any], threshold: Dict[str, Any], config
         model = {"flash_address": int(flash_address), "size": kmodel_check["size"]}
     output_bytes = (info.get("memory") or {}).get("output")
     embedding_size = output_bytes // 4 if output_bytes else None  # the kmodel's output is float32
+    orientation = preprocessing.recorded_orientation(kmodel_check["path"])
     return {
         "format": CONFIG_FORMAT,
         "version": 1,
@@ -53,7 +56,8 @@ def board_config(kmodel_check: Dict[str, Any], threshold: Dict[str, Any], config
         "model": {**model, "nncase_version": kmodel_check["nncase_version"], "sha256": kmodel_check["sha256"]},
         "input_size": preprocessing.INPUT_SIZE,
         "embedding_size": embedding_size,
-        "template": [[float(str(v)) for v in point] for point in preprocessing.ARCFACE_TEMPLATE],  # float32's digits
+        "template": [[float(str(v)) for v in point] for point in preprocessing.template(orientation)],  # float32's
+        preprocessing.ORIENTATION_KEY: orientation,
         "threshold": threshold,
         "gallery": f"{config.sd_root}/{GALLERY_NAME}",
         "detector": {"path": config.detector_path, "anchor": list(config.detector_anchor),

@@ -14,13 +14,14 @@ from mobilefacenet_k210.errors import Mfk210Error
 
 
 # --- registry -------------------------------------------------------------------------------------
-COMMANDS = [model_commands.add_check, data_commands.add_build_tfrecords, data_commands.add_lst, data_commands.add_merge,
-            data_commands.add_inspect, data_commands.add_add_teacher, model_commands.add_train,
-            model_commands.add_evaluate, model_commands.add_export, board_commands.add_kfpkg, board_commands.add_flash,
-            board_commands.add_board_files, board_commands.add_enroll, board_commands.add_identify,
-            run_commands.add_demo, run_commands.add_bench]
+COMMANDS = [model_commands.add_check, model_commands.add_import_model, data_commands.add_build_tfrecords,
+            data_commands.add_lst, data_commands.add_merge, data_commands.add_inspect, data_commands.add_add_teacher,
+            model_commands.add_train, model_commands.add_evaluate, model_commands.add_export, board_commands.add_kfpkg,
+            board_commands.add_flash, board_commands.add_board_files, board_commands.add_enroll, board_commands.add_identify,
+            run_commands.add_demo, run_commands.add_pretrained, run_commands.add_bench]
 # The commands that write a folder (or a gallery file) and so take its lock (folder_lock): they get --break-lock.
-WRITERS = ("build-tfrecords", "merge", "add-teacher", "train", "export", "enroll", "board-files", "demo", "bench")
+WRITERS = ("import-model", "build-tfrecords", "merge", "add-teacher", "train", "export", "enroll", "board-files", "demo",
+           "pretrained", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,7 +57,8 @@ def add_board_files(sub) -> None:
                                            "the kmodel and gallery for the SD card",
                        description="Copy the CanMV feat/kpu face-identification script and generate "
                                    "mfk210_config.json: our evaluation's best_threshold converted to the board's "
-                                   "score scale, the ArcFace template, detector/landmark settings, the kmodel "
+                                   "score scale, the alignment template (ArcFace's, turned by 180 degrees for a "
+                                   "kmodel that computes on turned crops), detector/landmark settings, the kmodel "
                                    "(on the SD card, or in flash with --flash-address) and the gallery.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder whose files go to the SD card root")
     p.add_argument("--kmodel", required=True, help="our .kmodel (checked as for `mfk210 kfpkg`)")

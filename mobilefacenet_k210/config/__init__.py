@@ -7,7 +7,7 @@ from mobilefacenet_k210.config.data import (
     SELECT_MODES)
 from mobilefacenet_k210.config.deploy import (
     BoardConfig, CALIBRATE_METHODS, DEFAULT_GALLERY_MODE, DemoConfig, EvalConfig, ExportConfig, GALLERY_MODES,
-    recorded_gallery_mode, W_QUANT_TYPES)
+    HeldOutRunConfig, PretrainedConfig, recorded_gallery_mode, W_QUANT_TYPES)
 from mobilefacenet_k210.config.training import (
-    ACTIVATIONS, EMBEDDING_HEADS, HEADS, HEAD_INITS, MARGIN_HEADS, ModelConfig, OPTIMIZERS, PHASE_INITS,
-    PhaseConfig, PipelineConfig, STRATEGIES, TrainConfig)
+    ACTIVATIONS, EMBEDDING_HEADS, EMBEDDING_LOSS_HEADS, HEADS, HEAD_INITS, LR_SCHEDULES, MARGIN_HEADS, ModelConfig,
+    OPTIMIZERS, PHASE_INITS, PhaseConfig, PipelineConfig, STRATEGIES, TrainConfig)

@@ -4,14 +4,22 @@ import dataclasses
 from typing import Dict, List
 
 from mobilefacenet_k210.config.loader import ConfigError, check_choice, check_positive
+from mobilefacenet_k210.preprocessing import ORIENTATIONS, UPRIGHT
 
-ACTIVATIONS = ("relu", "relu6")  # PReLU needs more RAM than the K210 has
+ACTIVATIONS = ("relu", "relu6", "prelu")
+"""prelu (one slope per channel) only for models that stay on the host, such as the exact copy of an
+imported model that teaches its K210 twin: nncase keeps PReLU in float, more RAM than the K210 has, so
+`mfk210 check` and export refuse it."""
 EMBEDDING_HEADS = ("gdc_linear", "gdc_linear_kpu")
 """gdc_linear: the paper's head. gdc_linear_kpu: the same function and weights, with the 512->128 projection
 run on a map repeated to the KPU's smallest size and cropped back, so nncase 1.1 puts it on the KPU."""
-HEADS = ("softmax", "arcface", "cosface", "combined", "triplet", "distill")
+HEADS = ("softmax", "arcface", "cosface", "combined", "triplet", "distill", "feature_distill")
+EMBEDDING_LOSS_HEADS = ("triplet", "distill", "feature_distill")
+"""Heads trained on embeddings alone (no labels, no classification accuracy)."""
 MARGIN_HEADS = ("arcface", "cosface", "combined")
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("steps", "cosine")
+"""steps: ``lr * lr_decay`` at each of ``lr_steps``; cosine: from ``lr`` down to 0 over the phase."""
 PHASE_INITS = ("previous", "scratch")
 HEAD_INITS = ("random", "imprint")
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -19,7 +27,17 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 
 @dataclasses.dataclass
 class ModelConfig:
-    """MobileFaceNet shape. Defaults give the paper's ~0.99M parameters and ~221M multiply-adds."""
+    """MobileFaceNet shape. Defaults give the paper's ~0.99M parameters and ~221M multiply-adds.
+
+    ``input_orientation`` ``rot180``: the network computes on the aligned crop turned by 180 degrees,
+    which makes its symmetric stride-2 padding equal TensorFlow's 'same' padding of the model it was
+    imported from (``mfk210 import-model``); the Keras model still takes upright crops.
+    ``split_conv_last``: the last 1x1 conv gives twice its channels through ReLU, room for ``y`` and
+    ``-y``; since ``prelu(y) = relu(y) - a * relu(-y)`` and the GDConv and the projection after it
+    are linear, an imported per-channel PReLU there is reproduced exactly with ReLU alone (the
+    GDConv weighs the second half by ``-a``, the projection sums the halves), for twice conv_last's
+    multiply-adds (about 3M at width 1.0) and a wider 7x7 map.
+    """
 
     input_size: int = 112
     width_multiplier: float = 1.0
@@ -28,13 +46,15 @@ class ModelConfig:
     bn_momentum: float = 0.9  # Keras' 0.99 leaves inference statistics untrained on small data
     bn_epsilon: float = 1e-3
     embedding_head: str = "gdc_linear_kpu"  # one of EMBEDDING_HEADS
+    stem_project: bool = False  # a linear 1x1 conv after the stem's depthwise conv (sirius-ai MobileFaceNet_TF)
+    input_orientation: str = UPRIGHT  # one of preprocessing.ORIENTATIONS; the model's first layer turns the crop
+    split_conv_last: bool = False  # conv_last gives 2x the channels, with ReLU: an imported PReLU there stays exact
 
     def validate(self, where: str = "model") -> None:
         """Refuse a shape the builder cannot make, naming the field."""
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"{where}.activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)} "
-                              "(PReLU does not fit the K210)")
+        check_choice(self.activation, ACTIVATIONS, f"{where}.activation")
         check_choice(self.embedding_head, EMBEDDING_HEADS, f"{where}.embedding_head")
+        check_choice(self.input_orientation, ORIENTATIONS, f"{where}.input_orientation")
         check_positive(where, width_multiplier=self.width_multiplier, embedding_size=self.embedding_size)
         if self.input_size % 16 != 0 or self.input_size < 64:
             raise ConfigError(f"{where}.input_size {self.input_size}: must be a multiple of 16, at least 64")
@@ -90,6 +110,14 @@ class PhaseConfig:
     Distillation (shards with teacher embeddings, ``mfk210 add-teacher``): head ``distill`` trains on
     ``1 - cos(student, teacher)`` alone, plus ``relation_weight`` times the batch's pairwise-similarity
     term; a margin head with ``distill_weight`` > 0 adds that many times the same loss to its own.
+    Head ``feature_distill`` runs ``teacher_model`` (a Keras embedding model with the student's layer
+    names, e.g. the exact copy `mfk210 import-model` writes) on every augmented batch and trains on
+    ``1 - cos`` of the embeddings (plus ``relation_weight`` times the relation term) plus
+    ``feature_weight`` times the mean normalized squared error of the bottlenecks' outputs (labels
+    unused: any faces will do).
+    ``frozen_bn``: BatchNorm computes with its stored statistics, as in inference (its scale and shift
+    still train), for a backbone whose BatchNorm holds folded weights, such as an imported one.
+    ``lr_schedule`` (one of ``LR_SCHEDULES``): ``lr_steps`` decays, or a cosine from ``lr`` to 0.
     """
 
     head: str = "softmax"
@@ -115,6 +143,10 @@ class PhaseConfig:
     sample_rate: float = 1.0  # margin heads: fraction of the classes scored each step (Partial FC); 1 = all
     distill_weight: float = 0.0  # margin heads: weight of the distillation loss added to the margin loss
     relation_weight: float = 0.0  # distillation: weight of the relation (pairwise similarity) term
+    teacher_model: str = ""  # feature_distill: the teacher, a Keras embedding model file or run folder
+    feature_weight: float = 1.0  # feature_distill: weight of the bottleneck feature matching
+    frozen_bn: bool = False
+    lr_schedule: str = "steps"  # one of LR_SCHEDULES
 
     @property
     def uses_teacher(self) -> bool:
@@ -132,6 +164,14 @@ class PhaseConfig:
         check_choice(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
         check_choice(self.init, PHASE_INITS, f"{where}.init")
         check_choice(self.head_init, HEAD_INITS, f"{where}.head_init")
+        check_choice(self.lr_schedule, LR_SCHEDULES, f"{where}.lr_schedule")
+        if self.lr_schedule == "cosine" and self.lr_steps:
+            raise ConfigError(f"{where}.lr_steps: a cosine schedule has no steps; leave lr_steps empty")
+        if (self.head == "feature_distill") != bool(self.teacher_model):
+            raise ConfigError(f"{where}.teacher_model: head feature_distill needs a teacher model, and only it "
+                              "takes one")
+        if self.feature_weight < 0:
+            raise ConfigError(f"{where}.feature_weight must be >= 0")
         if self.head_init == "imprint" and self.head not in MARGIN_HEADS:
             raise ConfigError(f"{where}.head_init imprint: only for the margin heads {MARGIN_HEADS}")
         if self.epochs < 1 or self.batch < 1 or self.lr <= 0:
@@ -145,8 +185,9 @@ class PhaseConfig:
         if self.distill_weight > 0 and self.head not in MARGIN_HEADS:
             raise ConfigError(f"{where}.distill_weight: only a margin head {MARGIN_HEADS} adds a distillation "
                               f"loss; use head: distill to train on the teacher alone")
-        if self.relation_weight > 0 and not self.uses_teacher:
-            raise ConfigError(f"{where}.relation_weight: only for head distill or a phase with distill_weight > 0")
+        if self.relation_weight > 0 and not (self.uses_teacher or self.head == "feature_distill"):
+            raise ConfigError(f"{where}.relation_weight: only for heads distill and feature_distill or a phase with "
+                              "distill_weight > 0")
         if self.head == "triplet" and self.images_per_identity < 2:
             raise ConfigError(f"{where}.images_per_identity: a triplet batch needs at least 2 images per identity")
 
@@ -167,7 +208,9 @@ class TrainConfig:
     weights, ``mixed_float16`` on a GPU (with dynamic loss scaling) and ``mixed_bfloat16`` on CPUs
     with bfloat16 kernels (AVX512_BF16/AMX; no loss scaling needed), loss-scaled ``mixed_float16`` on
     other CPUs (slower than float32 on the CPUs measured, see README); the heads compute
-    their logits in float32 and the saved embedding model is float32.
+    their logits in float32 and the saved embedding model is float32. ``init_model``: a Keras
+    embedding model of the same shape (file or run folder) whose weights start the first phase's
+    backbone, e.g. the K210 twin `mfk210 import-model` writes.
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -183,6 +226,7 @@ class TrainConfig:
     backup_every_steps: int = 100
     steps_per_epoch: int = 0  # 0: train records // batch size
     deterministic_ops: bool = False  # tf.config.experimental.enable_op_determinism (bit-exact reruns, slower)
+    init_model: str = ""  # Keras embedding model whose weights start the first phase (same model shape)
 
     def validate(self, where: str = "train") -> None:
         """Refuse a run that cannot train, before any work is done."""

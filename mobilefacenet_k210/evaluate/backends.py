@@ -4,7 +4,9 @@ ONNX (OpenCV's DNN module, with the model's own input contract: see ``teacher/co
 Every backend takes uint8 RGB crops (N, 112, 112, 3) and applies the one normalization of
 ``preprocessing.normalize`` (the kmodel has it compiled in as nncase's ``input_range``, derived from
 the same function), so that differences between backends are differences between the models.
-With ``flip=True`` the embedding of each crop is summed with that of its horizontal mirror, as
+Every backend takes upright crops: an exported file (TFLite, kmodel) whose record says it computes on
+turned crops (``preprocessing.recorded_orientation``) gets them turned here; a Keras model turns them
+itself (its ``InputOrientation`` layer). With ``flip=True`` the embedding of each crop is summed with that of its horizontal mirror, as
 InsightFace's ``verification.py`` does before normalizing.
 """
 import os
@@ -13,7 +15,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
-from mobilefacenet_k210.preprocessing import INPUT_SIZE, normalize
+from mobilefacenet_k210.preprocessing import INPUT_SIZE, normalize, orient, recorded_orientation
 from mobilefacenet_k210.errors import Mfk210Error
 
 
@@ -87,7 +89,9 @@ class TFLiteBackend(Backend):
     """A ``.tflite`` file in ``tf.lite.Interpreter``; float or int8/uint8 input and output.
 
     Quantized tensors are (de)quantized with their own scale and zero point. A model with a dynamic
-    batch dimension runs whole batches; one converted with a fixed batch of 1 runs image by image.
+    batch dimension runs whole batches; one converted with a fixed batch of 1 runs image by image, one
+    with a fixed batch of B (MobileFaceNet_TF's graph reshapes to its batch: it cannot be resized)
+    B images at a time, the last group filled up with copies.
     A file holding TensorFlow ops is refused unless ``trust_model_code`` (see ``model/io.py``).
     """
 
@@ -120,6 +124,7 @@ class TFLiteBackend(Backend):
                                f"(N, {INPUT_SIZE}, {INPUT_SIZE}, 3)")
         self.dynamic_batch = int(self.input["shape_signature"][0]) == -1
         self._batch = int(self.input["shape"][0])
+        self.orientation = recorded_orientation(self.path)
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         dtype = self.input["dtype"]
@@ -145,10 +150,16 @@ class TFLiteBackend(Backend):
         return self._dequantize(self.interpreter.get_tensor(self.output["index"]))
 
     def _run(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
-        x = self._quantize(normalize(batch))
+        x = self._quantize(normalize(orient(batch, self.orientation)))
         if self.dynamic_batch:
             return self._invoke(x)
-        return np.concatenate([self._invoke(x[i:i + 1]).reshape(1, -1) for i in range(len(x))], axis=0)
+        fixed = self._batch
+        out = []
+        for i in range(0, len(x), fixed):
+            group = x[i:i + fixed]
+            filled = np.concatenate([group, np.repeat(group[-1:], fixed - len(group), axis=0)])
+            out.append(self._invoke(filled).reshape(fixed, -1)[:len(group)])
+        return np.concatenate(out, axis=0)
 
 
 class KmodelBackend(Backend):
@@ -167,9 +178,10 @@ class KmodelBackend(Backend):
             check_made_by(self.path)  # simulate() gets bytes below, so the compile record is checked here
         self._simulate = simulate
         self._kmodel = self.path.read_bytes()
+        self.orientation = recorded_orientation(self.path)
 
     def _run(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
-        return self._simulate(self._kmodel, batch)
+        return self._simulate(self._kmodel, orient(batch, self.orientation))
 
 
 class OnnxBackend(Backend):

@@ -26,8 +26,9 @@ TFLITE_FILE = "model.tflite"
 TFLITE_INT8_FILE = "model_int8.tflite"
 KMODEL_FILE = "model.kmodel"
 IR_DUMP_DIR = "nncase_dump"
-OUTPUT_NAMES = (TFLITE_FILE, TFLITE_INT8_FILE, KMODEL_FILE, KMODEL_FILE + kmodel.INFO_SUFFIX, report.REPORT_JSON,
-                report.REPORT_MD, report.COSINE_PNG, IR_DUMP_DIR)
+OUTPUT_NAMES = (TFLITE_FILE, TFLITE_INT8_FILE, KMODEL_FILE, *(preprocessing.record_path(name).name for name in
+                (TFLITE_FILE, TFLITE_INT8_FILE, KMODEL_FILE)), report.REPORT_JSON, report.REPORT_MD, report.COSINE_PNG,
+                IR_DUMP_DIR)
 """Everything an export writes into OUT: a folder holding only these is an earlier export to replace."""
 
 
@@ -66,7 +67,8 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
     ``model_path``: run folder, ``embedding/`` folder or .keras/.h5 file. ``calib``: folder of aligned
     112x112 faces or shard folder. ``holdout``: optional folder/shards of other faces for parity.
     Writes model.tflite, model_int8.tflite (unless disabled), model.kmodel, model.kmodel.json,
-    report.json, report.md and cosine_histogram.png as one set: ``out_dir`` is replaced whole at the
+    report.json, report.md and cosine_histogram.png as one set (and the TFLites' ``.json`` records of
+    a model that computes on turned crops: :mod:`.tflite`): ``out_dir`` is replaced whole at the
     end (it must be new, empty or an earlier export). nncase being installed and ``out_dir`` being
     usable (and not being written by another run, :mod:`folder_lock`) are checked before anything is loaded.
     """
@@ -109,9 +111,12 @@ def _build(model, model_path: Union[str, Path], config: ExportConfig, calib_imag
            held_images: np.ndarray, held_ids: list, warnings: list, versions: Dict[str, str], out_dir: Path,
            stage: Stages) -> ExportResult:
     """The writing stages (tflite, int8 tflite, kmodel, parity, report) into the staging folder ``out_dir``."""
+    from mobilefacenet_k210.model.mobilefacenet import split_orientation
     from mobilefacenet_k210.model.summary import count_params, model_macs
 
-    with stage("tflite", "float32 TFLite, batch 1, NHWC"):
+    orientation = split_orientation(model)[1]
+    with stage("tflite", "float32 TFLite, batch 1, NHWC" + ("" if orientation == preprocessing.UPRIGHT else
+                                                           f", fed {orientation} crops")):
         tflite_path = tflite.convert_float(model, out_dir / TFLITE_FILE)
     int8_path = None
     if config.int8_tflite:
@@ -155,7 +160,7 @@ def _build(model, model_path: Union[str, Path], config: ExportConfig, calib_imag
             **macs,
             holdout_samples=len(held_images), holdout_ids=held_ids,
             files=files, tflite_bytes=files[TFLITE_FILE], tflite_int8_bytes=files.get(TFLITE_INT8_FILE),
-            k210_warnings=warnings, config=to_dict(config),
+            k210_warnings=warnings, config=to_dict(config), input_orientation=orientation,
             **{f"cosine_{name}_{stat}": float(fn(values)) for name, values in cosines.items()
                for stat, fn in (("mean", np.mean), ("min", np.min))},
             stage_seconds={})

@@ -27,7 +27,6 @@ from mobilefacenet_k210.export.tflite import assert_float_tflite
 from mobilefacenet_k210.errors import Mfk210Error
 
 KMODEL_MAGIC = b"LDMK"  # the C constant 'KMDL' written little-endian
-INFO_SUFFIX = ".json"
 
 
 NNCASE_RELEASE = "1.1.0.20211203"
@@ -167,9 +166,12 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
     ``use_mse_quant_w`` picks weight ranges by least squared error instead of min/max (measured
     better parity on MobileFaceNet). ``work_dir``: where the job folder (job file, calibration
     samples, nncase's stray files) goes, default beside the kmodel, never the system temp folder.
+    The kmodel takes its crops in the orientation the TFLite's record names (upright faces are given
+    here and turned for calibration), and its record says so too.
     """
     tflite_path, kmodel_path = Path(tflite_path), Path(kmodel_path)
     assert_float_tflite(tflite_path, input_size)
+    orientation = preprocessing.recorded_orientation(tflite_path)
     check_choice(calibrate_method, CALIBRATE_METHODS, "calibrate_method")
     kmodel_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".nncase-job-", dir=work_dir or kmodel_path.parent) as job_dir:
@@ -182,7 +184,8 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
                                                   w_quant_type, use_mse_quant_w)}
         if calibration is not None:
             job["calibration"] = str(tmp / "calibration.npy")
-            np.save(job["calibration"], calibration_tensor(calibration, input_size))
+            np.save(job["calibration"], calibration_tensor(preprocessing.orient(np.asarray(calibration), orientation),
+                                                           input_size))
         result, log, seconds = run_compile_job(job, tmp, timeout_s, str(tflite_path))
     info = {
         **nncase_version(),
@@ -190,6 +193,7 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
         "kmodel_bytes": kmodel_path.stat().st_size,
         "target": "k210",
         "input": input_spec(input_size),
+        preprocessing.ORIENTATION_KEY: orientation,
         "quantized": calibration is not None,
         "calibrate_method": calibrate_method if calibration is not None else None,
         "calibration_samples": int(len(calibration)) if calibration is not None else 0,
@@ -207,9 +211,8 @@ def compile_kmodel(tflite_path: Union[str, Path], kmodel_path: Union[str, Path],
 
 
 def info_path(kmodel_path: Union[str, Path]) -> Path:
-    """``model.kmodel`` -> ``model.kmodel.json``."""
-    kmodel_path = Path(kmodel_path)
-    return kmodel_path.with_name(kmodel_path.name + INFO_SUFFIX)
+    """``model.kmodel`` -> ``model.kmodel.json`` (the record ``preprocessing.recorded_orientation`` reads)."""
+    return preprocessing.record_path(kmodel_path)
 
 
 def write_info(kmodel_path: Union[str, Path], info: Dict[str, Any]) -> Path:

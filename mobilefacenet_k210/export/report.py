@@ -53,6 +53,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
              + (f"PTQ calibrated with `{report['calibrate_method']}` on {report['calibration_samples']} faces."
                 if report["quantized"] else "not quantized (float kmodel: parity only, not deployable)."),
              "", "## Files", "", "| file | size |", "|---|---|"]
+    if report.get("input_orientation", "upright") != "upright":
+        lines[2:2] = ["", f"The TFLite and the kmodel take the aligned crop turned ({report['input_orientation']}), "
+                          "as their `.json` records say: the evaluation backends turn upright crops for them, and "
+                          "the board files carry the alignment template turned to match."]
     for name, size in report["files"].items():
         lines.append(f"| {name} | {_kb(size)} |")
     lines += ["", "## Model", "",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from mobilefacenet_k210 import atomic
+from mobilefacenet_k210.preprocessing import UPRIGHT
 from mobilefacenet_k210.errors import FileFormatError
 
 REPORT_JSON = "report.json"
@@ -63,6 +64,7 @@ class ExportResult:
     stage_seconds: Dict[str, float]
     cosine_int8_mean: Optional[float] = None
     cosine_int8_min: Optional[float] = None
+    input_orientation: str = UPRIGHT  # preprocessing.ORIENTATIONS: how the TFLite and kmodel take the crop
 
     def headline(self, prefix: str = "") -> Dict[str, Any]:
         """The figures the demo and the bench report of an export (size, KPU share, parity), keys

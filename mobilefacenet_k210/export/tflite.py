@@ -2,6 +2,10 @@
 
 nncase 1.x must be fed a float TFLite and left to quantize itself: on int8 or float16 TFLite it
 segfaults. :func:`assert_float_tflite` refuses such a file with a clear error before nncase sees it.
+
+A model that turns its input (``InputOrientation``, ``input_orientation: rot180``) is written without
+that layer: the TFLite computes on turned crops, and ``<file>.tflite.json`` records the orientation
+(``preprocessing.recorded_orientation``), which the backends and the kmodel compile read.
 """
 from pathlib import Path
 from typing import Iterable, Union
@@ -34,9 +38,23 @@ def _converter(model):
     return tf.lite.TFLiteConverter.from_concrete_functions([fn], weights)
 
 
+def _record_orientation(path: Path, orientation: str) -> None:
+    """``<path>.json`` naming a turned input; no record (and none left from before) for an upright one."""
+    record = preprocessing.record_path(path)
+    if orientation == preprocessing.UPRIGHT:
+        record.unlink(missing_ok=True)
+    else:
+        atomic.write_json(record, {preprocessing.ORIENTATION_KEY: orientation})
+
+
 def convert_float(model, path: Union[str, Path]) -> Path:
     """Write ``model`` as a float32 TFLite with a fixed batch of 1 (NHWC), atomically; return the path."""
-    return atomic.write_bytes(path, _converter(model).convert())
+    from mobilefacenet_k210.model.mobilefacenet import split_orientation
+
+    body, orientation = split_orientation(model)
+    written = atomic.write_bytes(path, _converter(body).convert())
+    _record_orientation(written, orientation)
+    return written
 
 
 def convert_int8(model, calibration: np.ndarray, path: Union[str, Path]) -> Path:
@@ -47,19 +65,24 @@ def convert_int8(model, calibration: np.ndarray, path: Union[str, Path]) -> Path
     """
     import tensorflow as tf
 
-    calibration = _check_images(calibration)
+    from mobilefacenet_k210.model.mobilefacenet import split_orientation
+
+    body, orientation = split_orientation(model)
+    calibration = preprocessing.orient(_check_images(calibration), orientation)
 
     def representative() -> Iterable[list]:
         for image in calibration:
             yield [preprocessing.normalize(image[None])]
 
-    converter = _converter(model)
+    converter = _converter(body)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return atomic.write_bytes(path, converter.convert())
+    written = atomic.write_bytes(path, converter.convert())
+    _record_orientation(written, orientation)
+    return written
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

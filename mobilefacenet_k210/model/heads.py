@@ -21,8 +21,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from mobilefacenet_k210.config import HEADS, PhaseConfig
-from mobilefacenet_k210.model.distill import DistillTerm
+from mobilefacenet_k210.config import EMBEDDING_LOSS_HEADS, HEADS, PhaseConfig
+from mobilefacenet_k210.model.distill import DistillTerm, feature_distill
 
 
 class SoftmaxHead(tf.keras.layers.Layer):
@@ -193,15 +193,15 @@ def make_head(phase: PhaseConfig, num_classes: int) -> tf.keras.layers.Layer:
     if phase.head == "combined":
         return MarginHead(num_classes, scale=phase.scale, m1=phase.m1, m2=phase.m2, m3=phase.m3,
                           sample_rate=phase.sample_rate, name="head")
-    if phase.head in ("triplet", "distill"):
+    if phase.head in EMBEDDING_LOSS_HEADS:
         return L2Embedding(name="head")
     raise ValueError(f"head {phase.head!r}: choose one of {HEADS}")
 
 
 def make_loss(phase: PhaseConfig) -> Optional[tf.keras.losses.Loss]:
     """Cross-entropy on the logits of a classification head; semi-hard triplet loss for ``triplet``;
-    None for ``distill`` (its loss is added by the model's :class:`DistillTerm`)."""
-    if phase.head == "distill":
+    None for ``distill`` and ``feature_distill`` (their loss is added by the model's distillation layer)."""
+    if phase.head in ("distill", "feature_distill"):
         return None
     if phase.head == "triplet":
         import tensorflow_addons as tfa
@@ -212,7 +212,7 @@ def make_loss(phase: PhaseConfig) -> Optional[tf.keras.losses.Loss]:
 
 def make_metrics(phase: PhaseConfig) -> list:
     """Training accuracy of the head (on the logits it trains with, margins included)."""
-    return [] if phase.head in ("triplet", "distill") else [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    return [] if phase.head in EMBEDDING_LOSS_HEADS else [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
 def build_training_model(embedding_model: tf.keras.Model, phase: PhaseConfig, num_classes: int,
@@ -223,12 +223,18 @@ def build_training_model(embedding_model: tf.keras.Model, phase: PhaseConfig, nu
     learns is what :func:`model.io.save_embedding_model` saves. Returns the model and its head.
     A phase that uses a teacher (:attr:`PhaseConfig.uses_teacher`) takes ``(image, label, teacher)``,
     the teacher's ``teacher_dim`` embedding of each image, and distils it through a :class:`DistillTerm`
-    (weight 1 for ``distill``, ``distill_weight`` beside a margin head).
+    (weight 1 for ``distill``, ``distill_weight`` beside a margin head). A ``feature_distill`` phase runs
+    its teacher model beside the student (:func:`feature_distill`). With ``frozen_bn`` the backbone's
+    BatchNorm computes on its stored statistics.
     """
     image = tf.keras.Input(embedding_model.input_shape[1:], name="image")
     label = tf.keras.Input((), dtype=tf.int32, name="label")
     inputs = [image, label]
-    embedding = embedding_model(image)
+    if phase.head == "feature_distill":
+        embedding = feature_distill(embedding_model, image, phase.teacher_model, phase.feature_weight, phase.frozen_bn,
+                                    phase.relation_weight)
+    else:
+        embedding = embedding_model(image, training=False if phase.frozen_bn else None)
     if phase.uses_teacher:
         if teacher_dim < 1:
             raise ValueError(f"head {phase.head!r} with distill_weight {phase.distill_weight}: needs the teacher's "

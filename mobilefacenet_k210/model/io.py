@@ -88,6 +88,8 @@ def load_embedding_model(path: Union[str, Path], trust_model_code: bool = False)
         check_keras_file(resolved)
     import tensorflow as tf
 
+    from mobilefacenet_k210.model import mobilefacenet  # noqa: F401  (registers its layers, InputOrientation)
+
     try:
         return tf.keras.models.load_model(resolved, compile=False, safe_mode=not trust_model_code)
     except Exception as exc:

@@ -2,16 +2,20 @@
 
 In the style of ``keras/applications/mobilenet_v2.py``: one function per block, explicit layer names
 (``block_3_expand``, ``block_3_depthwise``...), no global state. Differences from the paper, all for
-the K210 (see ``k210.py``): ReLU instead of PReLU (PReLU needs more RAM than the chip has) and
-stride-2 convolutions as ``ZeroPadding2D((1, 1))`` + ``'valid'`` (TensorFlow's asymmetric 'same'
-padding is not KPU-legal). The model maps normalized float32 NHWC crops (``preprocessing.normalize``)
-to an un-normalized embedding; heads are never part of it.
+the K210 (see ``k210.py``): ReLU instead of PReLU (PReLU needs more RAM than the chip has; ``prelu`` is
+there for host-side teachers only) and stride-2 convolutions as ``ZeroPadding2D((1, 1))`` + ``'valid'``
+(TensorFlow's asymmetric 'same' padding is not KPU-legal). The model maps normalized float32 NHWC
+upright crops (``preprocessing.normalize``) to an un-normalized embedding; heads are never part of it.
+With ``input_orientation: rot180`` its first layer (:class:`InputOrientation`) turns the crop by 180
+degrees and the rest (the body, which export compiles) computes on the turned crop.
 """
-from typing import Optional
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from tensorflow.keras import layers
 
+from mobilefacenet_k210 import preprocessing
 from mobilefacenet_k210.config import ModelConfig
 from mobilefacenet_k210.k210 import KPU_MIN_SIZE
 
@@ -27,8 +31,53 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     return new
 
 
-def _activation(config: ModelConfig, name: str) -> layers.Layer:
-    return layers.ReLU(6.0 if config.activation == "relu6" else None, name=name)
+def _activation(config: ModelConfig, base: str) -> layers.Layer:
+    """The activation after layer ``base``: ``base_relu`` (ReLU or ReLU6) or ``base_prelu`` (one slope a channel)."""
+    if config.activation == "prelu":
+        return layers.PReLU(shared_axes=[1, 2], name=f"{base}_prelu")
+    return layers.ReLU(6.0 if config.activation == "relu6" else None, name=f"{base}_relu")
+
+
+@tf.keras.utils.register_keras_serializable(package="mfk210")
+class InputOrientation(layers.Layer):
+    """Turns upright crops into the orientation the rest of the model computes in (``preprocessing.orient``).
+
+    Export cuts the model after this layer (:func:`split_orientation`) and records the orientation
+    beside the exported files instead, so nncase never sees it and the kmodel stays on the KPU.
+    """
+
+    def __init__(self, orientation: str = preprocessing.UPRIGHT, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.orientation = preprocessing.check_orientation(orientation)
+
+    def call(self, images: tf.Tensor) -> tf.Tensor:
+        return preprocessing.orient(images, self.orientation)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "orientation": self.orientation}
+
+
+def split_orientation(model: tf.keras.Model) -> Tuple[tf.keras.Model, str]:
+    """(the model without its :class:`InputOrientation` layer, that layer's orientation): what export
+    compiles, fed crops in that orientation. A model without one is returned whole, ``upright``."""
+    first = model.layers[1] if len(model.layers) > 1 else None
+    if not isinstance(first, InputOrientation):
+        return model, preprocessing.UPRIGHT
+    return tf.keras.Model(first.output, model.output, name=model.name), first.orientation
+
+
+def block_outputs(model: tf.keras.Model) -> List[str]:
+    """Names of the layers whose outputs are the bottlenecks' (the add, else the linear projection's BN),
+    in order: the feature maps a student matches with its teacher's, same names in both."""
+    names = []
+    block_id = 0
+    while True:
+        found = [n for n in (f"block_{block_id}_add", f"block_{block_id}_project_bn")
+                 if any(layer.name == n for layer in model.layers)]
+        if not found:
+            return names
+        names.append(found[0])
+        block_id += 1
 
 
 def _bn(config: ModelConfig, name: str) -> layers.Layer:
@@ -45,7 +94,7 @@ def conv_block(x: tf.Tensor, filters: int, kernel: int, stride: int, config: Mod
         padding = "same"
     x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name)(x)
     x = _bn(config, f"{name}_bn")(x)
-    return x if linear else _activation(config, f"{name}_relu")(x)
+    return x if linear else _activation(config, name)(x)
 
 
 def depthwise_block(x: tf.Tensor, kernel: int, stride: int, config: ModelConfig, name: str,
@@ -59,7 +108,7 @@ def depthwise_block(x: tf.Tensor, kernel: int, stride: int, config: ModelConfig,
             padding = "same"
     x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False, name=name)(x)
     x = _bn(config, f"{name}_bn")(x)
-    return x if linear else _activation(config, f"{name}_relu")(x)
+    return x if linear else _activation(config, name)(x)
 
 
 def bottleneck_block(x: tf.Tensor, expansion: int, filters: int, stride: int, config: ModelConfig,
@@ -101,14 +150,25 @@ def MobileFaceNet(config: Optional[ModelConfig] = None, name: str = "mobilefacen
     config.validate()
     alpha = config.width_multiplier
     inputs = layers.Input((config.input_size, config.input_size, 3), name="image")
-    x = conv_block(inputs, _make_divisible(64 * alpha), 3, 2, config, "conv1")
+    x = inputs
+    if config.input_orientation != preprocessing.UPRIGHT:
+        x = InputOrientation(config.input_orientation, name="input_orientation")(x)
+    stem = _make_divisible(64 * alpha)
+    x = conv_block(x, stem, 3, 2, config, "conv1")
     x = depthwise_block(x, 3, 1, config, "conv2_depthwise")
+    if config.stem_project:
+        x = conv_block(x, stem, 1, 1, config, "conv2_project", linear=True)
     block_id = 0
     for expansion, channels, repeats, stride in BOTTLENECKS:
         for i in range(repeats):
             x = bottleneck_block(x, expansion, _make_divisible(channels * alpha), stride if i == 0 else 1,
                                  config, block_id)
             block_id += 1
-    x = conv_block(x, _make_divisible(512 * alpha), 1, 1, config, "conv_last")
+    last = _make_divisible(512 * alpha)
+    if config.split_conv_last:
+        # (y, -y) through ReLU: the GDConv after it can weigh relu(-y) by any per-channel slope (import)
+        x = conv_block(x, 2 * last, 1, 1, dataclasses.replace(config, activation="relu"), "conv_last")
+    else:
+        x = conv_block(x, last, 1, 1, config, "conv_last")
     outputs = embedding_head(x, config)
     return tf.keras.Model(inputs, outputs, name=name)
