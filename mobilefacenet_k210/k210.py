@@ -41,14 +41,14 @@ PASS_THROUGH = ("InputLayer", "BatchNormalization", "ZeroPadding2D", "Add", "Fla
                 "ReLU", "Activation", "Cropping2D", "UpSampling2D")
 STRIPPED_BY_EXPORT = ("InputOrientation",)
 """Layers export cuts off and records beside the kmodel instead (the board's alignment turns the crop)."""
-PACKAGE_LAYERS = ("TeacherProjection", "DistillTerm", "FeatureDistillTerm")
-"""This package's own training-only Keras layers, registered as ``mfk210>Name`` (never deployable)."""
+PACKAGE_LAYERS = STRIPPED_BY_EXPORT + ("TeacherProjection", "DistillTerm", "FeatureDistillTerm")
+"""This package's own Keras layers, registered as ``mfk210>Name``; all but those export strips are
+training-only (never deployable)."""
 OTHER_LAYERS = ("AveragePooling2D", "MaxPooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Dropout",
                 "Concatenate", "Multiply")
 """Keras layers of other face models (teachers) with nothing but numbers in their config: never deployable
 here (:func:`check_model` names them as unsupported), but a model file may hold them."""
-KNOWN_LAYERS = (CONV_LAYERS + CPU_ACTIVATION_LAYERS + CPU_LAYERS + PASS_THROUGH + STRIPPED_BY_EXPORT + PACKAGE_LAYERS
-                + OTHER_LAYERS)
+KNOWN_LAYERS = CONV_LAYERS + CPU_ACTIVATION_LAYERS + CPU_LAYERS + PASS_THROUGH + PACKAGE_LAYERS + OTHER_LAYERS
 """Every layer class this package knows, and so the only ones a model file may hold (``model/guard.py``
 refuses any other before it loads: a Lambda or an unknown class can carry code). To let model files hold
 another class, add it to the tuple above that says how :func:`check_model` judges it."""
