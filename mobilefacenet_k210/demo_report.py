@@ -121,7 +121,7 @@ def board_section(heading: str, board: Dict[str, Any]) -> List[str]:
     """The kflash package and the board files written."""
     return [heading, "",
             f"`{board['kfpkg']}` (kflash package) and the CanMV `feat/kpu` files in `board/sd/`: "
-            + ", ".join(Path(f).name for f in board["files"]) + ". See the README's *On the board*.", ""]
+            + ", ".join(Path(f).name for f in board["files"]) + ". See docs/board.md.", ""]
 
 
 def config_section(heading: str, config: Any) -> List[str]:

@@ -204,3 +204,41 @@ def test_demo_report_shows_the_open_set_figures_and_the_board_threshold(tmp_path
             "gallery: max over each person's photos; the highest impostor score seen") in section
     assert "Gallery: max over each person's photos, as the board's gallery holds them" in section
     assert "det_identification.png" in section
+
+
+def test_identify_answers_with_the_open_set_threshold_the_board_files_carry(tmp_path, people, capsys):
+    """`identify --threshold-from IDENT.json` uses the threshold board-files puts on the board, the same way."""
+    from mobilefacenet_k210.board.gallery import identify
+
+    model, faces = str(people["model"]), people["faces"]
+    ident_json, gallery = tmp_path / "ident.json", tmp_path / "gallery.json"
+    assert main(["evaluate", "--identification", "--folder", str(faces), "--aligned", "--model", model,
+                 "--enroll-photos", "2", "--json", str(ident_json)]) == 0
+    enrolled = tmp_path / "enrolled"
+    for person in ("s1", "s2", "s3"):
+        (enrolled / person).mkdir(parents=True)
+        (enrolled / person / "1.png").write_bytes((faces / person / "1.png").read_bytes())
+    assert main(["enroll", str(enrolled), "--aligned", "--model", model, "--out", str(gallery)]) == 0
+    assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(fake_kmodel(tmp_path / "m.kmodel")),
+                 "--embedding-size", "16", "--ident-eval", str(ident_json), "--fpir", "0.1",
+                 "--gallery-size", "3"]) == 0  # the gallery's size; its model is not this stand-in kmodel
+    on_board = json.loads((tmp_path / "sd" / files.CONFIG_NAME).read_text())["threshold"]
+    assert on_board["gallery_size"] == 3 and on_board["from"] == "open-set identification"
+    probes = sorted(str(p) for p in faces.glob("*/[234].png"))
+    capsys.readouterr()
+    assert main(["identify", *probes, "--gallery", str(gallery), "--model", model, "--aligned",
+                 "--threshold-from", str(ident_json), "--fpir", "0.1"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    results = identify(probes, gallery, model, on_board["score"], aligned=True)
+    assert [r["name"] for r in results] == [line.split(": ")[1].split(" score ")[0].split(",")[0] for line in printed]
+    assert all(f"{on_board['score']:.1f}" in line for line in printed)
+    matched = [r for r in results if r["name"] != "unknown"]
+    assert all(r["score"] > on_board["score"] for r in matched)
+    assert all(r["score"] <= on_board["score"] for r in results if r not in matched)
+    # a gallery of another mode than the one measured is refused, as board-files refuses it
+    assert main(["enroll", str(enrolled), "--aligned", "--model", model, "--out", str(tmp_path / "mean.json"),
+                 "--gallery-mode", "mean"]) == 0
+    capsys.readouterr()
+    assert main(["identify", probes[0], "--gallery", str(tmp_path / "mean.json"), "--model", model, "--aligned",
+                 "--threshold-from", str(ident_json)]) == 2
+    one_line_error(capsys, "identify", str(ident_json), "'max' gallery", "--gallery-mode mean")

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Union
 from mobilefacenet_k210 import atomic, folder_lock, k210, preprocessing
 from mobilefacenet_k210.board import gallery as board_gallery
 from mobilefacenet_k210.board import kfpkg
-from mobilefacenet_k210.board.score import ThresholdError, threshold_from_eval, threshold_from_identification
+from mobilefacenet_k210.board.score import ThresholdError, board_threshold, threshold_warnings
 from mobilefacenet_k210.config import BoardConfig, recorded_gallery_mode
 
 SCRIPT = "canmv_face_id.py"
@@ -97,13 +97,12 @@ def _write_board_files(out: Path, kmodel: Union[str, Path], eval_json: Optional[
                        fpir: float, gallery_size: Optional[int]) -> Dict[str, Any]:
     """:func:`write_board_files` under ``out``'s lock."""
     people = board_gallery.load_gallery(gallery) if gallery is not None else None
-    threshold = _threshold(eval_json, eval_set, ident_eval, fpir,
-                           gallery_size or (len(board_gallery.person_names(people)) if people else None))
-    if people is not None and threshold.get("gallery_mode") not in (None, people["mode"]):
-        raise ThresholdError(f"{ident_eval} measured the threshold for a {threshold['gallery_mode']!r} gallery but "
-                             f"{gallery} is a {people['mode']!r} gallery, where that threshold does not hold; run "
-                             f"`mfk210 evaluate --identification --gallery-mode {people['mode']}` or enroll again "
-                             f"with `mfk210 enroll --gallery-mode {threshold['gallery_mode']}`")
+    if ident_eval is None and eval_json is None:
+        raise ThresholdError("no threshold source: pass --eval (`mfk210 evaluate --json`) or --ident-eval "
+                             "(`mfk210 evaluate --identification --json`)")
+    threshold = board_threshold(ident_eval if ident_eval is not None else eval_json, eval_set, fpir,
+                                gallery_size or (len(board_gallery.person_names(people)) if people else None),
+                                people["mode"] if people is not None else None, gallery, ident_eval is not None)
     check = kfpkg.check_kmodel(kmodel, flash_address if flash_address is not None else k210.FLASH_MODEL_ADDRESS,
                                config.runtime)
     cfg = board_config(check, threshold, config, flash_address)
@@ -137,27 +136,8 @@ def _write_board_files(out: Path, kmodel: Union[str, Path], eval_json: Optional[
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    warnings = list(check["warnings"])
-    if threshold.get("limited"):
-        warnings.append(f"{ident_eval}: FPIR {threshold['fpir']:g} for {threshold['gallery_size']} people needs a "
-                        f"per-comparison rate below 1 in {threshold['impostor_comparisons']} measured; the threshold "
-                        "is the highest impostor score seen (measure on more people for a finer one)")
+    warnings = list(check["warnings"]) + threshold_warnings(threshold)
     return {"files": [str(out / name) for name in names], "config": cfg, "warnings": warnings}
-
-
-def _threshold(eval_json: Optional[Union[str, Path]], eval_set: Optional[str], ident_eval: Optional[Union[str, Path]],
-               fpir: float, gallery_size: Optional[int]) -> Dict[str, Any]:
-    """The board threshold and where it came from: open-set identification if given, else verification."""
-    if ident_eval is not None:
-        if gallery_size is None:
-            raise ThresholdError(f"{ident_eval}: the open-set threshold depends on how many people are enrolled; "
-                                 "pass --gallery or --gallery-size")
-        return threshold_from_identification(ident_eval, gallery_size, fpir, eval_set)
-    if eval_json is None:
-        raise ThresholdError("no threshold source: pass --eval (`mfk210 evaluate --json`) or --ident-eval "
-                             "(`mfk210 evaluate --identification --json`)")
-    return {**threshold_from_eval(eval_json, eval_set), "from": "1:1 verification (10-fold best accuracy)",
-            "gallery_size": None}
 
 
 def _check_own_folder(out: Path, config: BoardConfig) -> None:

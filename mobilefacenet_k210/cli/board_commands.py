@@ -66,9 +66,7 @@ def add_board_files(sub) -> None:
                    help="`mfk210 evaluate --json` output: its best_threshold becomes the board's threshold")
     p.add_argument("--ident-eval", metavar="IDENT.json", help="`mfk210 evaluate --identification --json` output: "
                    "the threshold giving --fpir for the gallery's size (used instead of --eval)")
-    p.add_argument("--fpir", type=float, default=0.01, help="--ident-eval: strangers named at most this often")
-    p.add_argument("--gallery-size", type=int, help="--ident-eval: people enrolled (default: those in --gallery)")
-    p.add_argument("--eval-set", help="which result in EVAL.json (or model in IDENT.json) when it holds several")
+    _add_open_set_threshold(p, "--ident-eval")
     p.add_argument("--gallery", metavar="GALLERY.json", help="gallery from `mfk210 enroll` (else the board "
                                                              "starts empty and enrolls with its button)")
     p.add_argument("--flash-address", type=address, help="load the kmodel from flash here instead of the SD card")
@@ -76,6 +74,15 @@ def add_board_files(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML/JSON file with BoardConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a BoardConfig field")
     p.set_defaults(handler=run_board_files)
+
+
+def _add_open_set_threshold(p, source: str) -> None:
+    """The flags that pick the open-set threshold out of an identification result (board-files, identify)."""
+    p.add_argument("--fpir", type=float, default=0.01, help=f"{source} with an open-set result: strangers named "
+                                                            "at most this often (default %(default)s)")
+    p.add_argument("--gallery-size", type=int, help=f"{source} with an open-set result: people enrolled "
+                                                    "(default: those in --gallery)")
+    p.add_argument("--eval-set", help="which result (or model) in the evaluation file when it holds several")
 
 
 def run_board_files(args) -> int:
@@ -127,8 +134,11 @@ def add_identify(sub) -> None:
     p.add_argument("photos", nargs="+", metavar="PHOTO")
     p.add_argument("--gallery", required=True, metavar="GALLERY.json")
     p.add_argument("--model", required=True, help="run folder, .keras/.h5, .tflite or .kmodel")
-    p.add_argument("--threshold-from", metavar="EVAL.json", help="`mfk210 evaluate --json` output")
-    p.add_argument("--eval-set", help="which result in EVAL.json when it holds several")
+    p.add_argument("--threshold-from", metavar="EVAL.json",
+                   help="`mfk210 evaluate --json` output (its best threshold) or `mfk210 evaluate --identification "
+                        "--json` output (the open-set threshold for --fpir and the gallery's size, as board-files "
+                        "puts it on the board)")
+    _add_open_set_threshold(p, "--threshold-from")
     p.add_argument("--aligned", action="store_true", help="photos are already aligned 112x112 crops")
     p.add_argument("--batch-size", type=int, default=32)
     add_trust_model_code(p)
@@ -136,10 +146,17 @@ def add_identify(sub) -> None:
 
 
 def run_identify(args) -> int:
-    from mobilefacenet_k210.board.gallery import format_result, identify
-    from mobilefacenet_k210.board.score import threshold_from_eval
+    from mobilefacenet_k210.board.gallery import format_result, identify, load_gallery, person_names
+    from mobilefacenet_k210.board.score import board_threshold, threshold_warnings
 
-    threshold = threshold_from_eval(args.threshold_from, args.eval_set)["score"] if args.threshold_from else None
+    threshold = None
+    if args.threshold_from:
+        people = load_gallery(args.gallery)
+        found = board_threshold(args.threshold_from, args.eval_set, args.fpir,
+                                args.gallery_size or len(person_names(people)), people["mode"], args.gallery)
+        for warning in threshold_warnings(found):
+            print(f"warning: {warning}", file=sys.stderr)
+        threshold = found["score"]
     for result in identify(args.photos, args.gallery, args.model, threshold, args.aligned, args.batch_size,
                            trust_model_code=bool(args.trust_model_code)):
         print(format_result(result, threshold))

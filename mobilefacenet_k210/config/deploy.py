@@ -10,7 +10,7 @@ W_QUANT_TYPES = ("uint8", "int8")
 GALLERY_MODES = ("max", "mean")
 """How a person's enrolled photos enter the gallery: ``max``, one entry per photo, a person scored by its
 best entry (what the board script does with several entries of one name); ``mean``, one entry per person,
-the normalized mean. "max" measured the lower FNIR at a fixed FPIR (README, "On the board")."""
+the normalized mean. "max" measured the lower FNIR at a fixed FPIR (docs/identification.md)."""
 DEFAULT_GALLERY_MODE = GALLERY_MODES[0]
 UNRECORDED_GALLERY_MODE = "mean"
 """The mode of a gallery, identification result or threshold that records none: written before modes
@@ -143,7 +143,7 @@ class HeldOutRunConfig:
     others are identified. Models are exported with :meth:`export_config`: nncase's ``no_clip`` ranges
     and no int8 TFLite (not part of the board's chain), which keeps the time on a slow 2-core machine;
     ``mfk210 export``'s defaults (``l2``, with the int8 TFLite) give slightly closer parity at several
-    times the compile time (README, "Export"). ``workers``: alignment processes (0: one per core).
+    times the compile time (docs/export.md). ``workers``: alignment processes (0: one per core).
     """
 
     test: List[int] = dataclasses.field(default_factory=lambda: list(range(31, 41)))

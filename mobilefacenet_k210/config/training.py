@@ -207,7 +207,7 @@ class TrainConfig:
     docs/scale.md). ``mixed_precision``: the backbone computes in half precision with float32
     weights, ``mixed_float16`` on a GPU (with dynamic loss scaling) and ``mixed_bfloat16`` on CPUs
     with bfloat16 kernels (AVX512_BF16/AMX; no loss scaling needed), loss-scaled ``mixed_float16`` on
-    other CPUs (slower than float32 on the CPUs measured, see README); the heads compute
+    other CPUs (slower than float32 on the CPUs measured, see docs/scale.md); the heads compute
     their logits in float32 and the saved embedding model is float32. ``init_model``: a Keras
     embedding model of the same shape (file or run folder) whose weights start the first phase's
     backbone, e.g. the K210 twin `mfk210 import-model` writes.
