@@ -190,7 +190,7 @@ def test_evaluate_identification_writes_the_table_det_png_and_json(tmp_path, peo
 
 
 def test_demo_report_shows_the_open_set_figures_and_the_board_threshold(tmp_path):
-    from mobilefacenet_k210 import demo_report
+    from mobilefacenet_k210.demo import report as demo_report
 
     result = ident.open_set(*_hand_built(), enroll_photos=1, fpirs=(0.01, 0.1), gallery_sizes=(1, 2))
     threshold = ident.threshold_for_gallery(np.array(result["impostor_tail"]), result["impostor_count"], 2, 0.01)

@@ -307,7 +307,7 @@ def test_feature_distill_student_starts_as_its_teacher_with_frozen_batchnorm(imp
     from mobilefacenet_k210.model import heads
     from mobilefacenet_k210.model.io import save_embedding_model
     from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
-    from mobilefacenet_k210.train import start_from_model
+    from mobilefacenet_k210.training.run import start_from_model
 
     twin_path = save_embedding_model(imported["twin"], tmp_path / "twin.keras")
     student = MobileFaceNet(replica.model_config(imported["graph"]))
@@ -339,7 +339,7 @@ def test_cosine_schedule_falls_from_lr_to_zero_over_the_phase():
 def test_pretrained_steps_rerun_from_the_first_one_whose_inputs_changed(tmp_path):
     """`make pretrained` runs on the demo's step machinery with its own tables: a new seed reruns the recovery
     and what follows it, another source file (same path, new content) everything from the fetch on."""
-    from mobilefacenet_k210 import demo_pretrained
+    from mobilefacenet_k210.demo import pretrained as demo_pretrained
     from mobilefacenet_k210.config import ConfigError, PretrainedConfig
 
     source = tmp_path / "source.tflite"
@@ -370,7 +370,8 @@ def test_pretrained_steps_rerun_from_the_first_one_whose_inputs_changed(tmp_path
 
 
 def test_bench_stage_keeps_the_first_seeds_figures_and_the_range_over_seeds(tmp_path, monkeypatch):
-    from mobilefacenet_k210 import bench_pretrained, demo_pretrained
+    from mobilefacenet_k210.bench import pretrained as bench_pretrained
+    from mobilefacenet_k210.demo import pretrained as demo_pretrained
 
     calls = []
 

@@ -4,7 +4,7 @@ side by side on the demo's held-out pairs.
 The teacher's (SFace) embeddings are added to the demo's shards once, a student is trained on them
 (``DemoConfig.distill_config``: the demo's photos and augmentations, taught by the teacher), exported
 as the demo exports its own, and the three are compared on the same test pairs. Its steps run like
-the demo's (:class:`~mobilefacenet_k210.demo.Demo`: recorded, skipped when made from the same
+the demo's (:class:`~mobilefacenet_k210.demo.run.Demo`: recorded, skipped when made from the same
 inputs, chained after the demo's last step so that a changed demo reruns them), in ``WORK/distill``.
 
 The held-out cosine is the mean cosine between a student's and the teacher's embeddings of the
@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from mobilefacenet_k210.config import DemoConfig
-from mobilefacenet_k210.demo import Demo
+from mobilefacenet_k210.demo.run import Demo
 from mobilefacenet_k210.errors import Mfk210Error
 
 TEACHER = "sface"
@@ -63,10 +63,10 @@ def add_teacher_step(demo_out: Path, work: Path) -> Dict[str, Any]:
 def train_distilled(demo_out: Path, work: Path, train_config: str) -> Dict[str, Any]:
     """Train the distilled student into ``work/train_distill``, its checkpoint chosen on the demo's select pairs."""
     from mobilefacenet_k210 import config as config_lib
-    from mobilefacenet_k210 import train as train_lib
+    from mobilefacenet_k210.training import run as training_run
 
     cfg = config_lib.load(config_lib.TrainConfig, train_config, [f"verification.select={demo_out / 'select.bin'}"])
-    return train_lib.train(cfg, work / "shards_teacher", work / "train_distill")
+    return training_run.train(cfg, work / "shards_teacher", work / "train_distill")
 
 
 def export_distilled(demo_out: Path, work: Path, config: Any) -> Dict[str, Any]:
@@ -105,7 +105,7 @@ def compare(demo_out: Path, work: Path, scratch: Dict[str, Any]) -> Dict[str, An
     students' held-out cosine to the teacher on the test faces. ``scratch``: the demo's evaluate step
     result, which already holds the from-scratch student's accuracy on the same pairs (same flip)."""
     from mobilefacenet_k210.config import EvalConfig
-    from mobilefacenet_k210.demo_steps import model_paths
+    from mobilefacenet_k210.demo.steps import model_paths
     from mobilefacenet_k210.evaluate import evaluate as evaluate_fn
     from mobilefacenet_k210.evaluate import report
     from mobilefacenet_k210.teacher.models import load_teacher

@@ -6,8 +6,8 @@ MTCNN-aligned photos of ORL s1-s30 (no labels), exported through nncase, and mea
 the demo measures its own model: 10-fold verification of Keras and kmodel, enrolment and
 identification, open set, kfpkg and board files, ``OUT/report.md`` and ``OUT/report.json``.
 
-The steps run through the demo's machinery (:class:`demo.Demo`: fingerprints, skipping finished
-steps, resuming) and reuse its step functions (:mod:`demo_steps`).
+The steps run through the demo's machinery (:class:`.run.Demo`: fingerprints, skipping finished
+steps, resuming) and reuse its step functions (:mod:`.steps`).
 """
 import time
 from pathlib import Path
@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional, Union
 
 from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.config import PretrainedConfig
-from mobilefacenet_k210.demo import Demo, summarize
-from mobilefacenet_k210.demo_steps import (align_tree, board_files, identify_test, lay_out_faces, model_paths,
+from mobilefacenet_k210.demo.run import Demo, summarize
+from mobilefacenet_k210.demo.steps import (align_tree, board_files, identify_test, lay_out_faces, model_paths,
                                            open_set_test, write_pairs)
 
 STEPS = [
@@ -80,11 +80,11 @@ def shards_step(out: Path, config: PretrainedConfig) -> Dict[str, Any]:
 
 def recover_step(out: Path, config: PretrainedConfig) -> Dict[str, Any]:
     """Train the K210 twin back towards the exact copy (``config.recover_config``, seeded)."""
-    from mobilefacenet_k210 import train as train_lib
+    from mobilefacenet_k210.training import run as training_run
     from mobilefacenet_k210.pretrained.importer import recovery_config
 
     cfg = recovery_config(out / "import", config.recover_config, [f"seed={config.seed}"])
-    return train_lib.train(cfg, out / "shards", out / "train", source=f"{config.recover_config}, seed {config.seed}")
+    return training_run.train(cfg, out / "shards", out / "train", source=f"{config.recover_config}, seed {config.seed}")
 
 
 def evaluate_step(out: Path, source: str) -> Dict[str, Any]:
@@ -160,7 +160,7 @@ def pretrained_figures(run: PretrainedRun, source: str) -> Dict[str, Any]:
 
 def write_report(run: PretrainedRun, figures: Dict[str, Any]) -> Path:
     """``report.json`` (the figures) and ``report.md`` (a person's reading of them)."""
-    from mobilefacenet_k210.demo_pretrained_report import render
+    from mobilefacenet_k210.demo.pretrained_report import render
 
     atomic.write_json(run.path("report.json"), figures)
     path = run.path("report.md")

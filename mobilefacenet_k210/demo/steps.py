@@ -1,6 +1,6 @@
 """The demo's steps on the ORL faces: lay out the photos, align them, make verification pairs, identify
 the held-out people as the board would (closed and open set), write the board files. Each is a plain
-function of the demo's output folder and config; :mod:`.demo` runs them in order and records them.
+function of the demo's output folder and config; :mod:`.run` runs them in order and records them.
 """
 import shutil
 from pathlib import Path
