@@ -76,7 +76,7 @@ def _face_lines(printed: list) -> list:
 
 def test_script_on_emulated_board_matches_identify_and_survives_a_power_cut(tmp_path, sd_card):
     from mobilefacenet_k210.data.align import FaceAligner
-    from mobilefacenet_k210.export.kmodel import simulate
+    from mobilefacenet_k210.runtime.kmodel import simulate
 
     sd = tmp_path / "sd"
     shutil.copytree(sd_card["sd"], sd)
@@ -143,7 +143,7 @@ def _same_as_identify(tmp_path: Path, name: str, held: dict, lines: list, crops:
     import cv2
 
     from mobilefacenet_k210.evaluate.metrics import l2_normalize
-    from mobilefacenet_k210.export.kmodel import simulate
+    from mobilefacenet_k210.runtime.kmodel import simulate
 
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(held))

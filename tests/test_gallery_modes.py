@@ -81,7 +81,7 @@ def test_the_impostor_comparison_is_one_person_not_one_entry():
 
 
 def test_enroll_max_writes_one_entry_per_photo_and_identify_names_the_person(tmp_path, people, capsys):
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
     from mobilefacenet_k210.evaluate.metrics import l2_normalize
 
     out = tmp_path / "g.json"

@@ -244,8 +244,8 @@ def turned_export(tmp_path_factory):
 
 
 def test_turned_model_exports_with_its_orientation_recorded_and_every_backend_takes_upright_crops(turned_export):
-    from mobilefacenet_k210.evaluate.backends import KerasBackend, load_backend
-    from mobilefacenet_k210.export.kmodel import simulate
+    from mobilefacenet_k210.runtime.backends import KerasBackend, load_backend
+    from mobilefacenet_k210.runtime.kmodel import simulate
     from mobilefacenet_k210.model.mobilefacenet import split_orientation
     from conftest import synthetic_faces
 
@@ -273,7 +273,7 @@ def test_board_aligns_to_the_turned_template_and_its_features_are_the_hosts(turn
     from mobilefacenet_k210.board import files, gallery
     from mobilefacenet_k210.data.align import FaceAligner, read_image
     from mobilefacenet_k210.data.orl import fetch_orl
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
 
     kmodel = turned_export["out"] / "model.kmodel"
     eval_json = tmp_path / "eval.json"
@@ -287,7 +287,7 @@ def test_board_aligns_to_the_turned_template_and_its_features_are_the_hosts(turn
     aligner = FaceAligner()
     board = Board(tmp_path / "sd", [(paste_frame(read_image(photo)), True)], detector_path=cfg["detector"]["path"],
                   landmarks_path=cfg["landmarks"]["path"], aligner=aligner,
-                  simulate=__import__("mobilefacenet_k210.export.kmodel", fromlist=["simulate"]).simulate)
+                  simulate=__import__("mobilefacenet_k210.runtime.kmodel", fromlist=["simulate"]).simulate)
     assert board.run_script(tmp_path / "sd" / files.SCRIPT) == "stopped", board.printed
     (crop,) = board.crops
     host, kept, _ = gallery.load_crops([photo], aligner=aligner)

@@ -9,7 +9,7 @@ import pytest
 from mobilefacenet_k210 import cli
 from mobilefacenet_k210.data import tfrecord
 from mobilefacenet_k210.teacher import models, sface
-from mobilefacenet_k210.teacher.contract import TeacherError
+from mobilefacenet_k210.runtime.contract import TeacherError
 from mobilefacenet_k210.teacher.shards import add_teacher, partial_dir
 
 
@@ -43,7 +43,7 @@ def test_sface_teacher_equals_opencv_directly(sface_path):
     on the same crops in BGR, for the crops and for their mirrors."""
     import cv2
 
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
 
     crops = _orl_crops(4)
     recognizer = cv2.FaceRecognizerSF.create(str(sface_path), "")

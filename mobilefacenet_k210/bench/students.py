@@ -90,7 +90,7 @@ def aligned_crops(folder: Path) -> np.ndarray:
 def heldout_cosine(student: str, teacher: Any, crops: np.ndarray) -> float:
     """Mean cosine between ``student``'s embeddings (any evaluate backend) and the teacher's of ``crops``;
     NaN when their sizes differ (the training-only projection is not part of an exported student)."""
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
     from mobilefacenet_k210.teacher.models import l2_normalize
 
     s = l2_normalize(load_backend(student).embed(crops, progress=False))

@@ -1,5 +1,5 @@
 """One ``embed(images)`` for every form of the model: Keras, TFLite, the kmodel (nncase simulator) and
-ONNX (OpenCV's DNN module, with the model's own input contract: see ``teacher/contract.py``).
+ONNX (OpenCV's DNN module, with the model's own input contract: see ``runtime/contract.py``).
 
 Every backend takes uint8 RGB crops (N, 112, 112, 3) and applies the one normalization of
 ``preprocessing.normalize`` (the kmodel has it compiled in as nncase's ``input_range``, derived from
@@ -163,7 +163,7 @@ class TFLiteBackend(Backend):
 
 
 class KmodelBackend(Backend):
-    """A ``.kmodel`` run in the nncase simulator through ``export.kmodel.simulate`` (uint8 input)."""
+    """A ``.kmodel`` run in the nncase simulator through ``runtime.kmodel.simulate`` (uint8 input)."""
 
     kind = "kmodel"
 
@@ -173,7 +173,7 @@ class KmodelBackend(Backend):
         if not self.path.is_file():
             raise BackendError(f"{self.path}: no such kmodel")
         if simulate is None:
-            from mobilefacenet_k210.export.kmodel import check_made_by, simulate
+            from mobilefacenet_k210.runtime.kmodel import check_made_by, simulate
 
             check_made_by(self.path)  # simulate() gets bytes below, so the compile record is checked here
         self._simulate = simulate
@@ -190,7 +190,7 @@ class OnnxBackend(Backend):
     kind = "onnx"
 
     def __init__(self, path: Union[str, Path]):
-        from mobilefacenet_k210.teacher.onnx import OnnxNet
+        from mobilefacenet_k210.runtime.onnx import OnnxNet
 
         self.path = Path(path)
         self.name = self.path.name
