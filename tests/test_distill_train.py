@@ -14,7 +14,7 @@ from mobilefacenet_k210.config import TrainConfig, from_dict  # noqa: E402
 from mobilefacenet_k210.data import tfrecord  # noqa: E402
 from mobilefacenet_k210.model.io import load_embedding_model  # noqa: E402
 from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet  # noqa: E402
-from mobilefacenet_k210.teacher.models import load_teacher  # noqa: E402
+from mobilefacenet_k210.teacher.loader import load_teacher  # noqa: E402
 from mobilefacenet_k210.teacher.shards import add_teacher  # noqa: E402
 from mobilefacenet_k210.training import run as training_run  # noqa: E402
 from conftest import write_tiny_shards  # noqa: E402

@@ -19,7 +19,7 @@ PACKAGE = "mobilefacenet_k210"
 ROOT = Path(mobilefacenet_k210.__file__).parent
 # Lowest first. A module may import modules of its own layer or of layers listed before it.
 LAYERS = [
-    ["errors"], ["atomic", "files", "folder_lock", "wheels", "npm", "preprocessing", "k210"], ["config"],
+    ["errors"], ["atomic", "fileinfo", "folder_lock", "wheels", "npm", "preprocessing", "k210"], ["config"],
     ["model", "data"], ["runtime"], ["evaluate", "export", "teacher", "pretrained"], ["training"], ["board"],
     ["demo", "bench"],  # the bench measures the demo, the demo's report holds its figures to bench.targets
     ["cli"], ["__main__"],

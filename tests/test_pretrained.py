@@ -270,7 +270,7 @@ def test_turned_model_exports_with_its_orientation_recorded_and_every_backend_ta
 
 def test_board_aligns_to_the_turned_template_and_its_features_are_the_hosts(turned_export, tmp_path):
     from canmv_board import Board, paste_frame
-    from mobilefacenet_k210.board import files, gallery
+    from mobilefacenet_k210.board import gallery, sd_card
     from mobilefacenet_k210.data.align import FaceAligner, read_image
     from mobilefacenet_k210.data.orl import fetch_orl
     from mobilefacenet_k210.runtime.backends import load_backend
@@ -278,7 +278,7 @@ def test_board_aligns_to_the_turned_template_and_its_features_are_the_hosts(turn
     kmodel = turned_export["out"] / "model.kmodel"
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps({"best_threshold": 0.4}))
-    written = files.write_board_files(tmp_path / "sd", kmodel, eval_json)
+    written = sd_card.write_board_files(tmp_path / "sd", kmodel, eval_json)
     cfg = written["config"]
     assert cfg["input_orientation"] == "rot180"
     np.testing.assert_allclose(cfg["template"], preprocessing.template("rot180"), atol=1e-4)
@@ -288,13 +288,13 @@ def test_board_aligns_to_the_turned_template_and_its_features_are_the_hosts(turn
     board = Board(tmp_path / "sd", [(paste_frame(read_image(photo)), True)], detector_path=cfg["detector"]["path"],
                   landmarks_path=cfg["landmarks"]["path"], aligner=aligner,
                   simulate=__import__("mobilefacenet_k210.runtime.kmodel", fromlist=["simulate"]).simulate)
-    assert board.run_script(tmp_path / "sd" / files.SCRIPT) == "stopped", board.printed
+    assert board.run_script(tmp_path / "sd" / sd_card.SCRIPT) == "stopped", board.printed
     (crop,) = board.crops
     host, kept, _ = gallery.load_crops([photo], aligner=aligner)
     assert kept == [0]
     turned_error = np.abs(crop.astype(np.float32) - preprocessing.orient(host, "rot180")[0]).mean()
     assert turned_error < 0.5 * np.abs(crop.astype(np.float32) - host[0]).mean()  # the board's crop is turned
-    saved = np.asarray(gallery.load_gallery(tmp_path / "sd" / files.GALLERY_NAME)["people"][0]["feature"])
+    saved = np.asarray(gallery.load_gallery(tmp_path / "sd" / sd_card.GALLERY_NAME)["people"][0]["feature"])
     # the host tools, given the board's crop turned upright, compute the board's feature
     on_host = load_backend(kmodel).embed(preprocessing.orient(crop[None], "rot180"), progress=False)[0]
     assert float(saved @ on_host / np.linalg.norm(on_host)) > 0.9999

@@ -18,7 +18,7 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.fileinfo import sha256_file
 from mobilefacenet_k210.bench.provenance import machine, timestamp
 
 BUDGETS = (100, 200, None)
@@ -149,7 +149,7 @@ def run_trend(demo_out: Union[str, Path], out: Union[str, Path] = "bench", work:
     """
     from mobilefacenet_k210.bench.students import TEACHER, aligned_crops
     from mobilefacenet_k210.config.loader import resolve
-    from mobilefacenet_k210.teacher.models import load_teacher
+    from mobilefacenet_k210.teacher.loader import load_teacher
 
     demo_out, out = Path(demo_out), Path(out)
     work = Path(work) if work else out / "work" / "distill_trend"

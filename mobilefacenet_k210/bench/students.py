@@ -47,7 +47,7 @@ class DistillSteps(Demo):
 
 def add_teacher_step(demo_out: Path, work: Path) -> Dict[str, Any]:
     """``work/shards_teacher``: the demo's shards with the teacher's embeddings of each crop and mirror."""
-    from mobilefacenet_k210.teacher.models import load_teacher
+    from mobilefacenet_k210.teacher.loader import load_teacher
     from mobilefacenet_k210.teacher.shards import add_teacher
 
     teacher = load_teacher(TEACHER)
@@ -91,7 +91,7 @@ def heldout_cosine(student: str, teacher: Any, crops: np.ndarray) -> float:
     """Mean cosine between ``student``'s embeddings (any evaluate backend) and the teacher's of ``crops``;
     NaN when their sizes differ (the training-only projection is not part of an exported student)."""
     from mobilefacenet_k210.runtime.backends import load_backend
-    from mobilefacenet_k210.teacher.models import l2_normalize
+    from mobilefacenet_k210.teacher.loader import l2_normalize
 
     s = l2_normalize(load_backend(student).embed(crops, progress=False))
     t = teacher.embed(crops)
@@ -108,7 +108,7 @@ def compare(demo_out: Path, work: Path, scratch: Dict[str, Any]) -> Dict[str, An
     from mobilefacenet_k210.demo.steps import model_paths
     from mobilefacenet_k210.evaluate import evaluate as evaluate_fn
     from mobilefacenet_k210.evaluate import report
-    from mobilefacenet_k210.teacher.models import load_teacher
+    from mobilefacenet_k210.teacher.loader import load_teacher
 
     teacher = load_teacher(TEACHER)
     scratch_models = model_paths(demo_out)

@@ -21,7 +21,7 @@ from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.board import score as board_score
 from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice, recorded_gallery_mode
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file, sha256_file
+from mobilefacenet_k210.fileinfo import IMAGE_SUFFIXES, is_image_file, sha256_file
 
 GALLERY_FORMAT = "mfk210-gallery"
 GALLERY_VERSION = 1

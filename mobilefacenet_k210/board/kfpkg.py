@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from mobilefacenet_k210 import atomic, k210
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.fileinfo import sha256_file
 
 KFPKG_VERSION = "0.1.0"
 """The ``version`` field kflash_gui and Sipeed's packages write; kflash itself does not read it."""

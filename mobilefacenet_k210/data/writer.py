@@ -215,7 +215,7 @@ def write_contact_sheet(out_dir: Path, work: Path, names: Sequence[str], cfg: Bu
                         identities: int = 8, per_identity: int = 8) -> Path:
     """``contact_sheet.png``: seeded random crops of seeded random identities, captioned with their
     tag and split, drawn from the cache (no pass over the shards; ``mfk210 inspect`` draws others)."""
-    from mobilefacenet_k210.data.inspect import contact_sheet
+    from mobilefacenet_k210.data.inspect_shards import contact_sheet
 
     rng = np.random.default_rng(stable_seed(cfg.seed, "contact-sheet"))
     picked = sorted(rng.choice(len(names), size=min(identities, len(names)), replace=False).tolist())

