@@ -60,10 +60,7 @@ def compile_options(input_size: int, dump_dir: Optional[Union[str, Path]], quant
 
 def calibration_tensor(images: np.ndarray, input_size: int = preprocessing.INPUT_SIZE) -> np.ndarray:
     """uint8 RGB NHWC faces -> the compiled input's exact form: uint8 NCHW, contiguous."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (input_size, input_size, 3):
-        raise ValueError(f"calibration images must be uint8 (N, {input_size}, {input_size}, 3) RGB, "
-                         f"got {images.dtype} {images.shape}")
+    images = preprocessing.check_crops(images, input_size, where="calibration images")
     if len(images) == 0:
         raise ValueError("no calibration images")
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2))

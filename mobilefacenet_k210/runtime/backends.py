@@ -15,20 +15,12 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
-from mobilefacenet_k210.preprocessing import INPUT_SIZE, normalize, orient, recorded_orientation
+from mobilefacenet_k210.preprocessing import INPUT_SIZE, check_crops, normalize, orient, recorded_orientation
 from mobilefacenet_k210.errors import Mfk210Error
 
 
 class BackendError(Mfk210Error, ValueError):
     """A model file no backend can run, or inputs it cannot take."""
-
-
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-        raise BackendError(f"expected uint8 RGB crops (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), "
-                           f"got {images.dtype} {images.shape}")
-    return images
 
 
 class Backend:
@@ -47,7 +39,7 @@ class Backend:
         """Embeddings (N, D) float32 of uint8 RGB crops; ``flip`` adds the mirrored crop's embedding."""
         from tqdm import tqdm
 
-        images = _check_images(images)
+        images = check_crops(images, error=BackendError)
         if batch_size < 1:
             raise BackendError(f"batch_size={batch_size}: must be at least 1")
         out = []

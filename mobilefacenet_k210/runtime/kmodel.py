@@ -129,9 +129,7 @@ def simulate(kmodel: Union[str, Path, bytes], images: np.ndarray, progress: bool
     version = read_kmodel_version(data)
     if version != k210.KMODEL_VERSION:
         raise KmodelError(f"kmodel v{version}: the nncase 1.x simulator runs only v{k210.KMODEL_VERSION}")
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"simulate expects uint8 RGB NHWC images (N, H, W, 3), got {images.dtype} {images.shape}")
+    images = preprocessing.check_crops(images, size=None, where="simulate")
     model_key = hashlib.sha256(bytes(data)).hexdigest()
     known = _SIMULATED.pop(model_key, {})
     _SIMULATED[model_key] = known  # the most recently used kmodel last
