@@ -58,7 +58,7 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
     keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
     out = {k: figures[k] for k in keep}
     out["demo_seconds"] = float(sum(figures["seconds"].values()))  # every step, as its record measured it
-    out.update(report.headline("demo_"))
+    out.update(report.figures("demo_"))
     return out
 
 
@@ -71,6 +71,7 @@ def export_figures(demo_out: Path, work: Path, train_config: str, shards: Option
     from mobilefacenet_k210 import config as config_lib
     from mobilefacenet_k210.training import run as training_run
     from mobilefacenet_k210.export.chain import export_model
+    from mobilefacenet_k210.export.result import HEADLINE
 
     defaults = config_lib.ModelConfig()
     cfg = config_lib.load(config_lib.TrainConfig, train_config, [
@@ -80,9 +81,8 @@ def export_figures(demo_out: Path, work: Path, train_config: str, shards: Option
     training_run.train(cfg, shards or demo_out / "shards", run)
     report = export_model(run, demo_out / "shards", work / f"{prefix}export_default",
                           holdout=demo_out / "aligned" / "test")
-    figures = {"kmodel_version": report.kmodel_version, "nncase_version": report.nncase_version,
-               "calibrate_method": report.calibrate_method, "calibration_samples": report.calibration_samples}
-    return {**report.headline(prefix), **{f"{prefix}{key}": value for key, value in figures.items()}}
+    return report.figures(prefix, HEADLINE + ("kmodel_version", "nncase_version", "calibrate_method",
+                                              "calibration_samples"))
 
 
 def orl_photos() -> Path:

@@ -145,7 +145,7 @@ def figures(results: Dict[str, Any]) -> Dict[str, Any]:
         "distill_cosine_heldout": rows["distill_keras"]["heldout_cosine"],
         "scratch_cosine_heldout": rows["scratch_keras"]["heldout_cosine"],
         "teacher_img_per_s": results["teacher"]["teacher_img_per_s"],
-        **export.headline("distill_"),
+        **export.figures("distill_"),
     }
 
 

@@ -141,15 +141,16 @@ def _run_pretrained(out: Union[str, Path], config: PretrainedConfig) -> Dict[str
 def pretrained_figures(run: PretrainedRun, source: str) -> Dict[str, Any]:
     """The demo's headline figures of the recovered model, and what only this pipeline measures."""
     from mobilefacenet_k210.evaluate import report
+    from mobilefacenet_k210.export.result import ExportResult
 
     figures = summarize(run)
     r = run.results
     source_acc = r["evaluate"]["results"][source][report.set_name(run.path("test.bin"))]
-    export, imported, recovered = r["export"], r["import"], r["recover"]
+    export = ExportResult.from_dict(r["export"], str(run.path("steps", "export.json")))
+    imported, recovered = r["import"], r["recover"]
     figures.update({
         "orl_acc_source": source_acc["accuracy"], "orl_acc_source_std": source_acc["accuracy_std"],
-        "memory_total_bytes": export["memory_total_bytes"], "memory_data_bytes": export["memory_data_bytes"],
-        "input_orientation": export.get("input_orientation"),
+        **export.figures(keys=("memory_total_bytes", "memory_data_bytes", "input_orientation")),
         "exact_cosine_min": imported["exact_cosine_min"], "twin_cosine_mean": imported["twin_cosine_mean"],
         "recover_seconds": sum(p.get("seconds", 0.0) for p in recovered.get("phases", [])),
         "total_seconds": float(sum(run.seconds.values())),

@@ -305,7 +305,7 @@ def summarize(demo: Demo) -> Dict[str, Any]:
         "orl_acc_keras_std": accuracy["keras"]["accuracy_std"],
         "orl_acc_kmodel": accuracy["kmodel"]["accuracy"],
         "orl_acc_kmodel_std": accuracy["kmodel"]["accuracy_std"],
-        **export.headline(),
+        **export.figures(),
         "identify_keras": r["identify"]["keras"]["accuracy"],
         "identify_kmodel": r["identify"]["kmodel"]["accuracy"],
         "seconds": demo.seconds,
