@@ -22,7 +22,7 @@ from mobilefacenet_k210.demo.run import Demo
 from mobilefacenet_k210.errors import Mfk210Error
 
 TEACHER = "sface"
-"""The teacher (``teacher.models.load_teacher``): SFace, fetched once."""
+"""The teacher (``teacher.loader.load_teacher``): SFace, fetched once."""
 
 
 class DemoNotFinishedError(Mfk210Error, RuntimeError):

@@ -145,7 +145,7 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
     ``scanned``: the input's scan, whose rejections go to ``rejected.csv`` and whose ``source`` (what a
     RecordIO set is) to ``metadata.json``.
 
-    ``teacher`` (an object with ``embed_records`` and ``info``, e.g. ``teacher.models.Teacher``): each
+    ``teacher`` (an object with ``embed_records`` and ``info``, e.g. ``teacher.loader.Teacher``): each
     record also gets the teacher's embeddings of its crop and mirror, computed once per identity and
     cached (:func:`cache.cache_teacher`), and ``metadata.json`` the teacher's ``info()``."""
     from tqdm import tqdm
