@@ -12,7 +12,7 @@ orientation. Change them here and nowhere else.
 """
 import json
 from pathlib import Path
-from typing import Any, Tuple, Union
+from typing import Any, Optional, Tuple, Type, Union
 
 import numpy as np
 
@@ -45,6 +45,19 @@ def normalize(images: Any) -> Any:
     import tensorflow as tf  # only when a tensor is given: importing this module stays cheap
 
     return (tf.cast(images, tf.float32) - PIXEL_MEAN) / PIXEL_SCALE
+
+
+def check_crops(images: Any, size: Optional[int] = INPUT_SIZE, error: Type[Exception] = ValueError,
+                where: str = "") -> np.ndarray:
+    """``images`` as an array when they are uint8 RGB crops (N, size, size, 3), any height and width when
+    ``size`` is None; else ``error`` saying what was given, after ``where`` (a file or a step)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or \
+            (size is not None and images.shape[1:3] != (size, size)):
+        shape = f"(N, {size}, {size}, 3)" if size is not None else "(N, H, W, 3)"
+        raise error(f"{where + ': ' if where else ''}expected uint8 RGB crops {shape}, "
+                    f"got {images.dtype} {images.shape}")
+    return images
 
 
 def denormalize(images: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Callable, List, Tuple
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.fileinfo import sha256_file
 
 
 class FetchError(Mfk210Error, RuntimeError):

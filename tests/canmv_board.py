@@ -9,7 +9,7 @@ CPython's. The numerics that decide the result are ours or follow the CanMV ``fe
 - the face detector and the 5-landmark model are CanMV's kmodels (``face_detect_320x240.kmodel`` and
   ``ld5.kmodel`` from its examples), not ours: here MTCNN (``data/align.FaceAligner``) on the frame gives
   the boxes, and the landmark "model" returns MTCNN's landmarks as the logits the script expects.
-- our kmodel runs in nncase's simulator (``export.kmodel.simulate``) on the 112x112 AI buffer.
+- our kmodel runs in nncase's simulator (``runtime.kmodel.simulate``) on the 112x112 AI buffer.
 - ``image.get_affine_transform`` (integer points, least-squares similarity from the template to the
   frame, no reflection correction) and ``image.warp_affine_ai`` (8.8 fixed-point bilinear on the planar
   AI buffer, pixels whose source falls outside left black), ``KPU.Feat.calculate`` (float32 L2

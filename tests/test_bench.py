@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from mobilefacenet_k210 import bench
+from mobilefacenet_k210.bench import run as bench
 from mobilefacenet_k210.cli import main
 
 TINY_MODEL = ["model.input_size=64", "model.width_multiplier=0.25", "model.embedding_size=32"]
@@ -120,7 +120,7 @@ def test_accuracy_row_compares_with_the_mtcnn_figure_when_both_are_measured():
 def test_recordio_stage_builds_a_recordio_set_and_a_folder_of_the_same_jpegs(tmp_path):
     """`make bench`'s recordio stage at toy size (2 and 4 classes of 68 photos, the mxnet fixture's crops):
     both sets hold the same JPEG bytes under the same classes, and the figures follow from the builds."""
-    from mobilefacenet_k210 import bench_recordio
+    from mobilefacenet_k210.bench import recordio as bench_recordio
     from mobilefacenet_k210.data import insightface_set, recordio
 
     fixture = Path(__file__).parent / "fixtures" / "recordio" / "insightface"

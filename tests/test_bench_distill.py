@@ -12,11 +12,11 @@ import yaml
 
 tf = pytest.importorskip("tensorflow")
 
-from mobilefacenet_k210 import bench, bench_distill  # noqa: E402
+from mobilefacenet_k210.bench import distill_trend as bench_distill, run as bench  # noqa: E402
 from mobilefacenet_k210.cli import main  # noqa: E402
 from mobilefacenet_k210.data import tfrecord  # noqa: E402
-from mobilefacenet_k210.demo_steps import write_pairs  # noqa: E402
-from mobilefacenet_k210.teacher.models import load_teacher  # noqa: E402
+from mobilefacenet_k210.demo.steps import write_pairs  # noqa: E402
+from mobilefacenet_k210.teacher.loader import load_teacher  # noqa: E402
 from mobilefacenet_k210.teacher.shards import add_teacher  # noqa: E402
 from conftest import write_tiny_shards  # noqa: E402
 

@@ -2,7 +2,7 @@
 import functools
 import json
 
-from mobilefacenet_k210 import bench_scale
+from mobilefacenet_k210.bench import scale as bench_scale
 
 
 def test_bench_scale_measures_every_curve_and_rewrites_the_docs_section(tmp_path, monkeypatch):

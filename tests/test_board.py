@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mobilefacenet_k210 import k210, preprocessing
-from mobilefacenet_k210.board import files, flash, gallery, kfpkg, score
+from mobilefacenet_k210.board import flash, gallery, kfpkg, score, sd_card
 from mobilefacenet_k210.cli import main
 from conftest import fake_kmodel, one_line_error, orl_crop
 
@@ -280,26 +280,26 @@ def test_threshold_from_eval_json_forms(tmp_path):
 
 # --- board files -------------------------------------------------------------------------------------
 def test_board_script_compiles_and_config_is_generated(tmp_path, tiny, faces):
-    compile(files.script_source(), files.SCRIPT, "exec")
+    compile(sd_card.script_source(), sd_card.SCRIPT, "exec")
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps({"best_threshold": 1.08, "accuracy": 0.95}))
     gallery.enroll(faces["gallery"], tiny["kmodel"], tmp_path / "g.json", aligned=True)
-    result = files.write_board_files(tmp_path / "sd", tiny["kmodel"], eval_json, gallery=tmp_path / "g.json")
+    result = sd_card.write_board_files(tmp_path / "sd", tiny["kmodel"], eval_json, gallery=tmp_path / "g.json")
     sd = tmp_path / "sd"
-    assert sorted(p.name for p in sd.iterdir()) == sorted([files.SCRIPT, files.CONFIG_NAME, files.GALLERY_NAME,
+    assert sorted(p.name for p in sd.iterdir()) == sorted([sd_card.SCRIPT, sd_card.CONFIG_NAME, sd_card.GALLERY_NAME,
                                                            "mfk210.kmodel"])
-    compile((sd / files.SCRIPT).read_text(), files.SCRIPT, "exec")
-    cfg = json.loads((sd / files.CONFIG_NAME).read_text())
+    compile((sd / sd_card.SCRIPT).read_text(), sd_card.SCRIPT, "exec")
+    cfg = json.loads((sd / sd_card.CONFIG_NAME).read_text())
     assert cfg == result["config"]
     assert cfg["threshold"]["score"] == score.distance_to_score(1.08) == pytest.approx(73.0)
     np.testing.assert_array_equal(np.array(cfg["template"], np.float32), preprocessing.ARCFACE_TEMPLATE)
     assert cfg["embedding_size"] == 32 and cfg["model"]["path"] == "/sd/mfk210.kmodel"
     assert (sd / "mfk210.kmodel").read_bytes() == tiny["kmodel"].read_bytes()
-    flashed = files.write_board_files(tmp_path / "sd2", tiny["kmodel"], eval_json, flash_address=0x400000)
+    flashed = sd_card.write_board_files(tmp_path / "sd2", tiny["kmodel"], eval_json, flash_address=0x400000)
     assert flashed["config"]["model"]["flash_address"] == 0x400000 and not (tmp_path / "sd2" / "mfk210.kmodel").exists()
     assert main(["board-files", "--out", str(tmp_path / "sd3"), "--kmodel", str(tiny["kmodel"]),
                  "--eval", str(eval_json), "--set", "detector_nms=0.3"]) == 0
-    assert json.loads((tmp_path / "sd3" / files.CONFIG_NAME).read_text())["detector"]["nms"] == 0.3
+    assert json.loads((tmp_path / "sd3" / sd_card.CONFIG_NAME).read_text())["detector"]["nms"] == 0.3
 
 
 def test_board_files_swaps_the_whole_set_in_and_a_failure_keeps_the_previous_one(tmp_path, tiny, monkeypatch,
@@ -307,14 +307,14 @@ def test_board_files_swaps_the_whole_set_in_and_a_failure_keeps_the_previous_one
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps({"best_threshold": 1.08}))
     sd = tmp_path / "sd"
-    files.write_board_files(sd, tiny["kmodel"], eval_json)
+    sd_card.write_board_files(sd, tiny["kmodel"], eval_json)
     before = {p.name: p.read_bytes() for p in sd.iterdir()}
     assert "mfk210.kmodel" in before
 
     def disk_full(src, dst, *args, **kwargs):
         raise OSError(28, "No space left on device", str(dst))
 
-    monkeypatch.setattr(files.shutil, "copyfile", disk_full)
+    monkeypatch.setattr(sd_card.shutil, "copyfile", disk_full)
     assert main(["board-files", "--out", str(sd), "--kmodel", str(tiny["kmodel"]), "--eval", str(eval_json),
                  "--set", "detector_nms=0.3"]) == 2
     one_line_error(capsys, "board-files", "No space left on device")
@@ -322,8 +322,8 @@ def test_board_files_swaps_the_whole_set_in_and_a_failure_keeps_the_previous_one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "sd"]  # no temporary folder left
     monkeypatch.undo()
 
-    files.write_board_files(sd, tiny["kmodel"], eval_json, flash_address=0x400000)  # a set without the kmodel
-    assert sorted(p.name for p in sd.iterdir()) == sorted([files.SCRIPT, files.CONFIG_NAME])
+    sd_card.write_board_files(sd, tiny["kmodel"], eval_json, flash_address=0x400000)  # a set without the kmodel
+    assert sorted(p.name for p in sd.iterdir()) == sorted([sd_card.SCRIPT, sd_card.CONFIG_NAME])
     (sd / "notes.txt").write_text("mine")
     assert main(["board-files", "--out", str(sd), "--kmodel", str(tiny["kmodel"]), "--eval", str(eval_json)]) == 2
     one_line_error(capsys, "board-files", str(sd), "notes.txt", "new or empty folder")

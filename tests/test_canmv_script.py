@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from canmv_board import Board, paste_frame
-from mobilefacenet_k210.board import files, gallery, score
+from mobilefacenet_k210.board import gallery, score, sd_card as sd_files
 
 ENROLL = [("s1", 1), ("s1", 2), ("s2", 1), ("s2", 2), ("s3", 1), ("s3", 2)]
 PROBES = [("s1", 9), ("s2", 9), ("s3", 9), ("s1", 10), ("s4", 9)]  # s4 never enrolled
@@ -31,10 +31,10 @@ def mpy_cross(source: Path, out: Path) -> subprocess.CompletedProcess:
 
 
 def test_script_compiles_with_the_boards_micropython(tmp_path):
-    source = tmp_path / files.SCRIPT
-    source.write_text(files.script_source(), encoding="utf-8")
+    source = tmp_path / sd_files.SCRIPT
+    source.write_text(sd_files.script_source(), encoding="utf-8")
     result = mpy_cross(source, tmp_path / "script.mpy")
-    assert result.returncode == 0, f"{files.SCRIPT} does not compile for CanMV's MicroPython 1.11:\n{result.stderr}"
+    assert result.returncode == 0, f"{sd_files.SCRIPT} does not compile for CanMV's MicroPython 1.11:\n{result.stderr}"
     header = (tmp_path / "script.mpy").read_bytes()[:2]
     assert header == b"M\x04", f"not an mpy v4 file (MicroPython 1.11): header {header!r}"
 
@@ -60,7 +60,7 @@ def sd_card(tmp_path_factory, tiny_k210):
     work = tmp_path_factory.mktemp("canmv")
     eval_json = work / "eval.json"
     eval_json.write_text(json.dumps({"best_threshold": 0.4}))  # board score 90
-    files.write_board_files(work / "sd", tiny_k210["kmodel"], eval_json, embedding_size=32)
+    sd_files.write_board_files(work / "sd", tiny_k210["kmodel"], eval_json, embedding_size=32)
     return {"orl": tiny_k210["orl"], "sd": work / "sd", "kmodel": tiny_k210["kmodel"]}
 
 
@@ -76,20 +76,20 @@ def _face_lines(printed: list) -> list:
 
 def test_script_on_emulated_board_matches_identify_and_survives_a_power_cut(tmp_path, sd_card):
     from mobilefacenet_k210.data.align import FaceAligner
-    from mobilefacenet_k210.export.kmodel import simulate
+    from mobilefacenet_k210.runtime.kmodel import simulate
 
     sd = tmp_path / "sd"
     shutil.copytree(sd_card["sd"], sd)
-    cfg = json.loads((sd / files.CONFIG_NAME).read_text())
+    cfg = json.loads((sd / sd_files.CONFIG_NAME).read_text())
     threshold = cfg["threshold"]["score"]
-    main, bak = sd / files.GALLERY_NAME, sd / (files.GALLERY_NAME + ".bak")
+    main, bak = sd / sd_files.GALLERY_NAME, sd / (sd_files.GALLERY_NAME + ".bak")
     aligner = FaceAligner()
     common = dict(detector_path=cfg["detector"]["path"], landmarks_path=cfg["landmarks"]["path"],
                   aligner=aligner, simulate=simulate)
 
     # Boot 1: BOOT pressed on 6 faces; the power goes at the 6th save, after the write, before the rename.
     first = Board(sd, _frames(sd_card["orl"], ENROLL, press=True), power_cut_at=len(ENROLL), **common)
-    outcome = first.run_script(sd / files.SCRIPT)
+    outcome = first.run_script(sd / sd_files.SCRIPT)
     enrolled = [m["enrolled"] for m in _face_lines(first.printed)]
     assert outcome == "power cut", f"expected the power cut at the 6th save; printed: {first.printed}"
     assert enrolled == [f"person{i}" for i in range(1, len(ENROLL))], first.printed
@@ -99,7 +99,7 @@ def test_script_on_emulated_board_matches_identify_and_survives_a_power_cut(tmp_
     # Boot 2, on a card whose rename refuses an existing target: restore, identify unseen faces, enroll one more.
     second = Board(sd, _frames(sd_card["orl"], PROBES, press=False) + _frames(sd_card["orl"], [LAST_ENROLL], True),
                    rename_replaces=False, **common)
-    assert second.run_script(sd / files.SCRIPT) == "stopped", second.printed
+    assert second.run_script(sd / sd_files.SCRIPT) == "stopped", second.printed
     assert any("restored from" in line for line in second.printed), second.printed
     assert f"mfk210: {len(ENROLL) - 1} people in the gallery" in second.printed[1], second.printed
     lines = _face_lines(second.printed)
@@ -116,10 +116,10 @@ def test_script_on_emulated_board_matches_identify_and_survives_a_power_cut(tmp_
     # The board counts people, not entries, scores a person by its best entry, and numbers a new one after them.
     owners = {f"person{i + 1}": p for i, (p, _) in enumerate(ENROLL[:-1])}
     repeated = {**before_cut, "mode": "max", "people": [{**p, "name": owners[p["name"]]} for p in before_cut["people"]]}
-    (sd / files.GALLERY_NAME).write_text(json.dumps(repeated))
+    (sd / sd_files.GALLERY_NAME).write_text(json.dumps(repeated))
     third = Board(sd, _frames(sd_card["orl"], PROBES, press=False) + _frames(sd_card["orl"], [LAST_ENROLL], True),
                   **common)
-    assert third.run_script(sd / files.SCRIPT) == "stopped", third.printed
+    assert third.run_script(sd / sd_files.SCRIPT) == "stopped", third.printed
     assert "mfk210: 3 people in the gallery" in third.printed[0], third.printed
     renamed = _face_lines(third.printed)
     assert len(renamed) == len(PROBES) + 1, third.printed
@@ -143,7 +143,7 @@ def _same_as_identify(tmp_path: Path, name: str, held: dict, lines: list, crops:
     import cv2
 
     from mobilefacenet_k210.evaluate.metrics import l2_normalize
-    from mobilefacenet_k210.export.kmodel import simulate
+    from mobilefacenet_k210.runtime.kmodel import simulate
 
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(held))
@@ -166,9 +166,9 @@ def _same_as_identify(tmp_path: Path, name: str, held: dict, lines: list, crops:
 def test_corrupt_gallery_without_backup_stops_the_script_naming_the_file(tmp_path, sd_card):
     sd = tmp_path / "sd"
     shutil.copytree(sd_card["sd"], sd)
-    cfg = json.loads((sd / files.CONFIG_NAME).read_text())
-    (sd / files.GALLERY_NAME).write_text('{"format": "mfk210-gallery", "people": [')
+    cfg = json.loads((sd / sd_files.CONFIG_NAME).read_text())
+    (sd / sd_files.GALLERY_NAME).write_text('{"format": "mfk210-gallery", "people": [')
     board = Board(sd, [], detector_path=cfg["detector"]["path"], landmarks_path=cfg["landmarks"]["path"])
     with pytest.raises(ValueError, match=r"gallery /sd/mfk210_gallery.json is corrupt .* fix or delete it"):
-        board.run_script(sd / files.SCRIPT)
-    assert (sd / files.GALLERY_NAME).read_text().endswith("[")  # left for the user to look at
+        board.run_script(sd / sd_files.SCRIPT)
+    assert (sd / sd_files.GALLERY_NAME).read_text().endswith("[")  # left for the user to look at

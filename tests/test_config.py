@@ -186,7 +186,7 @@ def test_flag_paths_are_never_reparsed_as_yaml(monkeypatch, tmp_path):
                         lambda m, c, o, conf, h: seen.setdefault("export", conf))
     assert cli.main(["export", "--model", odd, "--calib", odd, "--out", odd, "--no-int8-tflite", "--seed", "3"]) == 0
     assert seen["export"].int8_tflite is False and seen["export"].quantize is True and seen["export"].seed == 3
-    monkeypatch.setattr("mobilefacenet_k210.train.train", lambda c, d, o, **k: seen.setdefault("train", c))
+    monkeypatch.setattr("mobilefacenet_k210.training.run.train", lambda c, d, o, **k: seen.setdefault("train", c))
     assert cli.main(["train", "--data", odd, "--out", odd, "--set", f"verification.select={odd}",
                      "--strategy", "mirrored"]) == 0
     assert seen["train"].strategy == "mirrored"

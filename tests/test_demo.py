@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from mobilefacenet_k210 import demo, demo_steps
+from mobilefacenet_k210.demo import run as demo, steps as demo_steps
 from mobilefacenet_k210.cli import main
 from mobilefacenet_k210.config import DemoConfig
 
@@ -75,7 +75,7 @@ def test_steps_are_reused_only_when_made_from_the_same_inputs(tmp_path, configs)
 def test_the_bench_distill_steps_follow_the_demo_and_rerun_for_their_config_or_a_changed_demo(tmp_path, configs):
     """The bench's distill stage runs its steps like the demo's, chained after the demo's last one: its
     own config reruns them alone, a changed demo step reruns them all, an unfinished demo is named."""
-    from mobilefacenet_k210.bench_students import DemoNotFinishedError, DistillSteps, distill_figures
+    from mobilefacenet_k210.bench.students import DemoNotFinishedError, DistillSteps, distill_figures
 
     out, work = tmp_path / "demo", tmp_path / "distill"
     names, distill_names = [s[0] for s in demo.STEPS], [s[0] for s in DistillSteps.steps]

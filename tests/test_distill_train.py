@@ -9,13 +9,14 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from mobilefacenet_k210 import cli, train  # noqa: E402
+from mobilefacenet_k210 import cli  # noqa: E402
 from mobilefacenet_k210.config import TrainConfig, from_dict  # noqa: E402
 from mobilefacenet_k210.data import tfrecord  # noqa: E402
 from mobilefacenet_k210.model.io import load_embedding_model  # noqa: E402
 from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet  # noqa: E402
-from mobilefacenet_k210.teacher.models import load_teacher  # noqa: E402
+from mobilefacenet_k210.teacher.loader import load_teacher  # noqa: E402
 from mobilefacenet_k210.teacher.shards import add_teacher  # noqa: E402
+from mobilefacenet_k210.training import run as training_run  # noqa: E402
 from conftest import write_tiny_shards  # noqa: E402
 
 TEACHER_DIM = 16
@@ -69,7 +70,7 @@ def test_distilled_student_moves_towards_the_teacher_on_held_out_faces(distill_s
         **phase, "epochs": 3, "batch_size": 16, "optimizer": "adam", "lr": 0.003, "lr_steps": [2], "weight_decay": 0.0}]})
     tf.keras.utils.set_random_seed(config.seed * 1009)  # the initial student of the run
     before = _held_out_cosine(MobileFaceNet(config.model), teacher, crops)
-    summary = train.train(config, with_teacher, tmp_path / "run", progress=False)
+    summary = training_run.train(config, with_teacher, tmp_path / "run", progress=False)
     after = _held_out_cosine(load_embedding_model(tmp_path / "run"), teacher, crops)
     assert after > before + 0.2 and after > 0.5, (before, after, summary)
     history = (tmp_path / "run" / "logs" / "phase0.csv").read_text()
@@ -92,7 +93,7 @@ def test_distill_phase_on_shards_without_teacher_is_one_line_naming_the_file(dis
 def test_heldout_cosine_is_one_for_the_teacher_itself_and_nan_across_sizes(distill_shards, tmp_path):
     """The demo's held-out cosine: a student that is the teacher scores 1; one of another size cannot be
     compared without the training-only projection, so it is NaN rather than a made-up number."""
-    from mobilefacenet_k210.bench_students import heldout_cosine
+    from mobilefacenet_k210.bench.students import heldout_cosine
 
     _, _, teacher, crops = distill_shards
     assert heldout_cosine(str(teacher.path), teacher, crops) == pytest.approx(1.0, abs=1e-5)

@@ -251,7 +251,7 @@ def test_bad_bins_give_clear_errors(tmp_path):
 
 # --- backends -------------------------------------------------------------------------------------
 def test_keras_and_tflite_backends_agree(tiny_models):
-    from mobilefacenet_k210.evaluate.backends import KerasBackend, TFLiteBackend, load_backend
+    from mobilefacenet_k210.runtime.backends import KerasBackend, TFLiteBackend, load_backend
 
     images = np.concatenate(list(identity_crops(3, 3, seed=2).values()))
     keras = load_backend(tiny_models / "run")
@@ -273,7 +273,7 @@ def test_keras_and_tflite_backends_agree(tiny_models):
 
 
 def test_kmodel_backend_matches_keras(tiny_models, tmp_path):
-    from mobilefacenet_k210.evaluate.backends import KmodelBackend, load_backend
+    from mobilefacenet_k210.runtime.backends import KmodelBackend, load_backend
     from mobilefacenet_k210.export.kmodel import compile_kmodel
 
     compile_kmodel(tiny_models / "batch1.tflite", tmp_path / "float.kmodel", calibration=None)
@@ -286,7 +286,7 @@ def test_kmodel_backend_matches_keras(tiny_models, tmp_path):
 
 
 def test_backends_refuse_bad_inputs(tiny_models, tmp_path):
-    from mobilefacenet_k210.evaluate.backends import BackendError, load_backend
+    from mobilefacenet_k210.runtime.backends import BackendError, load_backend
     from mobilefacenet_k210.model.io import ModelFileError
 
     with pytest.raises(ModelFileError, match="no such file"):
@@ -497,7 +497,7 @@ def test_callback_under_strategy_feeds_checkpoint(tmp_path):
 
 
 def _embed(model, images):
-    from mobilefacenet_k210.evaluate.backends import KerasBackend
+    from mobilefacenet_k210.runtime.backends import KerasBackend
 
     return KerasBackend(model).embed(images, batch_size=16, flip=True, progress=False)
 

@@ -13,10 +13,11 @@ from mobilefacenet_k210.errors import FileFormatError
 from mobilefacenet_k210.export import ExportResult, export_model, kmodel, report, tflite
 from mobilefacenet_k210.export.calibration import CalibrationError, load_faces
 from mobilefacenet_k210.model.io import ModelFileError
+from mobilefacenet_k210.runtime import kmodel as run_kmodel
 from conftest import synthetic_faces, write_faces
 
 TINY = ModelConfig(width_multiplier=0.25, embedding_size=32)
-NNCASE = kmodel.nncase_version()["nncase_version"]
+NNCASE = run_kmodel.nncase_version()["nncase_version"]
 NNCASE_1_1 = pytest.mark.skipif(not NNCASE.startswith("1.1."), reason=(
     f"nncase {NNCASE} installed: this expectation was measured on nncase 1.1 (constraints.txt's pin); "
     "other releases place operators and handle bad options differently"))
@@ -58,7 +59,7 @@ def test_round_trip_writes_v5_kmodel_and_report(exported):
                  "report.md", report.COSINE_PNG):
         assert (out / name).is_file(), name
     assert (out / report.COSINE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert kmodel.read_kmodel_version(out / "model.kmodel") == k210.KMODEL_VERSION == 5
+    assert run_kmodel.read_kmodel_version(out / "model.kmodel") == k210.KMODEL_VERSION == 5
     on_disk = json.loads((out / "report.json").read_text())
     for key in ("kmodel_bytes", "kmodel_version", "kpu_mac_share", "cosine_kmodel_mean", "cosine_kmodel_min",
                 "calibrate_method", "calibration_samples", "nncase_version"):
@@ -68,8 +69,8 @@ def test_round_trip_writes_v5_kmodel_and_report(exported):
     assert on_disk["calibrate_method"] == "no_clip" and on_disk["calibration_samples"] == 10
     assert on_disk["holdout_samples"] == 4
     assert set(on_disk["stage_seconds"]) == {"check", "faces", "tflite", "tflite_int8", "kmodel", "parity", "report"}
-    info = kmodel.kmodel_info(out / "model.kmodel")
-    assert info["nncase_version"] == kmodel.nncase_version()["nncase_version"] == on_disk["nncase_version"]
+    info = run_kmodel.kmodel_info(out / "model.kmodel")
+    assert info["nncase_version"] == run_kmodel.nncase_version()["nncase_version"] == on_disk["nncase_version"]
     assert info["input"]["shape"] == [1, 3, 112, 112] and info["input"]["dtype"] == "uint8"
     assert info["input"]["range"] == list(preprocessing.input_range())
     assert info["memory"]["total"] > info["memory"]["data"] > 0
@@ -90,17 +91,17 @@ def test_round_trip_places_convolutions_on_the_kpu(exported):
 def test_simulator_runs_the_kmodel_and_tracks_keras(exported, monkeypatch):
     faces = synthetic_faces(3, 7)
     data = (exported["out"] / "model.kmodel").read_bytes()
-    kmodel._SIMULATED.clear()
-    embeddings = kmodel.simulate(data, faces[:2])
+    run_kmodel._SIMULATED.clear()
+    embeddings = run_kmodel.simulate(data, faces[:2])
     ran = []  # faces seen before are answered from this process's cache, new ones run, in order
-    run = kmodel._run_simulator
-    monkeypatch.setattr(kmodel, "_run_simulator", lambda sim, image, *a: ran.append(image) or run(sim, image, *a))
-    embeddings = kmodel.simulate(exported["out"] / "model.kmodel", faces[[2, 0, 2, 1]])[[1, 3, 0]]
+    run = run_kmodel._run_simulator
+    monkeypatch.setattr(run_kmodel, "_run_simulator", lambda sim, image, *a: ran.append(image) or run(sim, image, *a))
+    embeddings = run_kmodel.simulate(exported["out"] / "model.kmodel", faces[[2, 0, 2, 1]])[[1, 3, 0]]
     assert len(ran) == 1 and np.array_equal(ran[0], faces[2])
     assert embeddings.shape == (3, 32) and embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
-    kmodel._SIMULATED.clear()
-    monkeypatch.setattr(kmodel, "SIMULATOR_FACES_PER_PROCESS", 1)  # split between processes, one per core
-    np.testing.assert_array_equal(embeddings, kmodel.simulate(data, faces))
+    run_kmodel._SIMULATED.clear()
+    monkeypatch.setattr(run_kmodel, "SIMULATOR_FACES_PER_PROCESS", 1)  # split between processes, one per core
+    np.testing.assert_array_equal(embeddings, run_kmodel.simulate(data, faces))
     keras = exported["model"].predict(preprocessing.normalize(faces), verbose=0)
     assert report.cosine(keras, embeddings).mean() > 0.9
     result = exported["report"]
@@ -121,7 +122,7 @@ def test_float_kmodel_matches_keras(exported, tmp_path):
     assert info["quantized"] is False and info["kmodel_version"] == 5
     faces = synthetic_faces(4, 11)
     keras = exported["model"].predict(preprocessing.normalize(faces), verbose=0)
-    assert report.cosine(keras, kmodel.simulate(tmp_path / "float.kmodel", faces)).min() > 0.999
+    assert report.cosine(keras, run_kmodel.simulate(tmp_path / "float.kmodel", faces)).min() > 0.999
 
 
 def test_relative_paths_compile_from_the_job_folder(exported, tmp_path, monkeypatch):
@@ -222,7 +223,7 @@ def test_nncase_crash_becomes_a_clear_error(exported, tmp_path):
     del options["input_shape"], options["input_layout"]
     job = {"tflite": str(exported["out"] / "model.tflite"), "kmodel": str(tmp_path / "crash.kmodel"),
            "result": str(tmp_path / "result.json"), "calibrate_method": "no_clip", "compile_options": options}
-    with pytest.raises(kmodel.KmodelError, match="model.tflite: nncase crashed with SIGSEGV"):
+    with pytest.raises(run_kmodel.KmodelError, match="model.tflite: nncase crashed with SIGSEGV"):
         kmodel.run_compile_job(job, tmp_path, 120, "model.tflite")
     assert not (tmp_path / "crash.kmodel").exists()
 
@@ -249,13 +250,13 @@ def test_missing_nncase_is_named_before_anything_is_written(exported, tmp_path, 
     monkeypatch.setitem(sys.modules, "nncase", None)  # `import nncase` now raises ImportError
     monkeypatch.setitem(sys.modules, "_nncase", None)
     assert export_cli(exported, exported["calib"], tmp_path / "out") == 2
-    one_error_line(capsys, "nncase", "not installed", "make setup", f"pip install nncase=={kmodel.NNCASE_RELEASE}")
+    one_error_line(capsys, "nncase", "not installed", "make setup", f"pip install nncase=={run_kmodel.NNCASE_RELEASE}")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_install_hint_names_the_pinned_nncase():
     pins = (Path(__file__).parents[1] / "constraints.txt").read_text().split()
-    assert f"nncase=={kmodel.NNCASE_RELEASE}" in pins
+    assert f"nncase=={run_kmodel.NNCASE_RELEASE}" in pins
 
 
 def test_calibration_folders_that_cannot_work_are_explained(exported, tiny_shards, tmp_path, capsys):
@@ -303,7 +304,7 @@ def test_failed_compile_leaves_the_previous_export_whole(exported, tmp_path, cap
     before = snapshot(out)
 
     def failing_compile(*args, **kwargs):
-        raise kmodel.KmodelError("model.tflite: nncase failed (forced by the test)")
+        raise run_kmodel.KmodelError("model.tflite: nncase failed (forced by the test)")
 
     monkeypatch.setattr(kmodel, "compile_kmodel", failing_compile)
     assert export_cli(exported, exported["calib"], out, "--no-int8-tflite") == 2
@@ -366,8 +367,8 @@ def test_kmodel_recorded_as_made_by_another_nncase_is_refused(exported, tmp_path
     info = json.loads((tmp_path / "model.kmodel.json").read_text())
     info["nncase_version"] = "0.0.1.test"
     (tmp_path / "model.kmodel.json").write_text(json.dumps(info))
-    with pytest.raises(kmodel.KmodelError, match="made by nncase 0.0.1.test"):
-        kmodel.simulate(tmp_path / "model.kmodel", synthetic_faces(1, 0))
+    with pytest.raises(run_kmodel.KmodelError, match="made by nncase 0.0.1.test"):
+        run_kmodel.simulate(tmp_path / "model.kmodel", synthetic_faces(1, 0))
     write_faces(tmp_path / "faces" / "a", synthetic_faces(2, 1))
     write_faces(tmp_path / "faces" / "b", synthetic_faces(2, 2))
     assert main(["evaluate", "--model", str(tmp_path / "model.kmodel"), "--folder", str(tmp_path / "faces"),

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mobilefacenet_k210.board import files, gallery
+from mobilefacenet_k210.board import gallery, sd_card
 from mobilefacenet_k210.cli import main
 from mobilefacenet_k210.evaluate import identification as ident
 from conftest import fake_kmodel, one_line_error
@@ -81,7 +81,7 @@ def test_the_impostor_comparison_is_one_person_not_one_entry():
 
 
 def test_enroll_max_writes_one_entry_per_photo_and_identify_names_the_person(tmp_path, people, capsys):
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
     from mobilefacenet_k210.evaluate.metrics import l2_normalize
 
     out = tmp_path / "g.json"
@@ -152,7 +152,7 @@ def test_board_files_refuses_a_threshold_of_the_other_mode_and_records_the_mode(
     g_max = _gallery(tmp_path / "g_max.json", "max", ["p", "p", "q", "q"])
     assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(kmodel), "--ident-eval", str(by_max),
                  "--fpir", "0.1", "--gallery", str(g_max)]) == 0
-    threshold = json.loads((tmp_path / "sd" / files.CONFIG_NAME).read_text())["threshold"]
+    threshold = json.loads((tmp_path / "sd" / sd_card.CONFIG_NAME).read_text())["threshold"]
     assert (threshold["gallery_mode"], threshold["gallery_size"]) == ("max", 2)  # 2 people in 4 entries
     assert "gallery mode max" in capsys.readouterr().out
     assert main(["board-files", "--out", str(tmp_path / "sd2"), "--kmodel", str(kmodel), "--ident-eval",

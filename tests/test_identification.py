@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mobilefacenet_k210 import atomic
-from mobilefacenet_k210.board import files
+from mobilefacenet_k210.board import sd_card
 from mobilefacenet_k210.cli import main
 from mobilefacenet_k210.evaluate import identification as ident
 from conftest import fake_kmodel, one_line_error
@@ -116,7 +116,7 @@ def test_board_files_takes_the_open_set_threshold_for_the_gallerys_size(tmp_path
     verification.write_text(json.dumps({"best_threshold": 1.0, "accuracy": 0.9}))
     assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(kmodel), "--eval", str(verification),
                  "--ident-eval", str(ident_json), "--fpir", "0.1", "--gallery", str(_gallery(tmp_path / "g.json", 2))]) == 0
-    threshold = json.loads((tmp_path / "sd" / files.CONFIG_NAME).read_text())["threshold"]
+    threshold = json.loads((tmp_path / "sd" / sd_card.CONFIG_NAME).read_text())["threshold"]
     assert threshold["score"] == pytest.approx(STRANGER_D2, abs=1e-4)  # N=2, FPIR 10%, as computed above
     assert threshold["distance"] == pytest.approx(2 - 2 * math.sqrt(0.51), abs=1e-5)
     assert (threshold["gallery_size"], threshold["fpir"], threshold["source"]) == (2, 0.1, str(ident_json))
@@ -125,15 +125,15 @@ def test_board_files_takes_the_open_set_threshold_for_the_gallerys_size(tmp_path
     # --gallery-size overrides the gallery's count; without --ident-eval the verification threshold stays
     assert main(["board-files", "--out", str(tmp_path / "sd2"), "--kmodel", str(kmodel), "--embedding-size", "6",
                  "--ident-eval", str(ident_json), "--gallery-size", "1", "--fpir", "0.1"]) == 0
-    assert json.loads((tmp_path / "sd2" / files.CONFIG_NAME).read_text())["threshold"]["score"] == pytest.approx(50.0)
+    assert json.loads((tmp_path / "sd2" / sd_card.CONFIG_NAME).read_text())["threshold"]["score"] == pytest.approx(50.0)
     assert main(["board-files", "--out", str(tmp_path / "sd4"), "--kmodel", str(kmodel), "--embedding-size", "6",
                  "--ident-eval", str(ident_json), "--gallery-size", "10"]) == 0  # FPIR 1%: finer than 1 in 32
     printed = capsys.readouterr().out
     assert "WARNING" in printed and "highest impostor score seen" in printed
-    assert json.loads((tmp_path / "sd4" / files.CONFIG_NAME).read_text())["threshold"]["limited"] is True
+    assert json.loads((tmp_path / "sd4" / sd_card.CONFIG_NAME).read_text())["threshold"]["limited"] is True
     assert main(["board-files", "--out", str(tmp_path / "sd3"), "--kmodel", str(kmodel), "--eval", str(verification),
                  "--embedding-size", "6"]) == 0
-    plain = json.loads((tmp_path / "sd3" / files.CONFIG_NAME).read_text())["threshold"]
+    plain = json.loads((tmp_path / "sd3" / sd_card.CONFIG_NAME).read_text())["threshold"]
     assert plain["score"] == pytest.approx(75.0) and plain["gallery_size"] is None
     assert plain["from"].startswith("1:1 verification")
 
@@ -190,7 +190,7 @@ def test_evaluate_identification_writes_the_table_det_png_and_json(tmp_path, peo
 
 
 def test_demo_report_shows_the_open_set_figures_and_the_board_threshold(tmp_path):
-    from mobilefacenet_k210 import demo_report
+    from mobilefacenet_k210.demo import report as demo_report
 
     result = ident.open_set(*_hand_built(), enroll_photos=1, fpirs=(0.01, 0.1), gallery_sizes=(1, 2))
     threshold = ident.threshold_for_gallery(np.array(result["impostor_tail"]), result["impostor_count"], 2, 0.01)
@@ -222,7 +222,7 @@ def test_identify_answers_with_the_open_set_threshold_the_board_files_carry(tmp_
     assert main(["board-files", "--out", str(tmp_path / "sd"), "--kmodel", str(fake_kmodel(tmp_path / "m.kmodel")),
                  "--embedding-size", "16", "--ident-eval", str(ident_json), "--fpir", "0.1",
                  "--gallery-size", "3"]) == 0  # the gallery's size; its model is not this stand-in kmodel
-    on_board = json.loads((tmp_path / "sd" / files.CONFIG_NAME).read_text())["threshold"]
+    on_board = json.loads((tmp_path / "sd" / sd_card.CONFIG_NAME).read_text())["threshold"]
     assert on_board["gallery_size"] == 3 and on_board["from"] == "open-set identification"
     probes = sorted(str(p) for p in faces.glob("*/[234].png"))
     capsys.readouterr()

@@ -104,7 +104,7 @@ def test_killed_and_rerun_workers_resume_at_the_same_step_end_identical_and_only
                                                                                                   tmp_path):
     """One kill and rerun checks it all: both rerun workers resume at the backup's epoch and step, finish
     with identical weights (the saved model's), and the shared run folder holds the chief's files only."""
-    from mobilefacenet_k210.train import weights_digest
+    from mobilefacenet_k210.training.run import weights_digest
     from mobilefacenet_k210.training.callbacks import resume_point
 
     data = tiny_shards(num_classes=4, per_class=8, num_shards=4, size=64)
@@ -159,7 +159,7 @@ def test_killed_and_rerun_workers_resume_at_the_same_step_end_identical_and_only
 def test_each_worker_reads_its_own_part_of_every_epoch(tiny_shards, num_shards):
     import tensorflow as tf
 
-    from mobilefacenet_k210 import train
+    from mobilefacenet_k210.training import run as training_run
     from mobilefacenet_k210.config import TrainConfig, load
     from mobilefacenet_k210.data import pipeline
 
@@ -167,11 +167,11 @@ def test_each_worker_reads_its_own_part_of_every_epoch(tiny_shards, num_shards):
     config = load(TrainConfig, None, [f"{k}={json.dumps(v)}" for k, v in (
         ("model.input_size", 64), ("model.width_multiplier", 0.25), ("pipeline.validation", False),
         ("pipeline.flip", False), ("phases", [{"head": "softmax", "epochs": 2, "batch_size": 8}]))])
-    plan = train.plan_phase(config, 0, data, Path("no_run_folder"))
+    plan = training_run.plan_phase(config, 0, data, Path("no_run_folder"))
     seen = []
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2)
-        batches = list(train.worker_train_dataset(config, plan, data, context).as_numpy_iterator())
+        batches = list(training_run.worker_train_dataset(config, plan, data, context).as_numpy_iterator())
         assert len(batches) == 2 * STEPS and {b[0][0].shape[0] for b in batches} == {4}  # 2 epochs, batch 8 / 2
         seen.append([{hashlib.sha256(image.tobytes()).hexdigest() for b in batches[e * STEPS:(e + 1) * STEPS]
                       for image in b[0][0]} for e in range(2)])

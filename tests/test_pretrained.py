@@ -244,8 +244,8 @@ def turned_export(tmp_path_factory):
 
 
 def test_turned_model_exports_with_its_orientation_recorded_and_every_backend_takes_upright_crops(turned_export):
-    from mobilefacenet_k210.evaluate.backends import KerasBackend, load_backend
-    from mobilefacenet_k210.export.kmodel import simulate
+    from mobilefacenet_k210.runtime.backends import KerasBackend, load_backend
+    from mobilefacenet_k210.runtime.kmodel import simulate
     from mobilefacenet_k210.model.mobilefacenet import split_orientation
     from conftest import synthetic_faces
 
@@ -270,15 +270,15 @@ def test_turned_model_exports_with_its_orientation_recorded_and_every_backend_ta
 
 def test_board_aligns_to_the_turned_template_and_its_features_are_the_hosts(turned_export, tmp_path):
     from canmv_board import Board, paste_frame
-    from mobilefacenet_k210.board import files, gallery
+    from mobilefacenet_k210.board import gallery, sd_card
     from mobilefacenet_k210.data.align import FaceAligner, read_image
     from mobilefacenet_k210.data.orl import fetch_orl
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
 
     kmodel = turned_export["out"] / "model.kmodel"
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps({"best_threshold": 0.4}))
-    written = files.write_board_files(tmp_path / "sd", kmodel, eval_json)
+    written = sd_card.write_board_files(tmp_path / "sd", kmodel, eval_json)
     cfg = written["config"]
     assert cfg["input_orientation"] == "rot180"
     np.testing.assert_allclose(cfg["template"], preprocessing.template("rot180"), atol=1e-4)
@@ -287,14 +287,14 @@ def test_board_aligns_to_the_turned_template_and_its_features_are_the_hosts(turn
     aligner = FaceAligner()
     board = Board(tmp_path / "sd", [(paste_frame(read_image(photo)), True)], detector_path=cfg["detector"]["path"],
                   landmarks_path=cfg["landmarks"]["path"], aligner=aligner,
-                  simulate=__import__("mobilefacenet_k210.export.kmodel", fromlist=["simulate"]).simulate)
-    assert board.run_script(tmp_path / "sd" / files.SCRIPT) == "stopped", board.printed
+                  simulate=__import__("mobilefacenet_k210.runtime.kmodel", fromlist=["simulate"]).simulate)
+    assert board.run_script(tmp_path / "sd" / sd_card.SCRIPT) == "stopped", board.printed
     (crop,) = board.crops
     host, kept, _ = gallery.load_crops([photo], aligner=aligner)
     assert kept == [0]
     turned_error = np.abs(crop.astype(np.float32) - preprocessing.orient(host, "rot180")[0]).mean()
     assert turned_error < 0.5 * np.abs(crop.astype(np.float32) - host[0]).mean()  # the board's crop is turned
-    saved = np.asarray(gallery.load_gallery(tmp_path / "sd" / files.GALLERY_NAME)["people"][0]["feature"])
+    saved = np.asarray(gallery.load_gallery(tmp_path / "sd" / sd_card.GALLERY_NAME)["people"][0]["feature"])
     # the host tools, given the board's crop turned upright, compute the board's feature
     on_host = load_backend(kmodel).embed(preprocessing.orient(crop[None], "rot180"), progress=False)[0]
     assert float(saved @ on_host / np.linalg.norm(on_host)) > 0.9999
@@ -307,7 +307,7 @@ def test_feature_distill_student_starts_as_its_teacher_with_frozen_batchnorm(imp
     from mobilefacenet_k210.model import heads
     from mobilefacenet_k210.model.io import save_embedding_model
     from mobilefacenet_k210.model.mobilefacenet import MobileFaceNet
-    from mobilefacenet_k210.train import start_from_model
+    from mobilefacenet_k210.training.run import start_from_model
 
     twin_path = save_embedding_model(imported["twin"], tmp_path / "twin.keras")
     student = MobileFaceNet(replica.model_config(imported["graph"]))
@@ -339,7 +339,7 @@ def test_cosine_schedule_falls_from_lr_to_zero_over_the_phase():
 def test_pretrained_steps_rerun_from_the_first_one_whose_inputs_changed(tmp_path):
     """`make pretrained` runs on the demo's step machinery with its own tables: a new seed reruns the recovery
     and what follows it, another source file (same path, new content) everything from the fetch on."""
-    from mobilefacenet_k210 import demo_pretrained
+    from mobilefacenet_k210.demo import pretrained as demo_pretrained
     from mobilefacenet_k210.config import ConfigError, PretrainedConfig
 
     source = tmp_path / "source.tflite"
@@ -370,7 +370,8 @@ def test_pretrained_steps_rerun_from_the_first_one_whose_inputs_changed(tmp_path
 
 
 def test_bench_stage_keeps_the_first_seeds_figures_and_the_range_over_seeds(tmp_path, monkeypatch):
-    from mobilefacenet_k210 import bench_pretrained, demo_pretrained
+    from mobilefacenet_k210.bench import pretrained as bench_pretrained
+    from mobilefacenet_k210.demo import pretrained as demo_pretrained
 
     calls = []
 

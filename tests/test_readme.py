@@ -15,7 +15,6 @@ from typing import Dict, List
 
 import cv2
 import numpy as np
-import pytest
 
 from mobilefacenet_k210.cli import main
 from conftest import orl_crop

@@ -16,7 +16,7 @@ import pytest
 from mobilefacenet_k210.data import interop, recordio, tfrecord
 from mobilefacenet_k210.data.builder import build, load_build_config
 from mobilefacenet_k210.data.cache import WORK_DIR
-from mobilefacenet_k210.data.inspect import inspect_shards
+from mobilefacenet_k210.data.inspect_shards import inspect_shards
 from mobilefacenet_k210.data.insightface_set import INSIGHTFACE
 
 from test_data_builder import _kill_when_cached, _shard_digests

@@ -207,7 +207,7 @@ def test_trust_model_code_loads_and_runs_a_hostile_model(hostile, marker, capsys
 
 
 def test_trust_model_code_loads_keras_without_safe_mode_and_tflite_with_tensorflow_ops(hostile, marker, capsys):
-    from mobilefacenet_k210.evaluate.backends import TFLiteBackend
+    from mobilefacenet_k210.runtime.backends import TFLiteBackend
 
     assert cli.main(["check", "--model", str(hostile["files"]["lambda.keras"]), "--trust-model-code"]) == 1
     assert "marker_lambda" in capsys.readouterr().out  # check ran on it and names the Lambda as not deployable

@@ -8,8 +8,8 @@ import pytest
 
 from mobilefacenet_k210 import cli
 from mobilefacenet_k210.data import tfrecord
-from mobilefacenet_k210.teacher import models, sface
-from mobilefacenet_k210.teacher.contract import TeacherError
+from mobilefacenet_k210.teacher import loader, sface
+from mobilefacenet_k210.runtime.contract import TeacherError
 from mobilefacenet_k210.teacher.shards import add_teacher, partial_dir
 
 
@@ -43,17 +43,17 @@ def test_sface_teacher_equals_opencv_directly(sface_path):
     on the same crops in BGR, for the crops and for their mirrors."""
     import cv2
 
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
 
     crops = _orl_crops(4)
     recognizer = cv2.FaceRecognizerSF.create(str(sface_path), "")
     direct = np.concatenate([recognizer.feature(np.ascontiguousarray(c[:, :, ::-1])) for c in crops])
     direct_mirror = np.concatenate([recognizer.feature(np.ascontiguousarray(c[:, ::-1, ::-1])) for c in crops])
-    teacher = models.load_teacher("sface")
+    teacher = loader.load_teacher("sface")
     assert teacher.info() == {"name": "sface", "sha256": sface.SHA256, "dim": 128, "mirror": True}
     emb, mirror = teacher.embed_records(crops)
-    np.testing.assert_allclose(emb, models.l2_normalize(direct), atol=1e-5)
-    np.testing.assert_allclose(mirror, models.l2_normalize(direct_mirror), atol=1e-5)
+    np.testing.assert_allclose(emb, loader.l2_normalize(direct), atol=1e-5)
+    np.testing.assert_allclose(mirror, loader.l2_normalize(direct_mirror), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     backend = load_backend(sface_path)
     np.testing.assert_allclose(backend.embed(crops, progress=False), direct, rtol=1e-5, atol=1e-4)
@@ -98,7 +98,7 @@ def test_record_with_teacher_embeddings_round_trip():
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    t, m = models.l2_normalize(rng.normal(size=(2, 128)))
+    t, m = loader.l2_normalize(rng.normal(size=(2, 128)))
     rec = tfrecord.encode_example(b"jpeg", 3, "id", "id/1.jpg", "original", t, m)
     got = tfrecord.decode_record(rec)
     np.testing.assert_array_equal(got[tfrecord.TEACHER], t)
@@ -166,7 +166,7 @@ def test_add_teacher_resumes_after_a_kill(tmp_path, tiny_shards):
     class Killed(Exception):
         pass
 
-    class Counting(models.PrecomputedTeacher):
+    class Counting(loader.PrecomputedTeacher):
         kill_at = None
 
         def embed_records(self, crops, sources=(), augmentations=()):
@@ -199,7 +199,7 @@ def test_add_teacher_sface_on_shards(tmp_path, tiny_shards, sface_path):
     assert meta["teacher"] == {"name": "sface", "sha256": sface.SHA256, "dim": 128, "mirror": True}
     recs = list(tfrecord.read_examples(tmp_path / "new" / meta["shards"][0]["file"]))
     crops = np.stack([tf.io.decode_jpeg(r[tfrecord.IMAGE], channels=3).numpy() for r in recs])
-    emb, mirror = models.load_teacher("sface").embed_records(crops)
+    emb, mirror = loader.load_teacher("sface").embed_records(crops)
     np.testing.assert_allclose(np.stack([r[tfrecord.TEACHER] for r in recs]), emb, atol=1e-6)
     np.testing.assert_allclose(np.stack([r[tfrecord.TEACHER_MIRROR] for r in recs]), mirror, atol=1e-6)
 
@@ -247,7 +247,7 @@ def test_build_with_teacher_unlabeled_stores_each_records_embeddings_and_resumes
             "--workers", "1", "--val-fraction", "0", "--quiet", "--set", "keep_work=true"]
     assert cli.main(args) == 0
     meta = tfrecord.load_metadata(out)
-    teacher = models.load_teacher(teacher_path)
+    teacher = loader.load_teacher(teacher_path)
     assert meta["num_classes"] == 6 and tfrecord.teacher_info(meta, out) == teacher.info()
     records = [r for s in meta["shards"] for r in tfrecord.read_examples(out / s["file"])]
     assert sorted(r[tfrecord.SOURCE] for r in records) == [f"{i:03d}.png" for i in range(6)]

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import yaml
 
-from mobilefacenet_k210 import cli, folder_lock, train
+from mobilefacenet_k210 import cli, folder_lock
 from mobilefacenet_k210.config import TrainConfig, load
 from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC
 from mobilefacenet_k210.model.io import load_embedding_model
-from mobilefacenet_k210.training import run_folder
+from mobilefacenet_k210.training import run as training_run, run_folder
 from mobilefacenet_k210.training.callbacks import EmbeddingCheckpoints
 from mobilefacenet_k210.training.context import Monitor, RunContext
 from mobilefacenet_k210.training.imprint import class_embedding_sums, first_epoch_batches
@@ -150,7 +150,7 @@ def test_softmax_then_imprinted_arcface_carries_the_backbone_and_keeps_the_best_
         "phases.1.lr_steps=[]", "phases.1.scale=16", "phases.1.margin=0.0", "phases.1.head_init=imprint",
         f"verification.tiny={bins}", "verification_batch_size=8", "deterministic_ops=true"])
     run = tmp_path / "run"
-    state = train.train(config, data, run, progress=False)
+    state = training_run.train(config, data, run, progress=False)
 
     assert state["completed_phases"] == 2
     assert [p["optimizer_iterations"] for p in state["phases"]] == [6, 2]
@@ -203,7 +203,7 @@ def test_softmax_then_imprinted_arcface_carries_the_backbone_and_keeps_the_best_
     with open(run / "logs" / "phase1.csv") as f:
         logged = float(list(csv.DictReader(f))[-1]["loss"])
     np.testing.assert_allclose(logged, np.mean(losses), rtol=1e-3)
-    with pytest.raises(train.ConfigError, match="margin heads"):
+    with pytest.raises(training_run.ConfigError, match="margin heads"):
         load(TrainConfig, None, ["phases.0.head_init=imprint"])
 
 
@@ -294,8 +294,8 @@ def test_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path,
     assert not (victim_dir / "backup" / "phase1").exists()
 
     changed = load(TrainConfig, config, ["phases.1.epochs=5"])
-    with pytest.raises(train.ResumeError, match=r"phases\.1\.epochs.*--allow-config-change"):
-        train.train(changed, data, victim_dir, progress=False)
+    with pytest.raises(training_run.ResumeError, match=r"phases\.1\.epochs.*--allow-config-change"):
+        training_run.train(changed, data, victim_dir, progress=False)
     # shards rebuilt from other photos, with the very same counts, are another run's data
     other = tiny_shards(num_classes=8, per_class=6, num_shards=4, size=64, seed=1)
     capsys.readouterr()
@@ -362,7 +362,7 @@ def test_triplet_phase_trains_end_to_end(tiny_shards, tmp_path):
     config = load(TrainConfig, None, SMALL + [
         "phases=[{head: triplet, epochs: 1, identities_per_batch: 2, images_per_identity: 2, lr: 0.01}]",
         "steps_per_epoch=3"])
-    state = train.train(config, data, tmp_path / "run", progress=False)
+    state = training_run.train(config, data, tmp_path / "run", progress=False)
     assert state["phases"][0]["optimizer_iterations"] == 3 and state["best"]["monitor"] == "loss"
     with open(tmp_path / "run" / "logs" / "phase0.csv") as f:
         assert np.isfinite(float(next(csv.DictReader(f))["loss"]))
@@ -433,10 +433,10 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from mobilefacenet_k210 import train
+from mobilefacenet_k210.training import run as training_run
 from mobilefacenet_k210.config import TrainConfig, load
 config = load(TrainConfig, sys.argv[1], ["strategy=mirrored", "phases=[{head: arcface, epochs: 1, batch_size: 8}]"])
-train.train(config, sys.argv[2], sys.argv[3], progress=False)
+training_run.train(config, sys.argv[2], sys.argv[3], progress=False)
 """
 
 

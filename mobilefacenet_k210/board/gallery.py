@@ -21,7 +21,7 @@ from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.board import score as board_score
 from mobilefacenet_k210.config import DEFAULT_GALLERY_MODE, GALLERY_MODES, check_choice, recorded_gallery_mode
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file, sha256_file
+from mobilefacenet_k210.fileinfo import IMAGE_SUFFIXES, is_image_file, sha256_file
 
 GALLERY_FORMAT = "mfk210-gallery"
 GALLERY_VERSION = 1
@@ -124,7 +124,7 @@ def enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[st
 def _enroll(gallery_dir: Union[str, Path], model: Union[str, Path], out: Union[str, Path], aligned: bool,
             batch_size: int, backend: Any, aligner: Any, mode: str, trust_model_code: bool) -> Dict[str, Any]:
     """:func:`enroll` under the gallery file's lock."""
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
 
     people = gallery_folders(gallery_dir)
     backend = backend or load_backend(model, trust_model_code)
@@ -219,7 +219,7 @@ def identify(photos: Sequence[Union[str, Path]], gallery_path: Union[str, Path],
     over them. Returns one dict per photo: ``photo``, ``name`` (None without a face, "unknown" under
     the threshold), ``best`` (closest person), ``score`` (board scale) and ``face`` (found or not).
     """
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
 
     gallery = load_gallery(gallery_path)
     check_model(gallery, gallery_path, model)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from mobilefacenet_k210 import atomic, k210
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.fileinfo import sha256_file
 
 KFPKG_VERSION = "0.1.0"
 """The ``version`` field kflash_gui and Sipeed's packages write; kflash itself does not read it."""
@@ -35,7 +35,7 @@ class KfpkgError(Mfk210Error, ValueError):
 
 def _kmodel_facts(path: Path) -> Dict[str, Any]:
     """Version from the kmodel header and the compile record beside it (export's ``kmodel_info``)."""
-    from mobilefacenet_k210.export.kmodel import KmodelError, info_path, kmodel_info, read_kmodel_version
+    from mobilefacenet_k210.runtime.kmodel import KmodelError, info_path, kmodel_info, read_kmodel_version
 
     try:
         version = read_kmodel_version(path)
@@ -240,7 +240,7 @@ def _member_head(path: Path, name: str, size: int = 8) -> bytes:
 
 
 def _header_version(head: bytes) -> Optional[int]:
-    from mobilefacenet_k210.export.kmodel import KmodelError, read_kmodel_version
+    from mobilefacenet_k210.runtime.kmodel import KmodelError, read_kmodel_version
 
     try:
         return read_kmodel_version(head)

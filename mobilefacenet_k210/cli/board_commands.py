@@ -86,12 +86,12 @@ def _add_open_set_threshold(p, source: str) -> None:
 
 
 def run_board_files(args) -> int:
-    from mobilefacenet_k210.board import files
+    from mobilefacenet_k210.board import sd_card
 
-    result = files.write_board_files(args.out, args.kmodel, args.eval_json, args.eval_set, args.gallery,
-                                     args.flash_address, cfg.load(cfg.BoardConfig, args.config, args.set),
-                                     args.embedding_size, args.ident_eval, args.fpir, args.gallery_size)
-    print(files.describe(result))
+    result = sd_card.write_board_files(args.out, args.kmodel, args.eval_json, args.eval_set, args.gallery,
+                                       args.flash_address, cfg.load(cfg.BoardConfig, args.config, args.set),
+                                       args.embedding_size, args.ident_eval, args.fpir, args.gallery_size)
+    print(sd_card.describe(result))
     return 0
 
 

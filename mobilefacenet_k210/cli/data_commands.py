@@ -56,7 +56,7 @@ def run_build_tfrecords(args) -> int:
                                     beam_options=args.beam_options, unlabeled=args.unlabeled)
     teacher = None
     if args.teacher:
-        from mobilefacenet_k210.teacher.models import load_teacher
+        from mobilefacenet_k210.teacher.loader import load_teacher
 
         teacher = load_teacher(args.teacher, bool(args.trust_model_code))
     summary = builder.build(args.raw, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite,
@@ -112,11 +112,10 @@ def add_inspect(sub) -> None:
 
 
 def run_inspect(args) -> int:
-    from mobilefacenet_k210.data import inspect as inspect_lib
+    from mobilefacenet_k210.data.inspect_shards import format_report, inspect_shards
 
-    report = inspect_lib.inspect_shards(args.shards_dir, args.out, args.identities, args.per_identity,
-                                        args.seed, args.verify)
-    print(inspect_lib.format_report(report))
+    report = inspect_shards(args.shards_dir, args.out, args.identities, args.per_identity, args.seed, args.verify)
+    print(format_report(report))
     return 0
 
 

@@ -86,15 +86,15 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> int:
-    from mobilefacenet_k210 import train
+    from mobilefacenet_k210.training.run import train
 
     flags = config_flags(args, cfg.TrainConfig)
     config = cfg.load(cfg.TrainConfig, args.config, args.set, flags=flags)
     given = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.set)
     source = (str(cfg.resolve(args.config).resolve()) if args.config else "the defaults") + \
         (f", with {' '.join(given)}" if given else "")
-    train.train(config, args.data, args.out, allow_config_change=args.allow_config_change,
-                progress=not args.no_progress, source=source)
+    train(config, args.data, args.out, allow_config_change=args.allow_config_change,
+          progress=not args.no_progress, source=source)
     return 0
 
 

@@ -17,7 +17,7 @@ def add_demo(sub) -> None:
 
 
 def run_demo(args) -> int:
-    from mobilefacenet_k210.demo import run_demo as run
+    from mobilefacenet_k210.demo.run import run_demo as run
 
     run(args.out, cfg.load(cfg.DemoConfig, args.config, args.set))
     return 0
@@ -38,7 +38,7 @@ def add_pretrained(sub) -> None:
 
 
 def run_pretrained(args) -> int:
-    from mobilefacenet_k210.demo_pretrained import run_pretrained as run
+    from mobilefacenet_k210.demo.pretrained import run_pretrained as run
 
     run(args.out, cfg.load(cfg.PretrainedConfig, args.config, args.set, flags=config_flags(args, cfg.PretrainedConfig)))
     return 0
@@ -67,10 +67,10 @@ def add_bench(sub) -> None:
 
 
 def run_bench(args) -> int:
-    from mobilefacenet_k210 import bench
+    from mobilefacenet_k210.bench import run as bench
 
     if args.scale:
-        from mobilefacenet_k210.bench_scale import run_bench_scale
+        from mobilefacenet_k210.bench.scale import run_bench_scale
 
         run_bench_scale(args.out)
     elif args.gpu:

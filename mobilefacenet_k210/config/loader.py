@@ -1,6 +1,7 @@
 """The one config loader: defaults, then a YAML/JSON file, then a command's flags, then ``--set``.
 
-Every stage takes a dataclass of :mod:`.schema`; the CLI maps its flags onto their fields through
+Every stage takes a config dataclass of this package (:mod:`.data`, :mod:`.training`, :mod:`.deploy`,
+:mod:`.evaluation`, :mod:`.demo`); the CLI maps its flags onto their fields through
 :func:`load` (typed values, never re-parsed as YAML, so a path stays a path), and ``--set a.b=value``
 strings are parsed as YAML. A config that comes out of :func:`from_dict` has been validated by its
 own ``validate()``.

@@ -55,7 +55,7 @@ def build(raw_dir: Union[str, Path], out_dir: Union[str, Path], config: Optional
 
     ``overwrite``: replace a dataset that OUT_DIR holds from another input (see :func:`writer.plan_output`).
     A second writer of ``out_dir`` meanwhile is refused (:mod:`folder_lock`).
-    ``teacher``: a loaded teacher (``teacher.models.load_teacher``; this layer never imports it) whose
+    ``teacher``: a loaded teacher (``teacher.loader.load_teacher``; this layer never imports it) whose
     embeddings of each crop and its mirror are stored in the records, its ``info()`` in ``metadata.json``.
     """
     cfg = config or BuildConfig()

@@ -2,7 +2,7 @@
 
 ``mtcnn``: :class:`~mobilefacenet_k210.data.align.FaceAligner` (TensorFlow, batched). ``yunet``:
 :class:`YuNetAligner`, OpenCV's ``cv2.FaceDetectorYN`` running the int8 YuNet ONNX file
-(:mod:`.models`), one photo per call, no TensorFlow. Both return :class:`Detection` objects with the
+(:mod:`.detector_weights`), one photo per call, no TensorFlow. Both return :class:`Detection` objects with the
 landmarks in ``ARCFACE_TEMPLATE`` order and share the ``select``/``min_face_size`` rules and the
 alignment of :class:`~mobilefacenet_k210.data.align.AlignerBase`.
 
@@ -29,7 +29,7 @@ class YuNetAligner(AlignerBase):
     """One reusable YuNet detector (OpenCV's ``FaceDetectorYN``) plus the builder's selection and
     alignment rules. Photos larger than ``detect_max_side`` are detected on a downscaled copy
     (landmarks scaled back; the crop comes from the full photo). ``model``: the ONNX file (default:
-    fetched once into the cache, :func:`~mobilefacenet_k210.data.models.fetch_yunet`)."""
+    fetched once into the cache, :func:`~mobilefacenet_k210.data.detector_weights.fetch_yunet`)."""
 
     name = "yunet"
 
@@ -39,7 +39,7 @@ class YuNetAligner(AlignerBase):
         super().__init__(min_face_size, select)
         import cv2
 
-        from mobilefacenet_k210.data.models import fetch_yunet
+        from mobilefacenet_k210.data.detector_weights import fetch_yunet
 
         self.detect_max_side = int(detect_max_side)
         self.model = Path(model) if model else fetch_yunet()
@@ -77,8 +77,8 @@ class YuNetAligner(AlignerBase):
 
 def yunet_description(model: Optional[Union[str, Path]] = None) -> Dict[str, str]:
     """``yunet``, the ONNX file's name and its sha256 (the file is fetched first if not cached)."""
-    from mobilefacenet_k210.data.models import fetch_yunet
-    from mobilefacenet_k210.files import sha256_file
+    from mobilefacenet_k210.data.detector_weights import fetch_yunet
+    from mobilefacenet_k210.fileinfo import sha256_file
 
     path = Path(model) if model else fetch_yunet()
     return {"name": YuNetAligner.name, "model": path.name, "model_sha256": sha256_file(path)}

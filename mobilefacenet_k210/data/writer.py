@@ -70,41 +70,53 @@ def shard_order(names: Sequence[str], seed: int) -> List[str]:
     return [ordered[i] for i in perm]
 
 
-def build_metadata(cfg: BuildConfig, names: Sequence[str], class_counts: Dict[int, Dict[str, int]],
-                   shards: List[Dict[str, Any]], summaries: Sequence[Dict[str, Any]], rejected_count: int,
-                   input_path: str) -> Dict[str, Any]:
-    """The ``metadata.json`` contents (keys of :func:`tfrecord.load_metadata` plus build details)."""
+def shard_metadata(num_classes: int, class_counts: Dict[str, int], class_counts_val: Dict[str, int],
+                   shards: List[Dict[str, Any]], augmentations: Iterable[Dict[str, int]], rejected: int, policy: Any,
+                   build_config: Any, files: Optional[Dict[str, str]] = None, **details: Any) -> Dict[str, Any]:
+    """The ``metadata.json`` of a shard folder, built or merged: the keys :func:`tfrecord.load_metadata`
+    reads (splits and totals counted from ``shards``, augmentation tags summed over ``augmentations``),
+    what made it (``policy``, ``build_config``, ``details``) and its other ``files`` besides the
+    labels, rejections and property file every shard folder has."""
     from mobilefacenet_k210 import __version__
 
     splits = {s: sum(sh["records"] for sh in shards if sh["split"] == s) for s in tfrecord.SPLITS}
-    faces = {s["name"]: s["faces"] for s in summaries}
     aug: Dict[str, int] = {}
-    for s in summaries:
-        for tag, n in s["augmentation"].items():
+    for counts in augmentations:
+        for tag, n in counts.items():
             aug[tag] = aug.get(tag, 0) + n
     return {
         "schema_version": tfrecord.SCHEMA_VERSION,
-        "num_classes": len(names),
-        "class_counts": {str(i): class_counts[i]["train"] for i in range(len(names))},
-        "class_counts_val": {str(i): class_counts[i]["val"] for i in range(len(names))},
-        "class_faces": {str(i): faces[n] for i, n in enumerate(names)},
+        "num_classes": num_classes,
+        "class_counts": class_counts,
+        "class_counts_val": class_counts_val,
         "splits": splits,
         "total_records": sum(splits.values()),
         "augmentation": dict(sorted(aug.items())),
         "shards": shards,
-        "identities": {"input": len(summaries), "kept": len(names),
-                       "dropped": sum(1 for s in summaries if s["dropped"])},
-        "rejected": rejected_count,
-        "policy": config_lib.to_dict(cfg.policy),
-        "build_config": config_lib.to_dict(cfg),
-        "detector": None if cfg.aligned else describe_detector(cfg),
-        "config_key": config_key(cfg),
-        "input": input_path,
+        "rejected": rejected,
+        "policy": policy,
+        "build_config": build_config,
+        **details,
         "package_version": __version__,
         "image_size": [INPUT_SIZE, INPUT_SIZE, 3],
         "files": {"labels": tfrecord.LABELS_FILE, "rejected": tfrecord.REJECTED_FILE, "property": PROPERTY_FILE,
-                  "contact_sheet": CONTACT_SHEET},
+                  **(files or {})},
     }
+
+
+def build_metadata(cfg: BuildConfig, names: Sequence[str], class_counts: Dict[int, Dict[str, int]],
+                   shards: List[Dict[str, Any]], summaries: Sequence[Dict[str, Any]], rejected_count: int,
+                   input_path: str) -> Dict[str, Any]:
+    """A built folder's :func:`shard_metadata`, with the build's details (faces, identities, detector, input)."""
+    faces = {s["name"]: s["faces"] for s in summaries}
+    return shard_metadata(
+        len(names), {str(i): class_counts[i]["train"] for i in range(len(names))},
+        {str(i): class_counts[i]["val"] for i in range(len(names))}, shards,
+        (s["augmentation"] for s in summaries), rejected_count, config_lib.to_dict(cfg.policy), config_lib.to_dict(cfg),
+        files={"contact_sheet": CONTACT_SHEET},
+        class_faces={str(i): faces[n] for i, n in enumerate(names)},
+        identities={"input": len(summaries), "kept": len(names), "dropped": sum(1 for s in summaries if s["dropped"])},
+        detector=None if cfg.aligned else describe_detector(cfg), config_key=config_key(cfg), input=input_path)
 
 
 def kept_names(summaries: Sequence[Dict[str, Any]]) -> List[str]:
@@ -133,7 +145,7 @@ def write_outputs(out_dir: Path, work: Path, cfg: BuildConfig, summaries: Sequen
     ``scanned``: the input's scan, whose rejections go to ``rejected.csv`` and whose ``source`` (what a
     RecordIO set is) to ``metadata.json``.
 
-    ``teacher`` (an object with ``embed_records`` and ``info``, e.g. ``teacher.models.Teacher``): each
+    ``teacher`` (an object with ``embed_records`` and ``info``, e.g. ``teacher.loader.Teacher``): each
     record also gets the teacher's embeddings of its crop and mirror, computed once per identity and
     cached (:func:`cache.cache_teacher`), and ``metadata.json`` the teacher's ``info()``."""
     from tqdm import tqdm
@@ -215,7 +227,7 @@ def write_contact_sheet(out_dir: Path, work: Path, names: Sequence[str], cfg: Bu
                         identities: int = 8, per_identity: int = 8) -> Path:
     """``contact_sheet.png``: seeded random crops of seeded random identities, captioned with their
     tag and split, drawn from the cache (no pass over the shards; ``mfk210 inspect`` draws others)."""
-    from mobilefacenet_k210.data.inspect import contact_sheet
+    from mobilefacenet_k210.data.inspect_shards import contact_sheet
 
     rng = np.random.default_rng(stable_seed(cfg.seed, "contact-sheet"))
     picked = sorted(rng.choice(len(names), size=min(identities, len(names)), replace=False).tolist())

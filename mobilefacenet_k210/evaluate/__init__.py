@@ -1,8 +1,8 @@
 """Evaluation: InsightFace's 10-fold verification for Keras, TFLite and kmodel embedding models.
 
-``metrics`` (the protocol), ``bins`` (InsightFace .bin sets), ``backends`` (one ``embed`` per model
-form), ``pairs`` (your own photos), ``report`` (PNGs, table, JSON) and ``callback`` (the same
-measure during training). :func:`evaluate` runs what ``mfk210 evaluate`` asks for.
+``metrics`` (the protocol), ``bins`` (InsightFace .bin sets), ``pairs`` (your own photos), ``report``
+(PNGs, table, JSON) and ``callback`` (the same measure during training); the models run through
+``runtime.backends`` (one ``embed`` per model form). :func:`evaluate` runs what ``mfk210 evaluate`` asks for.
 """
 import os
 import sys
@@ -122,7 +122,8 @@ def evaluate(config: EvalConfig, echo: Callable[[str], None] = print,
     "tar_table": markdown, "files": [written paths]}``; every summary has at least ``accuracy``,
     ``accuracy_std``, ``best_threshold`` and ``tar_at_far``.
     """
-    from mobilefacenet_k210.evaluate import backends, metrics, report
+    from mobilefacenet_k210.evaluate import metrics, report
+    from mobilefacenet_k210.runtime import backends
 
     if config.identification:
         from mobilefacenet_k210.evaluate.identification import evaluate_identification

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from mobilefacenet_k210 import atomic
-from mobilefacenet_k210.preprocessing import INPUT_SIZE
+from mobilefacenet_k210.preprocessing import INPUT_SIZE, check_crops
 from mobilefacenet_k210.errors import Mfk210Error
 
 
@@ -146,9 +146,7 @@ def write_bin(path: Union[str, Path], images: np.ndarray, issame: Sequence[bool]
     path = Path(path)
     images = np.asarray(images)
     labels = [bool(s) for s in np.asarray(issame).reshape(-1)]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-        raise BinFileError(f"{path}: images must be uint8 (2N, {INPUT_SIZE}, {INPUT_SIZE}, 3), "
-                           f"got {images.dtype} {images.shape}")
+    check_crops(images, error=BinFileError, where=str(path))
     if images.shape[0] != 2 * len(labels) or not labels:
         raise BinFileError(f"{path}: {images.shape[0]} images for {len(labels)} pairs; need two per pair")
     encoded = [encode_image(img, fmt, quality) for img in images]

@@ -11,7 +11,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 import tensorflow as tf
 
-from mobilefacenet_k210.evaluate.backends import KerasBackend
+from mobilefacenet_k210.runtime.backends import KerasBackend
 from mobilefacenet_k210.evaluate.bins import distinct_images, load_bin
 from mobilefacenet_k210.evaluate.metrics import verify
 

@@ -296,7 +296,7 @@ def load_folder(folder: str, aligned: bool) -> Tuple[Any, np.ndarray, np.ndarray
 
 def evaluate_identification(config: Any, echo: Callable[[str], None] = print) -> Dict[str, Any]:
     """``mfk210 evaluate --identification``: the protocol on ``config.folder`` for each model; table, DET PNG, JSON."""
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
     from mobilefacenet_k210.evaluate.metrics import l2_normalize
 
     if not config.folder or config.bins or config.pairs or config.embeddings or config.compare:

@@ -12,7 +12,7 @@ from typing import List, NamedTuple, Sequence, Tuple, Union
 import numpy as np
 
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file
+from mobilefacenet_k210.fileinfo import IMAGE_SUFFIXES, is_image_file
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
 
 Pair = Tuple[Path, Path, bool]

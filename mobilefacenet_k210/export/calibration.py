@@ -12,7 +12,7 @@ import numpy as np
 
 from mobilefacenet_k210 import preprocessing
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import IMAGE_SUFFIXES, is_image_file
+from mobilefacenet_k210.fileinfo import IMAGE_SUFFIXES, is_image_file
 
 
 class CalibrationError(Mfk210Error, ValueError):

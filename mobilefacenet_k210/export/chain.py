@@ -17,10 +17,11 @@ import numpy as np
 
 from mobilefacenet_k210 import folder_lock, k210, preprocessing
 from mobilefacenet_k210.config import ExportConfig, to_dict
-from mobilefacenet_k210.evaluate.backends import KerasBackend, KmodelBackend, TFLiteBackend
 from mobilefacenet_k210.export import calibration, kmodel, placement, report, tflite
 from mobilefacenet_k210.export.result import ExportResult
 from mobilefacenet_k210.export.staging import ExportError, check_out_dir, staged_folder
+from mobilefacenet_k210.runtime.backends import KerasBackend, KmodelBackend, TFLiteBackend
+from mobilefacenet_k210.runtime.kmodel import require_nncase
 
 TFLITE_FILE = "model.tflite"
 TFLITE_INT8_FILE = "model_int8.tflite"
@@ -75,7 +76,7 @@ def export_model(model_path: Union[str, Path], calib: Union[str, Path], out_dir:
     config = config or ExportConfig()
     config.validate()
     out_dir = Path(out_dir)
-    versions = kmodel.require_nncase()
+    versions = require_nncase()
     with folder_lock.hold(out_dir):  # beside OUT: it covers the staging folder and the swap
         check_out_dir(out_dir, OUTPUT_NAMES)
         return _export(model_path, calib, out_dir, config, holdout, versions)

@@ -8,7 +8,7 @@ the int8 TFLite's cosines are absent, not null, when no int8 TFLite was made.
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.preprocessing import UPRIGHT
@@ -17,6 +17,8 @@ from mobilefacenet_k210.errors import FileFormatError
 REPORT_JSON = "report.json"
 _OPTIONAL_KEYS = ("cosine_int8_mean", "cosine_int8_min")
 """Keys left out of the JSON when None (no int8 TFLite), as the report has always done."""
+HEADLINE = ("kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean", "cosine_kmodel_min")
+"""The figures the demo and the bench report of every export: size, KPU share, parity."""
 
 
 @dataclass
@@ -66,11 +68,10 @@ class ExportResult:
     cosine_int8_min: Optional[float] = None
     input_orientation: str = UPRIGHT  # preprocessing.ORIENTATIONS: how the TFLite and kmodel take the crop
 
-    def headline(self, prefix: str = "") -> Dict[str, Any]:
-        """The figures the demo and the bench report of an export (size, KPU share, parity), keys
-        starting with ``prefix``."""
-        return {f"{prefix}{key}": getattr(self, key)
-                for key in ("kmodel_bytes", "kpu_mac_share", "cosine_kmodel_mean", "cosine_kmodel_min")}
+    def figures(self, prefix: str = "", keys: Sequence[str] = HEADLINE) -> Dict[str, Any]:
+        """The fields ``keys`` (default :data:`HEADLINE`) as the demo's and the bench's figures, named
+        ``prefix`` + field."""
+        return {f"{prefix}{key}": getattr(self, key) for key in keys}
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form written as ``report.json`` (and recorded by the demo's export step)."""

@@ -68,7 +68,7 @@ def convert_int8(model, calibration: np.ndarray, path: Union[str, Path]) -> Path
     from mobilefacenet_k210.model.mobilefacenet import split_orientation
 
     body, orientation = split_orientation(model)
-    calibration = preprocessing.orient(_check_images(calibration), orientation)
+    calibration = preprocessing.orient(preprocessing.check_crops(calibration, size=None), orientation)
 
     def representative() -> Iterable[list]:
         for image in calibration:
@@ -83,13 +83,6 @@ def convert_int8(model, calibration: np.ndarray, path: Union[str, Path]) -> Path
     written = atomic.write_bytes(path, converter.convert())
     _record_orientation(written, orientation)
     return written
-
-
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
-    return images
 
 
 def _interpreter(path: Union[str, Path]):

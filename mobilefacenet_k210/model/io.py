@@ -12,7 +12,7 @@ Loading a file never runs code from it (people pass models around; a model must 
   the classes in ``k210.KNOWN_LAYERS``), naming the file and the layer; ``.keras`` then loads with
   Keras' ``safe_mode=True``. A SavedModel folder (a TensorFlow graph) is refused.
 - ``.tflite``: refused if it holds TensorFlow (``Flex``) ops, which TensorFlow's interpreter would
-  run with its own kernels; built-in TFLite ops only compute (``evaluate/backends.py``).
+  run with its own kernels; built-in TFLite ops only compute (``runtime/backends.py``).
 - ``.onnx``: OpenCV's DNN importer builds its own layers from the graph; ``.kmodel``: bytes for
   nncase's simulator or the board.
 - ``.npy``/``.npz`` (precomputed embeddings and teachers, the builder's cache, export's calibration

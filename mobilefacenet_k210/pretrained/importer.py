@@ -19,7 +19,7 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic, k210
 from mobilefacenet_k210.config import ModelConfig, TrainConfig, load, to_dict
-from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.fileinfo import sha256_file
 from mobilefacenet_k210.pretrained import replica
 from mobilefacenet_k210.pretrained.graph import ModelImportError, SourceGraph, read_graph
 

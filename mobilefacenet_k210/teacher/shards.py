@@ -13,8 +13,8 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.data import tfrecord
-from mobilefacenet_k210.teacher.contract import TeacherError
-from mobilefacenet_k210.teacher.models import Teacher, load_teacher
+from mobilefacenet_k210.runtime.contract import TeacherError
+from mobilefacenet_k210.teacher.loader import Teacher, load_teacher
 
 STATE_FILE = "add_teacher_state.json"
 

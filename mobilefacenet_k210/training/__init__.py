@@ -1,4 +1,5 @@
-"""The pieces of ``mfk210 train`` (:mod:`mobilefacenet_k210.train` runs them), one idea per module.
+"""``mfk210 train``: ``run`` (:func:`~mobilefacenet_k210.training.run.train`, the phases of a training run)
+and its pieces, one idea per module.
 
 ``run_folder`` (the run's files: fingerprint, state, resume clean-up), ``context`` (what the phases
 of a run share), ``distribute`` (tf.distribute strategy and dtype policy), ``schedule`` (learning

@@ -2,7 +2,7 @@
 
 Multi-worker runs follow TensorFlow's multi-worker Keras guide: every worker runs the same
 command with the standard ``TF_CONFIG``; the strategy must exist before TensorFlow runs any op
-(collective ops are configured at program start), so :func:`mobilefacenet_k210.train.train`
+(collective ops are configured at program start), so :func:`mobilefacenet_k210.training.run.train`
 creates it first. The chief writes the run folder; the other workers write into a temporary
 folder of their own (:func:`worker_write_dir`), so a run folder shared by all workers is safe.
 """

@@ -1,7 +1,7 @@
 """The run folder's files: its fingerprint (``config.json``), its state (``state.json``), its log, and
 the clean-up a resume needs (log rows of the epochs that run again, temporary files of a kill).
 
-See :mod:`mobilefacenet_k210.train` for the layout of a run folder.
+See :mod:`mobilefacenet_k210.training.run` for the layout of a run folder.
 """
 import contextlib
 import csv
@@ -111,7 +111,7 @@ def save_state(run_dir: Path, state: Dict[str, Any]) -> None:
 
 def open_log(run_dir: Path) -> logging.Logger:
     """The run's logger: ``train.log`` in ``run_dir`` (timestamped) and the console; :func:`close_log` ends it."""
-    log = logging.getLogger(f"mobilefacenet_k210.train.{run_dir.resolve()}")
+    log = logging.getLogger(f"mobilefacenet_k210.training.run.{run_dir.resolve()}")
     log.setLevel(logging.INFO)
     log.propagate = False
     for h in list(log.handlers):

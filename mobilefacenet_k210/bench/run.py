@@ -6,7 +6,7 @@ from-scratch and distilled students) is a bench stage on the demo's outputs, not
 claims are ratios measured in the same run on the same machine (a shared CPU makes absolute times drift): 2 vs 1 builder workers,
 tf.data vs training consumption, our shuffling vs the seed's name-ordered stream, the YuNet builder on
 2 workers vs the plain one-MTCNN loop (both on the 400 ORL photos), an InsightFace RecordIO set vs a
-folder of the same JPEGs (:mod:`.bench_recordio`).
+folder of the same JPEGs (:mod:`.recordio`).
 """
 import shutil
 import subprocess
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from mobilefacenet_k210 import atomic, folder_lock
-from mobilefacenet_k210.provenance import machine, timestamp
-from mobilefacenet_k210.targets import TARGETS
+from mobilefacenet_k210.bench.provenance import machine, timestamp
+from mobilefacenet_k210.bench.targets import TARGETS
 from mobilefacenet_k210.errors import FileFormatError, Mfk210Error
 
 # the table's rows, in order; targets.TARGETS says which have a target
@@ -50,7 +50,7 @@ def model_figures() -> Dict[str, Any]:
 
 def demo_figures(demo_out: Path) -> Dict[str, Any]:
     """Accuracy and identification from the demo (run or resumed here), and its kmodel's figures."""
-    from mobilefacenet_k210.demo import run_demo
+    from mobilefacenet_k210.demo.run import run_demo
     from mobilefacenet_k210.export.result import ExportResult
 
     figures = run_demo(demo_out)
@@ -58,7 +58,7 @@ def demo_figures(demo_out: Path) -> Dict[str, Any]:
     keep = ("orl_acc_keras", "orl_acc_kmodel", "orl_acc_drop", "identify_keras", "identify_kmodel")
     out = {k: figures[k] for k in keep}
     out["demo_seconds"] = float(sum(figures["seconds"].values()))  # every step, as its record measured it
-    out.update(report.headline("demo_"))
+    out.update(report.figures("demo_"))
     return out
 
 
@@ -69,20 +69,20 @@ def export_figures(demo_out: Path, work: Path, train_config: str, shards: Option
     calibrated on the demo's training faces and measured on the held-out test faces; keys start with
     ``prefix``."""
     from mobilefacenet_k210 import config as config_lib
-    from mobilefacenet_k210 import train as train_lib
+    from mobilefacenet_k210.training import run as training_run
     from mobilefacenet_k210.export.chain import export_model
+    from mobilefacenet_k210.export.result import HEADLINE
 
     defaults = config_lib.ModelConfig()
     cfg = config_lib.load(config_lib.TrainConfig, train_config, [
         f"model.width_multiplier={defaults.width_multiplier}", f"model.embedding_size={defaults.embedding_size}",
         f"verification.select={demo_out / 'select.bin'}"])
     run = work / f"{prefix}train_default"
-    train_lib.train(cfg, shards or demo_out / "shards", run)
+    training_run.train(cfg, shards or demo_out / "shards", run)
     report = export_model(run, demo_out / "shards", work / f"{prefix}export_default",
                           holdout=demo_out / "aligned" / "test")
-    figures = {"kmodel_version": report.kmodel_version, "nncase_version": report.nncase_version,
-               "calibrate_method": report.calibrate_method, "calibration_samples": report.calibration_samples}
-    return {**report.headline(prefix), **{f"{prefix}{key}": value for key, value in figures.items()}}
+    return report.figures(prefix, HEADLINE + ("kmodel_version", "nncase_version", "calibrate_method",
+                                              "calibration_samples"))
 
 
 def orl_photos() -> Path:
@@ -193,7 +193,8 @@ def detector_accuracy(demo_out: Path, work: Path, detector: str, build_config: s
     """The demo's protocol on ``detector``'s crops: shards of the demo's training photos (its build config),
     select/test pairs of the same held-out photos, the demo's training recipe, Keras accuracy on test.bin."""
     from mobilefacenet_k210 import config as config_lib
-    from mobilefacenet_k210 import demo_steps, train as train_lib
+    from mobilefacenet_k210.demo import steps as demo_steps
+    from mobilefacenet_k210.training import run as training_run
     from mobilefacenet_k210.data import builder
     from mobilefacenet_k210.evaluate import evaluate, report
 
@@ -205,7 +206,7 @@ def detector_accuracy(demo_out: Path, work: Path, detector: str, build_config: s
         demo_steps.write_pairs(base / "aligned" / group, base / f"{group}.bin")
     train_cfg = config_lib.load(config_lib.TrainConfig, train_config,
                                 [f"verification.select={base / 'select.bin'}", *(train_overrides or [])])
-    train_lib.train(train_cfg, base / "shards", base / "train")
+    training_run.train(train_cfg, base / "shards", base / "train")
     result = evaluate(config_lib.EvalConfig(models=[str(base / "train")], bins=[str(base / "test.bin")], flip=True,
                                             json=str(base / "evaluate.json")))
     acc = result["results"][str(base / "train")][report.set_name(base / "test.bin")]
@@ -217,7 +218,7 @@ def input_figures(demo_out: Path, work: Path, train_config: str) -> Dict[str, An
     """tf.data delivery vs training consumption (same batch size), and batch mixing vs the seed's stream."""
     from mobilefacenet_k210 import config as config_lib
     from mobilefacenet_k210.data import pipeline
-    from mobilefacenet_k210.bench_train import measure_train_throughput
+    from mobilefacenet_k210.bench.throughput import measure_train_throughput
 
     cfg = config_lib.load(config_lib.TrainConfig, train_config)
     batch = cfg.phases[0].batch_size
@@ -252,7 +253,7 @@ def gpu_figures(batch_size: int = 512, steps: int = 20, require_gpu: bool = True
     import tensorflow as tf
 
     from mobilefacenet_k210 import config as config_lib
-    from mobilefacenet_k210.bench_train import measure_train_throughput
+    from mobilefacenet_k210.bench.throughput import measure_train_throughput
 
     gpus = tf.config.list_physical_devices("GPU")
     if require_gpu and not gpus:
@@ -311,7 +312,7 @@ def _run_bench_gpu(out: Path, figure_options: Dict[str, Any]) -> Dict[str, Any]:
 
 def render_markdown(results: Dict[str, Any]) -> str:
     """Figure | value | target | pass | machine; then the distillation trend's table and PNG."""
-    from mobilefacenet_k210.bench_distill import markdown_section
+    from mobilefacenet_k210.bench.distill_trend import markdown_section
 
     lines = ["# mobilefacenet_k210 benchmark", "",
              f"Measured {results['date']} on {results['machine']}; nncase {results.get('nncase_version', '?')}.", "",
@@ -356,10 +357,10 @@ def run_bench(out: Union[str, Path] = "bench", demo_out: Union[str, Path] = "run
 def _run_bench(out: Path, demo_out: Path, train_config: str, tests: bool, root: Path,
                only: Optional[List[str]], pretrained_out: Path) -> Dict[str, Any]:
     """:func:`run_bench` under ``out``'s lock."""
-    from mobilefacenet_k210.bench_distill import trend_figures
-    from mobilefacenet_k210.bench_recordio import recordio_figures
-    from mobilefacenet_k210.bench_students import distill_figures
-    from mobilefacenet_k210.bench_pretrained import pretrained_figures
+    from mobilefacenet_k210.bench.distill_trend import trend_figures
+    from mobilefacenet_k210.bench.recordio import recordio_figures
+    from mobilefacenet_k210.bench.students import distill_figures
+    from mobilefacenet_k210.bench.pretrained import pretrained_figures
     from mobilefacenet_k210.config import DemoConfig
 
     work = out / "work"

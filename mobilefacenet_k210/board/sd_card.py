@@ -37,7 +37,7 @@ def board_config(kmodel_check: Dict[str, Any], threshold: Dict[str, Any], config
                  flash_address: Optional[int] = None) -> Dict[str, Any]:
     """The JSON the board script reads; every value derived from our files or ``config``."""
     info = {}
-    from mobilefacenet_k210.export.kmodel import info_path, kmodel_info
+    from mobilefacenet_k210.runtime.kmodel import info_path, kmodel_info
 
     if info_path(kmodel_check["path"]).is_file():
         info = kmodel_info(kmodel_check["path"])

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mobilefacenet_k210.config import DemoConfig, recorded_gallery_mode, to_dict
-from mobilefacenet_k210.provenance import machine, timestamp
-from mobilefacenet_k210.targets import TARGETS
+from mobilefacenet_k210.bench.provenance import machine, timestamp
+from mobilefacenet_k210.bench.targets import TARGETS
 
 
 def pct(x: float) -> str:

@@ -18,8 +18,8 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic
 from mobilefacenet_k210.errors import Mfk210Error
-from mobilefacenet_k210.files import sha256_file
-from mobilefacenet_k210.provenance import machine, timestamp
+from mobilefacenet_k210.fileinfo import sha256_file
+from mobilefacenet_k210.bench.provenance import machine, timestamp
 
 BUDGETS = (100, 200, None)
 """Training records per run; None: all of them (the demo's own shards)."""
@@ -121,13 +121,13 @@ def train_and_measure(config_path: str, overrides: List[str], shards: Path, run:
                       teacher: Any, crops: np.ndarray, progress: bool) -> Dict[str, Any]:
     """Train one student on ``shards`` into ``run`` (or resume it); its test accuracy and held-out cosine."""
     from mobilefacenet_k210 import config as config_lib
-    from mobilefacenet_k210 import train as train_lib
+    from mobilefacenet_k210.training import run as training_run
     from mobilefacenet_k210.config import EvalConfig
-    from mobilefacenet_k210.bench_students import heldout_cosine
+    from mobilefacenet_k210.bench.students import heldout_cosine
     from mobilefacenet_k210.evaluate import evaluate, report
 
     cfg = config_lib.load(config_lib.TrainConfig, config_path, overrides)
-    train_lib.train(cfg, shards, run, progress=progress, source=f"{config_path} {' '.join(overrides)}")
+    training_run.train(cfg, shards, run, progress=progress, source=f"{config_path} {' '.join(overrides)}")
     test = demo_out / "test.bin"
     result = evaluate(EvalConfig(models=[str(run)], bins=[str(test)], flip=True, json=str(run / "evaluate.json")))
     acc = result["results"][str(run)][report.set_name(test)]
@@ -147,9 +147,9 @@ def run_trend(demo_out: Union[str, Path], out: Union[str, Path] = "bench", work:
     ``teacher_shards``: the demo's shards with the teacher's embeddings (the distill stage's
     ``shards_teacher``; default ``demo_out/shards_teacher``).
     """
-    from mobilefacenet_k210.bench_students import TEACHER, aligned_crops
+    from mobilefacenet_k210.bench.students import TEACHER, aligned_crops
     from mobilefacenet_k210.config.loader import resolve
-    from mobilefacenet_k210.teacher.models import load_teacher
+    from mobilefacenet_k210.teacher.loader import load_teacher
 
     demo_out, out = Path(demo_out), Path(out)
     work = Path(work) if work else out / "work" / "distill_trend"

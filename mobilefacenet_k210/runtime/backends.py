@@ -1,5 +1,5 @@
 """One ``embed(images)`` for every form of the model: Keras, TFLite, the kmodel (nncase simulator) and
-ONNX (OpenCV's DNN module, with the model's own input contract: see ``teacher/contract.py``).
+ONNX (OpenCV's DNN module, with the model's own input contract: see ``runtime/contract.py``).
 
 Every backend takes uint8 RGB crops (N, 112, 112, 3) and applies the one normalization of
 ``preprocessing.normalize`` (the kmodel has it compiled in as nncase's ``input_range``, derived from
@@ -15,20 +15,12 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
-from mobilefacenet_k210.preprocessing import INPUT_SIZE, normalize, orient, recorded_orientation
+from mobilefacenet_k210.preprocessing import INPUT_SIZE, check_crops, normalize, orient, recorded_orientation
 from mobilefacenet_k210.errors import Mfk210Error
 
 
 class BackendError(Mfk210Error, ValueError):
     """A model file no backend can run, or inputs it cannot take."""
-
-
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-        raise BackendError(f"expected uint8 RGB crops (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), "
-                           f"got {images.dtype} {images.shape}")
-    return images
 
 
 class Backend:
@@ -47,7 +39,7 @@ class Backend:
         """Embeddings (N, D) float32 of uint8 RGB crops; ``flip`` adds the mirrored crop's embedding."""
         from tqdm import tqdm
 
-        images = _check_images(images)
+        images = check_crops(images, error=BackendError)
         if batch_size < 1:
             raise BackendError(f"batch_size={batch_size}: must be at least 1")
         out = []
@@ -163,7 +155,7 @@ class TFLiteBackend(Backend):
 
 
 class KmodelBackend(Backend):
-    """A ``.kmodel`` run in the nncase simulator through ``export.kmodel.simulate`` (uint8 input)."""
+    """A ``.kmodel`` run in the nncase simulator through ``runtime.kmodel.simulate`` (uint8 input)."""
 
     kind = "kmodel"
 
@@ -173,7 +165,7 @@ class KmodelBackend(Backend):
         if not self.path.is_file():
             raise BackendError(f"{self.path}: no such kmodel")
         if simulate is None:
-            from mobilefacenet_k210.export.kmodel import check_made_by, simulate
+            from mobilefacenet_k210.runtime.kmodel import check_made_by, simulate
 
             check_made_by(self.path)  # simulate() gets bytes below, so the compile record is checked here
         self._simulate = simulate
@@ -190,7 +182,7 @@ class OnnxBackend(Backend):
     kind = "onnx"
 
     def __init__(self, path: Union[str, Path]):
-        from mobilefacenet_k210.teacher.onnx import OnnxNet
+        from mobilefacenet_k210.runtime.onnx import OnnxNet
 
         self.path = Path(path)
         self.name = self.path.name

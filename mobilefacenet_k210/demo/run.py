@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.config import DemoConfig, resolve
-from mobilefacenet_k210.demo_steps import (align_tree, board_files, eval_set_name, identify_test, inspect_shards,
+from mobilefacenet_k210.demo.steps import (align_tree, board_files, eval_set_name, identify_test, inspect_shards,
                                            lay_out_faces, model_paths, open_set_test, write_pairs)
 from mobilefacenet_k210.errors import FileFormatError
 
@@ -254,12 +254,12 @@ def _run_demo(out: Union[str, Path], config: DemoConfig) -> Dict[str, Any]:
     demo.run("pairs", lambda: {g: write_pairs(out / "aligned" / g, out / f"{g}.bin") for g in ("select", "test")})
 
     def train() -> Dict[str, Any]:
-        from mobilefacenet_k210 import train as train_lib
+        from mobilefacenet_k210.training import run as training_run
 
         overrides = [f"verification.select={out / 'select.bin'}"]
         cfg = config_lib.load(config_lib.TrainConfig, config.train_config, overrides)
         source = f"{config_lib.resolve(config.train_config).resolve()}, with {overrides[0]}"
-        return train_lib.train(cfg, out / "shards", out / "train", source=source)
+        return training_run.train(cfg, out / "shards", out / "train", source=source)
 
     demo.run("train", train)
 
@@ -305,7 +305,7 @@ def summarize(demo: Demo) -> Dict[str, Any]:
         "orl_acc_keras_std": accuracy["keras"]["accuracy_std"],
         "orl_acc_kmodel": accuracy["kmodel"]["accuracy"],
         "orl_acc_kmodel_std": accuracy["kmodel"]["accuracy_std"],
-        **export.headline(),
+        **export.figures(),
         "identify_keras": r["identify"]["keras"]["accuracy"],
         "identify_kmodel": r["identify"]["kmodel"]["accuracy"],
         "seconds": demo.seconds,
@@ -316,7 +316,7 @@ def summarize(demo: Demo) -> Dict[str, Any]:
 
 def write_report(demo: Demo, figures: Dict[str, Any]) -> Path:
     """``report.md``: what ran, how long, the numbers against the targets, and the pictures."""
-    from mobilefacenet_k210.demo_report import render
+    from mobilefacenet_k210.demo.report import render
 
     path = demo.path("report.md")
     text = render(demo.out, demo.config, demo.results, demo.seconds, figures, demo.steps, demo.usage)

@@ -25,7 +25,7 @@ import numpy as np
 
 from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.errors import FileFormatError
-from mobilefacenet_k210.provenance import machine, timestamp
+from mobilefacenet_k210.bench.provenance import machine, timestamp
 
 RECORDS = (1_000, 10_000, 100_000)
 PER_IDENTITY = 10

@@ -4,7 +4,7 @@ side by side on the demo's held-out pairs.
 The teacher's (SFace) embeddings are added to the demo's shards once, a student is trained on them
 (``DemoConfig.distill_config``: the demo's photos and augmentations, taught by the teacher), exported
 as the demo exports its own, and the three are compared on the same test pairs. Its steps run like
-the demo's (:class:`~mobilefacenet_k210.demo.Demo`: recorded, skipped when made from the same
+the demo's (:class:`~mobilefacenet_k210.demo.run.Demo`: recorded, skipped when made from the same
 inputs, chained after the demo's last step so that a changed demo reruns them), in ``WORK/distill``.
 
 The held-out cosine is the mean cosine between a student's and the teacher's embeddings of the
@@ -18,11 +18,11 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from mobilefacenet_k210.config import DemoConfig
-from mobilefacenet_k210.demo import Demo
+from mobilefacenet_k210.demo.run import Demo
 from mobilefacenet_k210.errors import Mfk210Error
 
 TEACHER = "sface"
-"""The teacher (``teacher.models.load_teacher``): SFace, fetched once."""
+"""The teacher (``teacher.loader.load_teacher``): SFace, fetched once."""
 
 
 class DemoNotFinishedError(Mfk210Error, RuntimeError):
@@ -47,7 +47,7 @@ class DistillSteps(Demo):
 
 def add_teacher_step(demo_out: Path, work: Path) -> Dict[str, Any]:
     """``work/shards_teacher``: the demo's shards with the teacher's embeddings of each crop and mirror."""
-    from mobilefacenet_k210.teacher.models import load_teacher
+    from mobilefacenet_k210.teacher.loader import load_teacher
     from mobilefacenet_k210.teacher.shards import add_teacher
 
     teacher = load_teacher(TEACHER)
@@ -63,10 +63,10 @@ def add_teacher_step(demo_out: Path, work: Path) -> Dict[str, Any]:
 def train_distilled(demo_out: Path, work: Path, train_config: str) -> Dict[str, Any]:
     """Train the distilled student into ``work/train_distill``, its checkpoint chosen on the demo's select pairs."""
     from mobilefacenet_k210 import config as config_lib
-    from mobilefacenet_k210 import train as train_lib
+    from mobilefacenet_k210.training import run as training_run
 
     cfg = config_lib.load(config_lib.TrainConfig, train_config, [f"verification.select={demo_out / 'select.bin'}"])
-    return train_lib.train(cfg, work / "shards_teacher", work / "train_distill")
+    return training_run.train(cfg, work / "shards_teacher", work / "train_distill")
 
 
 def export_distilled(demo_out: Path, work: Path, config: Any) -> Dict[str, Any]:
@@ -90,8 +90,8 @@ def aligned_crops(folder: Path) -> np.ndarray:
 def heldout_cosine(student: str, teacher: Any, crops: np.ndarray) -> float:
     """Mean cosine between ``student``'s embeddings (any evaluate backend) and the teacher's of ``crops``;
     NaN when their sizes differ (the training-only projection is not part of an exported student)."""
-    from mobilefacenet_k210.evaluate.backends import load_backend
-    from mobilefacenet_k210.teacher.models import l2_normalize
+    from mobilefacenet_k210.runtime.backends import load_backend
+    from mobilefacenet_k210.teacher.loader import l2_normalize
 
     s = l2_normalize(load_backend(student).embed(crops, progress=False))
     t = teacher.embed(crops)
@@ -105,10 +105,10 @@ def compare(demo_out: Path, work: Path, scratch: Dict[str, Any]) -> Dict[str, An
     students' held-out cosine to the teacher on the test faces. ``scratch``: the demo's evaluate step
     result, which already holds the from-scratch student's accuracy on the same pairs (same flip)."""
     from mobilefacenet_k210.config import EvalConfig
-    from mobilefacenet_k210.demo_steps import model_paths
+    from mobilefacenet_k210.demo.steps import model_paths
     from mobilefacenet_k210.evaluate import evaluate as evaluate_fn
     from mobilefacenet_k210.evaluate import report
-    from mobilefacenet_k210.teacher.models import load_teacher
+    from mobilefacenet_k210.teacher.loader import load_teacher
 
     teacher = load_teacher(TEACHER)
     scratch_models = model_paths(demo_out)
@@ -145,7 +145,7 @@ def figures(results: Dict[str, Any]) -> Dict[str, Any]:
         "distill_cosine_heldout": rows["distill_keras"]["heldout_cosine"],
         "scratch_cosine_heldout": rows["scratch_keras"]["heldout_cosine"],
         "teacher_img_per_s": results["teacher"]["teacher_img_per_s"],
-        **export.headline("distill_"),
+        **export.figures("distill_"),
     }
 
 

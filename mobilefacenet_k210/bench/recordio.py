@@ -32,7 +32,7 @@ def orl_jpegs(work: Path) -> List[List[bytes]]:
     import numpy as np
 
     from mobilefacenet_k210.data.orl import fetch_orl
-    from mobilefacenet_k210.demo_steps import align_tree
+    from mobilefacenet_k210.demo.steps import align_tree
 
     aligned = work / "orl_aligned"
     if not (aligned / ".complete").is_file():

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mobilefacenet_k210.config import PretrainedConfig
-from mobilefacenet_k210.demo_report import (board_section, config_section, export_section, identify_section,
+from mobilefacenet_k210.demo.report import (board_section, config_section, export_section, identify_section,
                                             image_link, open_set_section, pct, steps_section, targets_table,
                                             verification_section)
-from mobilefacenet_k210.provenance import machine, timestamp
+from mobilefacenet_k210.bench.provenance import machine, timestamp
 
 TARGET_PREFIX = "pretrained_"
 """`make bench` records these figures under this prefix; ``targets.TARGETS`` names them so."""

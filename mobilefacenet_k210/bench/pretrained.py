@@ -13,7 +13,7 @@ def pretrained_figures(out: Path, seeds: Tuple[int, ...] = PRETRAINED_SEEDS) -> 
     """`make pretrained` (run or resumed) for each seed, the first into ``out``, the others beside it
     (``OUT_seed<n>``): the first seed's figures, and the range of the accuracies over the seeds."""
     from mobilefacenet_k210.config import PretrainedConfig
-    from mobilefacenet_k210.demo_pretrained import run_pretrained
+    from mobilefacenet_k210.demo.pretrained import run_pretrained
 
     runs = [run_pretrained(out if i == 0 else out.with_name(f"{out.name}_seed{seed}"), PretrainedConfig(seed=seed))
             for i, seed in enumerate(seeds)]

@@ -3,7 +3,7 @@ backends), or precomputed embeddings (``.npy`` with a file list) for teachers th
 
 Every teacher answers :meth:`Teacher.embed_records`: the L2-normalised embeddings of a batch of
 records' crops and of their horizontal mirrors, with the teacher's name, sha256 and dimension for
-``metadata.json``. Only ONNX models run through the input contract of ``contract.py``; TFLite and
+``metadata.json``. Only ONNX models run through the input contract of ``runtime/contract.py``; TFLite and
 Keras teachers take the package's own normalization, as the student does.
 """
 from pathlib import Path
@@ -11,9 +11,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mobilefacenet_k210.files import sha256_file
+from mobilefacenet_k210.fileinfo import sha256_file
 from mobilefacenet_k210.preprocessing import INPUT_SIZE
-from mobilefacenet_k210.teacher.contract import TeacherError
+from mobilefacenet_k210.runtime.contract import TeacherError
 
 DEFAULT = "sface"
 MODEL_SUFFIXES = (".onnx", ".tflite", ".keras", ".h5", ".npy")
@@ -128,11 +128,11 @@ def load_teacher(spec: Union[str, Path] = DEFAULT, trust_model_code: bool = Fals
     if suffix == ".npy":
         return PrecomputedTeacher(path)
     if suffix == ".onnx":
-        from mobilefacenet_k210.teacher.onnx import OnnxNet
+        from mobilefacenet_k210.runtime.onnx import OnnxNet
 
         net = OnnxNet(path)
         return Teacher(name, path, net.run, net.dim)
-    from mobilefacenet_k210.evaluate.backends import load_backend
+    from mobilefacenet_k210.runtime.backends import load_backend
 
     backend = load_backend(path, trust_model_code)
     probe = backend.embed(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8), progress=False)

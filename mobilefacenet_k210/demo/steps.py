@@ -1,6 +1,6 @@
 """The demo's steps on the ORL faces: lay out the photos, align them, make verification pairs, identify
 the held-out people as the board would (closed and open set), write the board files. Each is a plain
-function of the demo's output folder and config; :mod:`.demo` runs them in order and records them.
+function of the demo's output folder and config; :mod:`.run` runs them in order and records them.
 """
 import shutil
 from pathlib import Path
@@ -151,21 +151,21 @@ def open_set_test(out: Path, config: HeldOutRunConfig) -> Dict[str, Any]:
 def board_files(out: Path, gallery_size: int) -> Dict[str, Any]:
     """The .kfpkg for kflash and the CanMV script with the kmodel's open-set threshold (FPIR 1%) and gallery,
     both in the demo's gallery mode (board-files refuses a mismatch)."""
-    from mobilefacenet_k210.board import files, kfpkg
+    from mobilefacenet_k210.board import kfpkg, sd_card
 
     kmodel = model_paths(out)["kmodel"]
     plan = kfpkg.build_kfpkg(kmodel, out / "board" / "mfk210.kfpkg")
-    written = files.write_board_files(out / "board" / "sd", kmodel, None, eval_set=kmodel,
-                                      gallery=out / "identify" / "gallery_kmodel.json",
-                                      ident_eval=out / "openset" / "results.json", fpir=0.01,
-                                      gallery_size=gallery_size)
+    written = sd_card.write_board_files(out / "board" / "sd", kmodel, None, eval_set=kmodel,
+                                        gallery=out / "identify" / "gallery_kmodel.json",
+                                        ident_eval=out / "openset" / "results.json", fpir=0.01,
+                                        gallery_size=gallery_size)
     return {"kfpkg": str(out / "board" / "mfk210.kfpkg"), "flash": plan.get("files", plan),
             "files": written["files"], "threshold": written["config"]["threshold"], "warnings": written["warnings"]}
 
 
 def inspect_shards(out: Path) -> Dict[str, Any]:
     """Counts and the contact sheet of what training saw."""
-    from mobilefacenet_k210.data import inspect
+    from mobilefacenet_k210.data import inspect_shards as inspection
 
     (out / "inspect").mkdir(parents=True, exist_ok=True)
-    return inspect.inspect_shards(out / "shards", out / "inspect" / "contact_sheet.png")
+    return inspection.inspect_shards(out / "shards", out / "inspect" / "contact_sheet.png")
