@@ -50,7 +50,7 @@ pretrained: $(STAMP)
 	$(MFK) pretrained --out runs/pretrained $(if $(SOURCE),--source $(SOURCE))
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=25
 
 # ONLY=STAGE[,STAGE] (e.g. ONLY=distill_trend): rerun those stages, keep the others' figures
 bench: $(STAMP)
