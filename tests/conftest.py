@@ -220,3 +220,16 @@ def kill_when_cached(args, env, work: Path, identities: int, timeout: float = 90
         proc.wait()
         proc.stderr.close()
     return cached_identities(work)
+
+
+def rerun_in_process(args: list, capsys) -> dict:
+    """The killed CLI command ``args`` (``python -m mobilefacenet_k210 ...``) run again to its end, in this process
+    (no second interpreter and TensorFlow import to pay); returns the JSON summary it printed."""
+    from mobilefacenet_k210 import cli
+
+    assert args[1:3] == ["-m", "mobilefacenet_k210"], args
+    capsys.readouterr()
+    code = cli.main(args[3:])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    return json.loads(out.out[out.out.index("{"):])

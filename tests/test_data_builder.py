@@ -3,14 +3,13 @@ import csv
 import collections
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import kill_when_cached, shard_digests
+from conftest import kill_when_cached, rerun_in_process, shard_digests
 from mobilefacenet_k210 import folder_lock
 from mobilefacenet_k210.data import builder, insightface_set, interop, local_runner, tfrecord, writer
 from mobilefacenet_k210.data.builder import build, load_build_config
@@ -163,9 +162,9 @@ def test_nothing_to_build_and_unwritable_output_stop_with_advice(tmp_path, orl_s
     assert (tmp_path / "out2" / "rejected.csv").is_file()
 
 
-def _resume_after_kill(tmp_path, runner: str):
-    """Kill a CLI build once 3 identities are cached, plant what a kill can leave, rerun: the summary of the
-    rerun, how many were done at the kill, and the build's args."""
+def _resume_after_kill(tmp_path, capsys, runner: str):
+    """Kill a CLI build once 3 identities are cached, plant what a kill can leave, rerun the same command (in
+    this process): the rerun resumes the cached identities and removes the leftovers; returns the raw folder."""
     raw = _write_aligned(tmp_path / "raw", [40] * 12 + [95] * 4)
     args = [sys.executable, "-m", "mobilefacenet_k210", "build-tfrecords", str(raw), str(tmp_path / "killed"),
             "--aligned", "--workers", "1", "--val-fraction", "0.05", "--quiet", "--set", "records_per_shard=500",
@@ -181,27 +180,25 @@ def _resume_after_kill(tmp_path, runner: str):
     for path in leftovers[:2]:
         path.write_bytes(b"half a file")
     leftovers[2].mkdir()
-    rerun = subprocess.run(args, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = rerun_in_process(args, capsys)
     assert not any(p.exists() for p in leftovers)
-    summary = json.loads(rerun.stdout[rerun.stdout.index("{"):])
     assert summary["resumed_identities"] >= done and summary["runner"] == runner
     return raw
 
 
-def test_killed_build_resumes_to_identical_shards(tmp_path):
+def test_killed_build_resumes_to_identical_shards(tmp_path, capsys):
     """SIGKILL a CLI build mid-way, rerun the same command: the shards equal an uninterrupted build's."""
-    raw = _resume_after_kill(tmp_path, "local")
+    raw = _resume_after_kill(tmp_path, capsys, "local")
     cfg = load_build_config(aligned=True, workers=1, val_fraction=0.05, overrides=["records_per_shard=500"])
     build(raw, tmp_path / "clean", cfg, progress=False)
     assert shard_digests(tmp_path / "killed") == shard_digests(tmp_path / "clean")
     assert (tmp_path / "killed" / "labels.txt").read_bytes() == (tmp_path / "clean" / "labels.txt").read_bytes()
 
 
-def test_killed_beam_build_resumes_to_identical_shards(tmp_path):
+def test_killed_beam_build_resumes_to_identical_shards(tmp_path, capsys):
     """The same with --runner beam: the rerun skips the cached identities and equals an uninterrupted Beam build."""
     pytest.importorskip("apache_beam")
-    raw = _resume_after_kill(tmp_path, "beam")
+    raw = _resume_after_kill(tmp_path, capsys, "beam")
     cfg = load_build_config(aligned=True, runner="beam", val_fraction=0.05, overrides=["records_per_shard=500"])
     build(raw, tmp_path / "clean", cfg, progress=False)
     assert shard_digests(tmp_path / "killed") == shard_digests(tmp_path / "clean")

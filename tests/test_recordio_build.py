@@ -6,14 +6,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import kill_when_cached, shard_digests
+from conftest import kill_when_cached, rerun_in_process, shard_digests
 from mobilefacenet_k210.data import interop, recordio, tfrecord
 from mobilefacenet_k210.data.builder import build, load_build_config
 from mobilefacenet_k210.data.cache import WORK_DIR
@@ -130,10 +129,10 @@ def test_augmented_copies_keep_rgb_order_and_a_damaged_rec_keeps_its_readable_re
     assert summary["source"]["notes"] and summary["num_classes"] == 3
 
 
-def test_killed_recordio_build_resumes_to_identical_shards(tmp_path):
+def test_killed_recordio_build_resumes_to_identical_shards(tmp_path, capsys):
     """A RecordIO set of 8 classes of 31 photos (the fixture's repeated; the seed policy adds 3 augmented
-    copies of each), built by the CLI and SIGKILLed once 3 classes are cached, then rerun: the shards
-    equal an uninterrupted build's."""
+    copies of each), built by the CLI and SIGKILLed once 3 classes are cached, then the same command rerun: the
+    shards equal an uninterrupted build's."""
     src = FIXTURE / "insightface"
     with recordio.RecordFile(src / "train.rec") as f:
         offsets, _ = recordio.read_idx(src / "train.idx")
@@ -145,9 +144,7 @@ def test_killed_recordio_build_resumes_to_identical_shards(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = kill_when_cached(args, env, tmp_path / "killed" / WORK_DIR, 3)
     assert not (tmp_path / "killed" / "metadata.json").exists(), "the build finished before it was killed"
-    rerun = subprocess.run(args, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert json.loads(rerun.stdout[rerun.stdout.index("{"):])["resumed_identities"] >= done
+    assert rerun_in_process(args, capsys)["resumed_identities"] >= done
     build(tmp_path / "set", tmp_path / "clean", load_build_config(workers=1, val_fraction=0.05), progress=False)
     assert shard_digests(tmp_path / "killed") == shard_digests(tmp_path / "clean")
     assert tfrecord.load_metadata(tmp_path / "clean")["augmentation"] == {
