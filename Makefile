@@ -49,8 +49,9 @@ demo: $(STAMP)
 pretrained: $(STAMP)
 	$(MFK) pretrained --out runs/pretrained $(if $(SOURCE),--source $(SOURCE))
 
+# two pytest processes (pytest-xdist): most tests keep one core busy, not two (docs/testing.md)
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests --durations=25
 
 # ONLY=STAGE[,STAGE] (e.g. ONLY=distill_trend): rerun those stages, keep the others' figures
 bench: $(STAMP)

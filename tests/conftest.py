@@ -1,6 +1,10 @@
 """Shared fixtures and helpers of the test suite: tiny shards, synthetic and ORL faces, the small K210-legal
 model compiled once for the whole session, the identification people, one-line CLI errors."""
+import json
+import signal
 import struct
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +173,63 @@ def people(tmp_path_factory):
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     tf.keras.Model(inp, tf.keras.layers.Dense(16)(x)).save(root / "m.keras")
     return {"faces": root / "faces", "model": root / "m.keras"}
+
+
+def recorded_pid(target: Path) -> int:
+    """The pid in ``target``'s lock file (0: no lock file, or its record not written yet)."""
+    from mobilefacenet_k210 import folder_lock
+
+    try:
+        return int(json.loads(folder_lock.lock_path(target).read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under ``root``: its bytes by relative path (an absent ``root``: empty)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def shard_digests(out: Path) -> list:
+    """(file, records, sha256) of every shard a build wrote: equal lists mean byte-identical shard sets."""
+    from mobilefacenet_k210.data import tfrecord
+
+    return [(s["file"], s["records"], s["sha256"]) for s in tfrecord.load_metadata(out)["shards"]]
+
+
+def cached_identities(work: Path) -> int:
+    """Identities whose cache entry is complete (an entry file appears under its name only when whole)."""
+    return sum(1 for p in work.glob("*/*.entry"))
+
+
+def kill_when_cached(args, env, work: Path, identities: int, timeout: float = 900) -> int:
+    """Start the CLI build and SIGKILL it once ``identities`` identities are observably cached in ``work``
+    (a state, not a delay); returns the number cached at the kill. ``timeout`` only turns a hang into a failure."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while cached_identities(work) < identities:
+            if proc.poll() is not None:
+                pytest.fail(f"the build exited (rc {proc.returncode}) before {identities} identities were cached "
+                            f"in {work}: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {timeout} s for {identities} identities to be cached in {work}")
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    return cached_identities(work)
+
+
+def rerun_in_process(args: list, capsys) -> dict:
+    """The killed CLI command ``args`` (``python -m mobilefacenet_k210 ...``) run again to its end, in this process
+    (no second interpreter and TensorFlow import to pay); returns the JSON summary it printed."""
+    from mobilefacenet_k210 import cli
+
+    assert args[1:3] == ["-m", "mobilefacenet_k210"], args
+    capsys.readouterr()
+    code = cli.main(args[3:])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    return json.loads(out.out[out.out.index("{"):])

@@ -3,15 +3,13 @@ import csv
 import collections
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import kill_when_cached, rerun_in_process, shard_digests
 from mobilefacenet_k210 import folder_lock
 from mobilefacenet_k210.data import builder, insightface_set, interop, local_runner, tfrecord, writer
 from mobilefacenet_k210.data.builder import build, load_build_config
@@ -42,10 +40,6 @@ def _records(out: Path):
     return {s: collections.Counter(bytes(r.numpy()) for f in tfrecord.shard_files(out, s, meta)
                                    for r in tf.data.TFRecordDataset(str(f)))
             for s in tfrecord.SPLITS}
-
-
-def _shard_digests(out: Path):
-    return [(s["file"], s["records"], s["sha256"]) for s in tfrecord.load_metadata(out)["shards"]]
 
 
 @pytest.fixture(scope="module")
@@ -168,41 +162,16 @@ def test_nothing_to_build_and_unwritable_output_stop_with_advice(tmp_path, orl_s
     assert (tmp_path / "out2" / "rejected.csv").is_file()
 
 
-def _cached(work: Path) -> int:
-    """Identities whose cache entry is complete (an entry file appears under its name only when whole)."""
-    return sum(1 for p in work.glob("*/*.entry"))
-
-
-def _kill_when_cached(args, env, work: Path, identities: int, timeout: float = 900) -> int:
-    """Start the CLI build and SIGKILL it once ``identities`` identities are observably cached in ``work``
-    (a state, not a delay); returns the number cached at the kill."""
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while _cached(work) < identities:
-            if proc.poll() is not None:
-                pytest.fail(f"the build exited (rc {proc.returncode}) before {identities} identities were cached "
-                            f"in {work}: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"waited {timeout} s for {identities} identities to be cached in {work}")
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
-    return _cached(work)
-
-
-def _resume_after_kill(tmp_path, runner: str):
-    """Kill a CLI build once 3 identities are cached, plant what a kill can leave, rerun: the summary of the
-    rerun, how many were done at the kill, and the build's args."""
+def _resume_after_kill(tmp_path, capsys, runner: str):
+    """Kill a CLI build once 3 identities are cached, plant what a kill can leave, rerun the same command (in
+    this process): the rerun resumes the cached identities and removes the leftovers; returns the raw folder."""
     raw = _write_aligned(tmp_path / "raw", [40] * 12 + [95] * 4)
     args = [sys.executable, "-m", "mobilefacenet_k210", "build-tfrecords", str(raw), str(tmp_path / "killed"),
             "--aligned", "--workers", "1", "--val-fraction", "0.05", "--quiet", "--set", "records_per_shard=500",
             "--runner", runner]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     work = tmp_path / "killed" / WORK_DIR
-    done = _kill_when_cached(args, env, work, 3)
+    done = kill_when_cached(args, env, work, 3)
     assert not (tmp_path / "killed" / "metadata.json").exists(), "the build finished before it was killed"
     assert 3 <= done and not list(work.glob("*/*.pkl"))
     leftovers = [tmp_path / "killed" / ".train-00000-of-00006.tfrecord.x1y2.tmp",  # a kill in write_shard
@@ -211,30 +180,28 @@ def _resume_after_kill(tmp_path, runner: str):
     for path in leftovers[:2]:
         path.write_bytes(b"half a file")
     leftovers[2].mkdir()
-    rerun = subprocess.run(args, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = rerun_in_process(args, capsys)
     assert not any(p.exists() for p in leftovers)
-    summary = json.loads(rerun.stdout[rerun.stdout.index("{"):])
     assert summary["resumed_identities"] >= done and summary["runner"] == runner
     return raw
 
 
-def test_killed_build_resumes_to_identical_shards(tmp_path):
+def test_killed_build_resumes_to_identical_shards(tmp_path, capsys):
     """SIGKILL a CLI build mid-way, rerun the same command: the shards equal an uninterrupted build's."""
-    raw = _resume_after_kill(tmp_path, "local")
+    raw = _resume_after_kill(tmp_path, capsys, "local")
     cfg = load_build_config(aligned=True, workers=1, val_fraction=0.05, overrides=["records_per_shard=500"])
     build(raw, tmp_path / "clean", cfg, progress=False)
-    assert _shard_digests(tmp_path / "killed") == _shard_digests(tmp_path / "clean")
+    assert shard_digests(tmp_path / "killed") == shard_digests(tmp_path / "clean")
     assert (tmp_path / "killed" / "labels.txt").read_bytes() == (tmp_path / "clean" / "labels.txt").read_bytes()
 
 
-def test_killed_beam_build_resumes_to_identical_shards(tmp_path):
+def test_killed_beam_build_resumes_to_identical_shards(tmp_path, capsys):
     """The same with --runner beam: the rerun skips the cached identities and equals an uninterrupted Beam build."""
     pytest.importorskip("apache_beam")
-    raw = _resume_after_kill(tmp_path, "beam")
+    raw = _resume_after_kill(tmp_path, capsys, "beam")
     cfg = load_build_config(aligned=True, runner="beam", val_fraction=0.05, overrides=["records_per_shard=500"])
     build(raw, tmp_path / "clean", cfg, progress=False)
-    assert _shard_digests(tmp_path / "killed") == _shard_digests(tmp_path / "clean")
+    assert shard_digests(tmp_path / "killed") == shard_digests(tmp_path / "clean")
     assert (tmp_path / "killed" / "labels.txt").read_bytes() == (tmp_path / "clean" / "labels.txt").read_bytes()
 
 
@@ -328,7 +295,7 @@ def test_two_workers_equal_one(tmp_path, orl_small):
     two = build(orl_small, tmp_path / "two", load_build_config(policy="none", workers=2, val_fraction=0.25),
                 progress=False)
     assert one["faces"] == two["faces"] == 12 and two["workers"] == 2
-    assert _shard_digests(tmp_path / "one") == _shard_digests(tmp_path / "two")
+    assert shard_digests(tmp_path / "one") == shard_digests(tmp_path / "two")
     assert json.loads((tmp_path / "two" / "metadata.json").read_text())["detector"]["name"] == "mtcnn"
 
 
@@ -341,14 +308,14 @@ def test_beam_direct_runner_equals_local(tmp_path, orl_small):
     beam = build(orl_small, tmp_path / "beam",
                  load_build_config(policy="none", runner="beam", val_fraction=0.25), progress=False)
     assert local["records"] == beam["records"] and beam["runner"] == "beam"
-    assert _shard_digests(tmp_path / "local") == _shard_digests(tmp_path / "beam")
+    assert shard_digests(tmp_path / "local") == shard_digests(tmp_path / "beam")
     assert beam["align_processes"] == [os.getpid()] and beam["workers"] is None
     multi = build(orl_small, tmp_path / "beam2", load_build_config(
         policy="none", runner="beam", val_fraction=0.25,
         beam_options=["--direct_num_workers=2", "--direct_running_mode=multi_processing"]), progress=False)
     assert multi["workers"] == 2 and multi["faces"] == local["faces"] == 12
     assert 1 <= len(multi["align_processes"]) <= 2 and os.getpid() not in multi["align_processes"]
-    assert _shard_digests(tmp_path / "local") == _shard_digests(tmp_path / "beam2")
+    assert shard_digests(tmp_path / "local") == shard_digests(tmp_path / "beam2")
     assert (tmp_path / "local" / "labels.txt").read_text() == (tmp_path / "beam" / "labels.txt").read_text()
     meta = tfrecord.load_metadata(tmp_path / "beam")
     assert meta["class_counts"] == tfrecord.load_metadata(tmp_path / "local")["class_counts"]
@@ -417,9 +384,9 @@ def test_out_with_another_dataset_needs_overwrite_and_survives_a_failed_one(tmp_
     first = _write_aligned(tmp_path / "first", [3, 3], seed=1)
     out = tmp_path / "out"
     assert main(["build-tfrecords", str(first), str(out), "--policy", "none", *quiet]) == 0
-    before = _shard_digests(out)
+    before = shard_digests(out)
     assert main(["build-tfrecords", str(first), str(out), "--policy", "none", *quiet]) == 0  # same input: a rebuild
-    assert _shard_digests(out) == before
+    assert shard_digests(out) == before
     capsys.readouterr()
     second = _write_aligned(tmp_path / "second", [2, 4, 5], seed=2)
     assert main(["build-tfrecords", str(second), str(out), "--policy", "none", *quiet]) == 2
@@ -427,7 +394,7 @@ def test_out_with_another_dataset_needs_overwrite_and_survives_a_failed_one(tmp_
     # the seed policy drops every identity of 2..5 faces: this build fails after all its per-identity work
     assert main(["build-tfrecords", str(second), str(out), "--overwrite", *quiet]) == 2
     assert "--policy none" in _one_line_error(capsys)
-    assert _shard_digests(out) == before and (out / "labels.txt").read_text().splitlines() == ["id00", "id01"]
+    assert shard_digests(out) == before and (out / "labels.txt").read_text().splitlines() == ["id00", "id01"]
     assert main(["build-tfrecords", str(second), str(out), "--policy", "none", "--overwrite", *quiet]) == 0
     assert tfrecord.load_metadata(out)["num_classes"] == 3 and sum(_records(out)["train"].values()) == 11
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "out", "second"]

@@ -1,13 +1,12 @@
 """One writer per output folder (folder_lock), with real processes and no mocks.
 
-A live training and a second one into the same folder: the second is refused (exit 2, one line naming
-the folder and the first one's pid) and writes nothing; the first ends with the same weights as a run
-without the second. A build (both runners), a merge, an export, an enroll and every other writing
+A build (both runners), a merge, an export, an enroll and every other writing
 command are refused while a helper process holds their output's lock (the helper takes it with the
 package's own ``folder_lock.hold`` and waits on a pipe, so "a live writer" is an observable state, not
 a race). A killed holder's lock is taken over at once; a lock recorded by another machine is refused
 with how to clear it, and ``--break-lock`` clears it. A shard set being written is refused to readers
-as incomplete. (SIGKILL + rerun of a training: tests/test_train.py.)
+as incomplete. (A second training into a live run, refused while the first ends as if alone, and SIGKILL
++ rerun of a training: one run in tests/test_train.py.)
 """
 import contextlib
 import json
@@ -20,8 +19,8 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-import yaml
 
+from conftest import recorded_pid, snapshot
 from mobilefacenet_k210 import cli, folder_lock
 from mobilefacenet_k210.data import tfrecord
 
@@ -61,19 +60,6 @@ def error_line(capsys, command: str, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
-
-
-def recorded_pid(target: Path) -> int:
-    """The pid in ``target``'s lock file (0: no lock file, or its record not written yet)."""
-    try:
-        return int(json.loads(folder_lock.lock_path(target).read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def snapshot(root: Path) -> dict:
-    """Every file under ``root``: its bytes by relative path (an absent ``root``: empty)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def write_crops(root: Path, people: int = 2, per_person: int = 2) -> Path:
@@ -228,49 +214,3 @@ def test_every_other_writing_command_takes_its_outputs_lock_first(tiny_shards, t
                 error_line(capsys, name, str(target), f"pid {writer.pid}")
                 assert not target.exists(), name
     assert not list(tmp_path.glob(".*.lock"))
-
-
-# --- a live training and a second one -------------------------------------------------------------
-CONFIG = {
-    "model": {"input_size": 64, "width_multiplier": 0.25, "embedding_size": 32},
-    "pipeline": {"shuffle_buffer": 16, "cycle_length": 2, "validation": False},
-    "phases": [{"head": "softmax", "epochs": 1, "batch_size": 8, "lr": 0.05}],
-    "deterministic_ops": True,
-}
-
-
-def test_a_second_training_into_a_live_run_is_refused_and_the_first_ends_as_if_alone(tiny_shards, tmp_path, capsys):
-    from test_train import _cli, _finish, _wait_for
-
-    from mobilefacenet_k210.model.io import load_embedding_model
-
-    data = tiny_shards(num_classes=4, per_class=4, num_shards=2, size=64)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    run = tmp_path / "run"
-    reference, first = _cli(config, data, tmp_path / "reference"), _cli(config, data, run)
-    try:
-        _wait_for(lambda: recorded_pid(run) == first.pid, first, "the first run's holder record")
-        # paused while it holds the lock: "live" for as long as the second one takes, on any machine
-        os.kill(first.pid, signal.SIGSTOP)
-        try:
-            before = snapshot(run)
-            assert cli.main(["train", "--config", str(config), "--data", str(data), "--out", str(run),
-                             "--no-progress"]) == 2
-            error_line(capsys, "train", str(run), f"pid {first.pid}", f"stop pid {first.pid}")
-            assert snapshot(run) == before  # the second wrote nothing
-        finally:
-            os.kill(first.pid, signal.SIGCONT)
-        _finish(first, "the first run to end")
-        _finish(reference, "the reference run to end")
-    finally:
-        for proc in (first, reference):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    got = load_embedding_model(run / "phases" / "phase0").get_weights()
-    want = load_embedding_model(tmp_path / "reference" / "phases" / "phase0").get_weights()
-    for x, y in zip(got, want):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
-    assert json.loads((run / "state.json").read_text())["completed_phases"] == 1
-    assert not folder_lock.lock_path(run).exists()

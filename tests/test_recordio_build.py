@@ -6,20 +6,18 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import kill_when_cached, rerun_in_process, shard_digests
 from mobilefacenet_k210.data import interop, recordio, tfrecord
 from mobilefacenet_k210.data.builder import build, load_build_config
 from mobilefacenet_k210.data.cache import WORK_DIR
 from mobilefacenet_k210.data.inspect_shards import inspect_shards
 from mobilefacenet_k210.data.insightface_set import INSIGHTFACE
-
-from test_data_builder import _kill_when_cached, _shard_digests
 
 FIXTURE = Path(__file__).parent / "fixtures" / "recordio"
 
@@ -79,7 +77,7 @@ def test_mxnet_set_builds_with_jpegs_passed_through_and_beam_writes_the_same(tmp
     beam = build(src, tmp_path / "beam", load_build_config(policy="none", runner="beam", val_fraction=0.25),
                  progress=False)
     assert beam["runner"] == "beam" and beam["records"] == local["records"]
-    assert _shard_digests(tmp_path / "beam") == _shard_digests(tmp_path / "local")
+    assert shard_digests(tmp_path / "beam") == shard_digests(tmp_path / "local")
     assert (tmp_path / "beam" / "labels.txt").read_text() == (tmp_path / "local" / "labels.txt").read_text()
 
 
@@ -131,10 +129,10 @@ def test_augmented_copies_keep_rgb_order_and_a_damaged_rec_keeps_its_readable_re
     assert summary["source"]["notes"] and summary["num_classes"] == 3
 
 
-def test_killed_recordio_build_resumes_to_identical_shards(tmp_path):
+def test_killed_recordio_build_resumes_to_identical_shards(tmp_path, capsys):
     """A RecordIO set of 8 classes of 31 photos (the fixture's repeated; the seed policy adds 3 augmented
-    copies of each), built by the CLI and SIGKILLed once 3 classes are cached, then rerun: the shards
-    equal an uninterrupted build's."""
+    copies of each), built by the CLI and SIGKILLed once 3 classes are cached, then the same command rerun: the
+    shards equal an uninterrupted build's."""
     src = FIXTURE / "insightface"
     with recordio.RecordFile(src / "train.rec") as f:
         offsets, _ = recordio.read_idx(src / "train.idx")
@@ -144,12 +142,10 @@ def test_killed_recordio_build_resumes_to_identical_shards(tmp_path):
     args = [sys.executable, "-m", "mobilefacenet_k210", "build-tfrecords", str(tmp_path / "set"),
             str(tmp_path / "killed"), "--workers", "1", "--val-fraction", "0.05", "--quiet"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = _kill_when_cached(args, env, tmp_path / "killed" / WORK_DIR, 3)
+    done = kill_when_cached(args, env, tmp_path / "killed" / WORK_DIR, 3)
     assert not (tmp_path / "killed" / "metadata.json").exists(), "the build finished before it was killed"
-    rerun = subprocess.run(args, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert json.loads(rerun.stdout[rerun.stdout.index("{"):])["resumed_identities"] >= done
+    assert rerun_in_process(args, capsys)["resumed_identities"] >= done
     build(tmp_path / "set", tmp_path / "clean", load_build_config(workers=1, val_fraction=0.05), progress=False)
-    assert _shard_digests(tmp_path / "killed") == _shard_digests(tmp_path / "clean")
+    assert shard_digests(tmp_path / "killed") == shard_digests(tmp_path / "clean")
     assert tfrecord.load_metadata(tmp_path / "clean")["augmentation"] == {
         "gaussian": 248, "opening": 248, "original": 248, "saltpepper": 248}

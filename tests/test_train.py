@@ -1,10 +1,10 @@
 """Training runs on tiny shards: phases carry the backbone, the best checkpoint follows verification,
-imprinted centres match the embeddings the margin phase computes, SIGKILL + rerun at once (the dead
-run's folder lock taken over) ends where an uninterrupted run ends (logs not doubled, temp files
-removed), a changed config or other data is refused, user mistakes are one-line errors, triplet
-phases run, `train --mixed-precision` runs (the machine's policy: mixed_bfloat16 on CPUs with
-bfloat16 kernels, else mixed_float16) and its float32 embedding model exports to a kmodel,
-MirroredStrategy runs over two logical CPUs."""
+imprinted centres match the embeddings the margin phase computes, a second training into a live run is
+refused and writes nothing, SIGKILL + rerun at once (the dead run's folder lock taken over) ends where an
+uninterrupted run ends (logs not doubled, temp files removed), a changed config or other data is
+refused, user mistakes are one-line errors, triplet phases run, `train --mixed-precision` runs (the
+machine's policy: mixed_bfloat16 on CPUs with bfloat16 kernels, else mixed_float16) and its float32
+embedding model exports to a kmodel, MirroredStrategy runs over two logical CPUs."""
 import csv
 import json
 import logging
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import recorded_pid, snapshot
 from mobilefacenet_k210 import cli, folder_lock
 from mobilefacenet_k210.config import TrainConfig, load
 from mobilefacenet_k210.evaluate.callback import VERIFICATION_METRIC
@@ -247,12 +248,27 @@ def test_last_is_saved_on_scored_epochs_and_on_the_phases_last_epoch(tmp_path):
         np.testing.assert_array_equal(last[0], weights_at[0 if epoch == 1 else epoch][0], err_msg=f"epoch {epoch}")
 
 
-def test_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path, capsys):
+def test_a_second_training_is_refused_and_sigkill_and_rerun_ends_like_an_uninterrupted_run(tiny_shards, tmp_path,
+                                                                                           capsys):
+    """One run, two interruptions. A second training into the live run is refused (exit 2, one line naming the
+    folder and the first one's pid) and writes nothing. The first, killed later and rerun, ends where an
+    uninterrupted reference run ends: so it also ends as if the second had never tried."""
     data = tiny_shards(num_classes=8, per_class=6, num_shards=4, size=64)
     config = _write_config(tmp_path / "tiny.yaml", TINY)
     reference = _cli(config, data, tmp_path / "reference")
     victim_dir = tmp_path / "victim"
     victim = _cli(config, data, victim_dir)
+    _wait_for(lambda: recorded_pid(victim_dir) == victim.pid, victim, "the run's holder record")
+    os.kill(victim.pid, signal.SIGSTOP)  # paused while it holds the lock: live for as long as the second takes
+    try:
+        before = snapshot(victim_dir)
+        capsys.readouterr()
+        assert cli.main(["train", "--config", str(config), "--data", str(data), "--out", str(victim_dir),
+                         "--no-progress"]) == 2
+        _one_line_error(capsys, str(victim_dir), f"pid {victim.pid}", f"stop pid {victim.pid}")
+        assert snapshot(victim_dir) == before  # the second wrote nothing
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
     phase1_csv = victim_dir / "logs" / "phase1.csv"
     # kill during the ArcFace phase, as soon as its first epoch's row is written: the softmax phase
     # done, the ArcFace phase mid-way (before or after that epoch's end-of-epoch backup)
