@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Union
 
 from mobilefacenet_k210 import atomic, folder_lock
 from mobilefacenet_k210.config import PretrainedConfig
-from mobilefacenet_k210.demo.run import Demo, summarize
+from mobilefacenet_k210.demo.run import HELD_OUT_STEP_CONFIG, HELD_OUT_WHAT, Demo, summarize
 from mobilefacenet_k210.demo.steps import (align_tree, board_files, identify_test, lay_out_faces, model_paths,
                                            open_set_test, write_pairs)
 
@@ -27,11 +27,11 @@ STEPS = [
     ("pairs", "write verification pairs (.bin) of the test identities", 1),
     ("import", "import the source exactly (checked on real faces) and build its K210 twin", 5),
     ("recover", "recover the K210 twin by distillation from the exact copy", 60),
-    ("export", "export: float TFLite, kmodel (nncase) with the parity report", 8),
+    ("export", HELD_OUT_WHAT["export"], 8),
     ("evaluate", "10-fold verification of the source, the Keras model and the kmodel on the test identities", 6),
-    ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 3),
-    ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 2),
-    ("board", "package the kmodel (.kfpkg) and the CanMV board files with the open-set threshold", 1),
+    ("identify", HELD_OUT_WHAT["identify"], 3),
+    ("openset", HELD_OUT_WHAT["openset"], 2),
+    ("board", HELD_OUT_WHAT["board"], 1),
 ]
 STEP_CONFIG = {
     "faces": ("train", "test"),
@@ -39,9 +39,7 @@ STEP_CONFIG = {
     "shards": ("workers",),
     "import": ("import_faces", "split_conv_last"),
     "recover": ("recover_config", "seed"),
-    "export": ("calibrate_method", "calibration_samples", "int8_tflite"),
-    "identify": ("enroll_photos", "gallery_mode"),
-    "openset": ("enroll_photos", "test", "gallery_mode"),
+    **HELD_OUT_STEP_CONFIG,
 }
 STEP_OUTPUTS = {
     "faces": ("raw",), "shards": ("shards",), "aligned": ("aligned",), "pairs": ("test.bin",),

@@ -20,6 +20,19 @@ from mobilefacenet_k210.demo.steps import (align_tree, board_files, eval_set_nam
                                            lay_out_faces, model_paths, open_set_test, write_pairs)
 from mobilefacenet_k210.errors import FileFormatError
 
+HELD_OUT_WHAT = {
+    "export": "export: float TFLite, kmodel (nncase) with the parity report",
+    "identify": "enroll the test identities, identify their unseen photos (kmodel in the simulator)",
+    "openset": "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped",
+    "board": "package the kmodel (.kfpkg) and the CanMV board files with the open-set threshold",
+}
+"""What the steps `make demo` and `make pretrained` share do (:class:`HeldOutRunConfig`'s part)."""
+HELD_OUT_STEP_CONFIG = {
+    "export": ("calibrate_method", "calibration_samples", "int8_tflite"),
+    "identify": ("enroll_photos", "gallery_mode"),
+    "openset": ("enroll_photos", "test", "gallery_mode"),
+}
+"""The :class:`HeldOutRunConfig` fields those shared steps' outputs depend on."""
 # (step, what it does, relative cost: its share of the demo's time, used only to spread the time
 # measured on this machine over the steps still to run)
 STEPS = [
@@ -28,20 +41,18 @@ STEPS = [
     ("aligned", "MTCNN-align the held-out photos (checkpoint selection and test identities)", 2),
     ("pairs", "write verification pairs (.bin) of held-out identities", 1),
     ("train", "train: softmax, then ArcFace from the softmax weights", 65),
-    ("export", "export: float TFLite, kmodel (nncase) with the parity report", 13),
+    ("export", HELD_OUT_WHAT["export"], 13),
     ("evaluate", "10-fold verification of the Keras model and the kmodel on the test identities", 7),
-    ("identify", "enroll the test identities, identify their unseen photos (kmodel in the simulator)", 3),
-    ("openset", "open-set 1:N identification of the test identities: half enrolled, half strangers, swapped", 1),
-    ("board", "package the kmodel (.kfpkg) and the CanMV board files with the open-set threshold", 1),
+    ("identify", HELD_OUT_WHAT["identify"], 3),
+    ("openset", HELD_OUT_WHAT["openset"], 1),
+    ("board", HELD_OUT_WHAT["board"], 1),
     ("inspect", "contact sheet of the training shards", 1),
 ]
 STEP_CONFIG = {
     "faces": ("train", "select", "test", "reduced_photos"),
     "shards": ("build_config",),
     "train": ("train_config",),
-    "export": ("calibrate_method", "calibration_samples", "int8_tflite"),
-    "identify": ("enroll_photos", "gallery_mode"),
-    "openset": ("enroll_photos", "test", "gallery_mode"),
+    **HELD_OUT_STEP_CONFIG,
 }
 """The DemoConfig fields each step's output depends on (``workers`` changes speed only). A field naming
 a config file stands for the file's content too."""
