@@ -37,7 +37,7 @@ def orl_jpegs(work: Path) -> List[List[bytes]]:
     aligned = work / "orl_aligned"
     if not (aligned / ".complete").is_file():
         align_tree(fetch_orl(), aligned, workers=2)
-        (aligned / ".complete").write_text("aligned\n")
+        atomic.write_text(aligned / ".complete", "aligned\n")
     people = []
     for folder in sorted(p for p in aligned.iterdir() if p.is_dir()):
         crops = [cv2.imread(str(p)) for p in sorted(folder.glob("*.png"))]
